@@ -1,0 +1,59 @@
+"""tokenprune: visual-token pruning for vision-language models, as composable, comparable selectors.
+
+>>> import torch, tokenprune
+>>> visual = torch.randn(2, 576, 64)          # projected visual tokens (B, N, D)
+>>> prompt = torch.randn(2, 12, 64)           # prompt token embeddings (B, M, D)
+>>> keep = tokenprune.create_method("zspa")(visual, prompt=prompt, budget=0.1)
+>>> keep.shape, keep.dtype
+(torch.Size([2, 58]), torch.int64)
+"""
+
+from tokenprune.budget import Budget, resolve_budget
+from tokenprune.errors import (
+    BudgetError,
+    DuplicateMethodError,
+    InputError,
+    MethodParameterError,
+    MissingInputError,
+    PluginWarning,
+    SelectorError,
+    TokenPruneError,
+    UnknownMethodError,
+)
+from tokenprune.hookspecs import hookimpl
+from tokenprune.registry import (
+    Method,
+    MethodSpec,
+    create_method,
+    get_method_spec,
+    list_methods,
+    register_method,
+)
+from tokenprune.selector import Selection, Selector, TokenBatch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget",
+    "BudgetError",
+    "DuplicateMethodError",
+    "InputError",
+    "Method",
+    "MethodParameterError",
+    "MethodSpec",
+    "MissingInputError",
+    "PluginWarning",
+    "Selection",
+    "Selector",
+    "SelectorError",
+    "TokenBatch",
+    "TokenPruneError",
+    "UnknownMethodError",
+    "__version__",
+    "create_method",
+    "get_method_spec",
+    "hookimpl",
+    "list_methods",
+    "register_method",
+    "resolve_budget",
+]

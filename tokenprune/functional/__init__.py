@@ -1,0 +1,29 @@
+"""Pure tensor functions: pooling, similarity, and selection on keep-masks.
+
+No globals, no hidden random state; shapes are in each docstring. The stages in
+:mod:`tokenprune.stages` are thin wrappers around these.
+"""
+
+from tokenprune.functional.pooling import POOLING_MODES, pool_prompt
+from tokenprune.functional.selection import (
+    isolated_token,
+    mask_to_indices,
+    select_maxmin,
+    select_stride,
+    select_topk,
+)
+from tokenprune.functional.similarity import EPS, cosine_similarity, relevance_scores, token_norms
+
+__all__ = [
+    "EPS",
+    "POOLING_MODES",
+    "cosine_similarity",
+    "isolated_token",
+    "mask_to_indices",
+    "pool_prompt",
+    "relevance_scores",
+    "select_maxmin",
+    "select_stride",
+    "select_topk",
+    "token_norms",
+]

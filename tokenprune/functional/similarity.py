@@ -1,0 +1,82 @@
+"""Cosine similarity with the exact rule tokenprune uses everywhere.
+
+``cos(a, b) = a.b / max(|a| |b|, eps)`` with ``eps = 1e-12``: a zero vector has cosine 0 with
+everything (never NaN), and two vectors are compared on their raw dot product, so the result is the
+same whether or not norms were precomputed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["EPS", "cosine_similarity", "relevance_scores", "token_norms"]
+
+EPS = 1e-12
+
+
+def token_norms(tokens: Tensor) -> Tensor:
+    """Euclidean norm of each token: ``(..., D) -> (...)``."""
+    return torch.linalg.vector_norm(tokens, dim=-1)
+
+
+def cosine_similarity(
+    a: Tensor,
+    b: Tensor,
+    *,
+    a_norm: Tensor | None = None,
+    b_norm: Tensor | None = None,
+    eps: float = EPS,
+) -> Tensor:
+    """Pairwise cosine similarity of two token sets.
+
+    Args:
+        a: ``(B, P, D)``.
+        b: ``(B, Q, D)``.
+        a_norm, b_norm: precomputed norms ``(B, P)`` and ``(B, Q)``; computed when omitted.
+        eps: lower bound of the norm product.
+
+    Returns:
+        ``(B, P, Q)``: ``a[i].b[j] / max(|a[i]| |b[j]|, eps)``.
+
+    Example:
+        >>> import torch
+        >>> a = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+        >>> cosine_similarity(a, a)
+        tensor([[[1., 0.],
+                 [0., 0.]]])
+    """
+    if a_norm is None:
+        a_norm = token_norms(a)
+    if b_norm is None:
+        b_norm = token_norms(b)
+    dots = torch.bmm(a, b.transpose(1, 2))
+    return dots / (a_norm.unsqueeze(-1) * b_norm.unsqueeze(-2)).clamp_min(eps)
+
+
+def relevance_scores(
+    visual: Tensor,
+    query: Tensor,
+    query_mask: Tensor | None = None,
+    *,
+    visual_norm: Tensor | None = None,
+) -> Tensor:
+    """Each visual token's best cosine similarity over the real query tokens.
+
+    With a pooled prompt (one query token) this is ``cos(t_bar, v_j)``, the paper's ``s_j``.
+
+    Args:
+        visual: ``(B, N, D)``.
+        query: ``(B, Q, D)``, e.g. from :func:`tokenprune.functional.pool_prompt`.
+        query_mask: ``(B, Q)`` bool, True for real query tokens; all real when omitted.
+        visual_norm: precomputed ``(B, N)`` norms of ``visual``.
+
+    Returns:
+        ``(B, N)`` scores in ``[-1, 1]``.
+    """
+    sims = cosine_similarity(visual, query, a_norm=visual_norm)  # (B, N, Q)
+    if query.shape[1] == 1:
+        return sims.squeeze(-1)
+    if query_mask is not None:
+        sims = sims.masked_fill(~query_mask.unsqueeze(1), float("-inf"))
+    return sims.amax(dim=-1)

@@ -1,0 +1,48 @@
+"""The extension points of tokenprune.
+
+A plugin is a module (or object) with functions named after these specs and marked with
+:data:`tokenprune.hookimpl`. Installed packages expose plugins through the ``tokenprune`` entry-point
+group::
+
+    [project.entry-points.tokenprune]
+    mymethods = "mypackage.plugin"
+
+An implementation may accept any subset of a hook's arguments, by name. New arguments may be added
+to a hook in later versions, never renamed. **pluggy never passes an argument that has a default
+value in your implementation**: write ``def tokenprune_register_methods(register):``, not
+``register=None``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from tokenprune.registry import MethodRegistrar
+
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "tokenprune_register_methods"]
+
+PROJECT_NAME = "tokenprune"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def tokenprune_register_methods(register: MethodRegistrar) -> None:
+    """Register pruning methods.
+
+    Call ``register(name, factory, summary=...)`` once per method you provide. ``factory`` is called
+    by :func:`tokenprune.create_method` with the user's parameters and returns a
+    :class:`tokenprune.Selector`; every factory parameter needs a default (they are the method's
+    documented parameters). Pass ``override=True`` to replace a method registered earlier (for
+    example a built-in); otherwise a duplicate name is an error.
+
+    Example::
+
+        @tokenprune.hookimpl
+        def tokenprune_register_methods(register):
+            register("relevance-stride", relevance_stride, summary="relevant core, evenly spaced fill")
+    """

@@ -1,0 +1,249 @@
+"""The Selector interface: what every pruning method is, and how it is called.
+
+A selector is called on projected visual tokens and returns the indices of the tokens to keep::
+
+    keep = selector(visual, prompt=prompt, budget=0.1)        # (B, K) int64, ascending
+
+Internally a selector *extends* a :class:`Selection` (a keep-mask with host-side per-row counts)
+until each row holds its target count. That single operation is what lets any selector serve as the
+core or the fill of another (see :class:`tokenprune.stages.Hierarchical`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tokenprune.budget import Budget, resolve_budget
+from tokenprune.errors import InputError, MissingInputError, SelectorError
+from tokenprune.functional import mask_to_indices, token_norms
+
+__all__ = ["Selection", "Selector", "TokenBatch"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+_INPUT_HELP = {
+    "prompt": "the prompt's text token embeddings, (B, M, D) or (M, D)",
+    "scores": "external importance scores such as attention, (B, N) or (N,)",
+}
+
+
+def _shape(t: Tensor | None) -> str:
+    return "None" if t is None else f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}"
+
+
+def _as_mask(name: str, mask: Tensor | None, shape: tuple[int, int], device: torch.device) -> Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise InputError(f"{name} must be a bool tensor of shape {shape}; got {type(mask).__name__}")
+    if mask.dim() == 1 and shape[0] == 1:
+        mask = mask.unsqueeze(0)
+    if tuple(mask.shape) != shape:
+        raise InputError(f"{name} must have shape {shape} (True = real token); got {_shape(mask)}")
+    if mask.device != device:
+        raise InputError(f"{name} is on {mask.device} but visual is on {device}; move them to one device")
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point() or mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise InputError(f"{name} must be bool (or integer 0/1, True = real token); got {_shape(mask)}")
+        mask = mask.bool()
+    return mask
+
+
+@dataclass(frozen=True, eq=False)
+class TokenBatch:
+    """Validated selector inputs, batched, in the dtype selection computes in.
+
+    Attributes:
+        visual: ``(B, N, D)`` float (half precision is upcast to float32).
+        norms: ``(B, N)`` norms of the visual tokens, computed once and shared by every stage.
+        real: ``(B, N)`` bool, True for real (non-padding) visual tokens.
+        counts: real visual tokens per row, on the host.
+        prompt: ``(B, M, D)`` or None.
+        prompt_mask: ``(B, M)`` bool or None (all real).
+        scores: ``(B, N)`` or None.
+        unbatched: the caller passed ``(N, D)`` and gets ``(K,)`` back.
+    """
+
+    visual: Tensor
+    norms: Tensor
+    real: Tensor
+    counts: tuple[int, ...]
+    prompt: Tensor | None = None
+    prompt_mask: Tensor | None = None
+    scores: Tensor | None = None
+    unbatched: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        return self.visual.shape[0]
+
+    @classmethod
+    def from_inputs(
+        cls,
+        visual: Tensor,
+        *,
+        prompt: Tensor | None = None,
+        visual_mask: Tensor | None = None,
+        prompt_mask: Tensor | None = None,
+        scores: Tensor | None = None,
+    ) -> TokenBatch:
+        """Check the selector inputs and batch them; raises :class:`InputError` saying what is wrong."""
+        if not isinstance(visual, Tensor):
+            raise InputError(f"visual must be a torch.Tensor of shape (B, N, D) or (N, D); got {type(visual).__name__}")
+        if visual.dim() not in (2, 3) or not visual.is_floating_point():
+            raise InputError(f"visual must be a float tensor of shape (B, N, D) or (N, D); got {_shape(visual)}")
+        unbatched = visual.dim() == 2
+        if unbatched:
+            visual = visual.unsqueeze(0)
+            prompt = prompt.unsqueeze(0) if isinstance(prompt, Tensor) and prompt.dim() == 2 else prompt
+            scores = scores.unsqueeze(0) if isinstance(scores, Tensor) and scores.dim() == 1 else scores
+        batch, n, dim = visual.shape
+        if batch == 0 or n == 0 or dim == 0:
+            raise InputError(f"visual needs at least one image, one token and one feature; got {_shape(visual)}")
+        device = visual.device
+        compute = torch.float32 if visual.dtype in _HALF else visual.dtype
+        real = _as_mask("visual_mask", visual_mask, (batch, n), device)
+        if real is None:
+            real = torch.ones((batch, n), dtype=torch.bool, device=device)
+        visual = visual.to(compute)
+        norms = token_norms(visual)  # non-finite iff a token holds NaN/inf or its norm overflows
+        bad = ~torch.isfinite(norms) & real
+        stats = torch.stack([real.sum(dim=1), bad.any(dim=1).long()]).tolist()  # the one sync
+        counts = tuple(int(c) for c in stats[0])
+        for row, (count, nonfinite) in enumerate(zip(counts, stats[1], strict=True)):
+            if count == 0:
+                raise InputError(f"visual_mask row {row} marks no real token; every image needs at least one")
+            if nonfinite:
+                raise InputError(f"visual row {row} has NaN, infinite or overflowing values in real tokens")
+
+        if prompt is not None:
+            if not isinstance(prompt, Tensor) or prompt.dim() != 3 or not prompt.is_floating_point():
+                raise InputError(f"prompt must be a float tensor of shape ({batch}, M, {dim}); got {_shape(prompt)}")
+            if prompt.shape[0] != batch or prompt.shape[2] != dim or prompt.shape[1] == 0:
+                raise InputError(
+                    f"prompt must have shape ({batch}, M, {dim}) with M >= 1 to match visual {tuple(visual.shape)}; "
+                    f"got {tuple(prompt.shape)}"
+                )
+            if prompt.device != device:
+                raise InputError(f"prompt is on {prompt.device} but visual is on {device}; move them to one device")
+            prompt_mask = _as_mask("prompt_mask", prompt_mask, tuple(prompt.shape[:2]), device)
+            if prompt_mask is not None and not bool(prompt_mask.any(dim=1).all()):
+                empty = (~prompt_mask.any(dim=1)).nonzero()[:, 0].tolist()
+                raise InputError(f"prompt_mask marks no real token in rows {empty}; every prompt needs one")
+            prompt = prompt.to(compute)
+            live = prompt_mask if prompt_mask is not None else True
+            if bool((~torch.isfinite(token_norms(prompt)) & live).any()):
+                raise InputError("prompt has NaN, infinite or overflowing values in real tokens")
+        elif prompt_mask is not None:
+            raise InputError("prompt_mask was given without prompt")
+
+        if scores is not None:
+            if not isinstance(scores, Tensor) or tuple(scores.shape) != (batch, n) or not scores.is_floating_point():
+                raise InputError(f"scores must be a float tensor of shape ({batch}, {n}); got {_shape(scores)}")
+            if scores.device != device:
+                raise InputError(f"scores is on {scores.device} but visual is on {device}; move them to one device")
+            if bool(((~torch.isfinite(scores)) & real).any()):
+                raise InputError("scores has NaN or infinite values at real tokens")
+            scores = scores.to(compute)
+        return cls(visual, norms, real, counts, prompt, prompt_mask, scores, unbatched)
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """A partial selection: ``mask`` ``(B, N)`` bool, and ``counts`` of True per row on the host."""
+
+    mask: Tensor
+    counts: tuple[int, ...]
+
+    @classmethod
+    def empty(cls, tokens: TokenBatch) -> Selection:
+        mask = torch.zeros_like(tokens.real)
+        return cls(mask, tuple(0 for _ in tokens.counts))
+
+    def available(self, tokens: TokenBatch) -> Tensor:
+        """Tokens that may still be chosen: real and not selected."""
+        return tokens.real & ~self.mask
+
+    def added(self, new: Tensor, add: Sequence[int]) -> Selection:
+        """This selection plus the ``new`` tokens (``add[b]`` of them in row ``b``)."""
+        return Selection(self.mask | new, tuple(c + a for c, a in zip(self.counts, add, strict=True)))
+
+
+class Selector(ABC):
+    """A visual-token selector. Subclasses implement :meth:`extend`; calling one does the rest.
+
+    Class attributes a subclass may override:
+        requires: the optional inputs it needs (``"prompt"``, ``"scores"``).
+        batch_invariant: whether each row's result is independent of the rest of the batch.
+    """
+
+    requires: frozenset[str] = frozenset()
+    batch_invariant: bool = True
+
+    @abstractmethod
+    def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
+        """Add tokens to ``selection`` until row ``b`` holds ``target[b]`` (never removes any).
+
+        ``target[b]`` is at least ``selection.counts[b]`` and at most ``tokens.counts[b]``.
+        """
+
+    def __call__(
+        self,
+        visual: Tensor,
+        *,
+        prompt: Tensor | None = None,
+        budget: Budget,
+        visual_mask: Tensor | None = None,
+        prompt_mask: Tensor | None = None,
+        scores: Tensor | None = None,
+    ) -> Tensor:
+        """Select the visual tokens to keep.
+
+        Args:
+            visual: ``(B, N, D)`` projected visual tokens, or ``(N, D)`` for one image.
+            prompt: ``(B, M, D)`` prompt token embeddings (``(M, D)`` with unbatched visual).
+            budget: int ``K`` per image, or a float ratio in ``(0, 1]`` of each image's real tokens
+                (``K = max(1, floor(ratio * N + 0.5))``).
+            visual_mask: ``(B, N)`` bool, True = real token, for images with different token counts.
+            prompt_mask: ``(B, M)`` bool, True = real token, for prompts of different lengths.
+            scores: ``(B, N)`` external importance (e.g. attention) for methods that use it.
+
+        Returns:
+            int64 indices on visual's device, ascending in each row: ``(B, K)``, or ``(K,)`` for
+            unbatched input. When images keep different numbers of tokens (ragged masks with a ratio
+            budget), each row is right-padded with ``-1`` to the longest; ``(indices >= 0).sum(-1)``
+            gives the per-row counts.
+
+        Raises:
+            InputError: wrong shapes, dtypes, devices, non-finite values.
+            MissingInputError: a required ``prompt`` or ``scores`` is missing.
+            BudgetError: the budget cannot be met.
+        """
+        tokens = TokenBatch.from_inputs(
+            visual, prompt=prompt, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
+        )
+        self.check_inputs(tokens)
+        target = resolve_budget(budget, tokens.counts)
+        selection = self.extend(tokens, Selection.empty(tokens), target)
+        mask = selection.mask
+        actual = torch.cat([mask.sum(dim=1), (mask & ~tokens.real).sum(dim=1)]).tolist()
+        batch = tokens.batch_size
+        if selection.counts != target or tuple(actual[:batch]) != target or any(actual[batch:]):
+            raise SelectorError(
+                f"{self!r} broke the selector contract: it reported {list(selection.counts)} tokens per row and "
+                f"selected {actual[:batch]} ({sum(actual[batch:])} of them padding); expected {list(target)} real tokens"
+            )
+        indices = mask_to_indices(selection.mask, target)
+        return indices.squeeze(0) if tokens.unbatched else indices
+
+    def check_inputs(self, tokens: TokenBatch, *, label: str | None = None) -> None:
+        """Raise :class:`MissingInputError` if an input in :attr:`requires` is missing."""
+        for name in sorted(self.requires):
+            if getattr(tokens, name) is None:
+                who = label or type(self).__name__
+                raise MissingInputError(f"{who} needs {name}= ({_INPUT_HELP[name]}); got None")

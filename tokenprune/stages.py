@@ -1,0 +1,265 @@
+"""Stages: small frozen dataclasses wrapping :mod:`tokenprune.functional`, composed into methods.
+
+Three kinds of stage:
+
+* **poolings** turn prompt token embeddings into a query: :class:`MeanPool`, :class:`MaxPool`, :class:`NoPool`;
+* **scorers** give every visual token a score: :class:`Relevance`, :class:`ExternalScores`, :class:`RandomScores`;
+* **selectors** (:class:`tokenprune.Selector`) choose tokens: :class:`TopK`, :class:`MaxMin`,
+  :class:`Stride`, and :class:`Hierarchical`, which runs a core selector then a fill selector.
+
+ZSPAPrune is one line of them::
+
+    Hierarchical(core=TopK(Relevance(MeanPool())), fill=MaxMin(), core_ratio=0.2)
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from tokenprune.functional import (
+    isolated_token,
+    pool_prompt,
+    relevance_scores,
+    select_maxmin,
+    select_stride,
+    select_topk,
+)
+from tokenprune.selector import Selection, Selector, TokenBatch
+
+__all__ = [
+    "ExternalScores",
+    "Hierarchical",
+    "MaxMin",
+    "MaxPool",
+    "MeanPool",
+    "NoPool",
+    "Pooling",
+    "RandomScores",
+    "Relevance",
+    "Scorer",
+    "Stride",
+    "TopK",
+    "core_size",
+]
+
+
+# --- poolings ---------------------------------------------------------------------------------
+
+
+class Pooling(ABC):
+    """Turns ``(B, M, D)`` prompt embeddings into a ``(B, Q, D)`` query and its mask."""
+
+    mode: str
+
+    def __call__(self, prompt: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return pool_prompt(prompt, mask, self.mode)
+
+
+@dataclass(frozen=True)
+class MeanPool(Pooling):
+    """The mean of the real prompt tokens (the paper's ``t_bar``)."""
+
+    mode = "mean"
+
+
+@dataclass(frozen=True)
+class MaxPool(Pooling):
+    """The element-wise max of the real prompt tokens (ablation)."""
+
+    mode = "max"
+
+
+@dataclass(frozen=True)
+class NoPool(Pooling):
+    """No pooling: a visual token scores its best cosine over the prompt tokens (ablation)."""
+
+    mode = "none"
+
+
+# --- scorers ----------------------------------------------------------------------------------
+
+
+class Scorer(ABC):
+    """Scores every visual token: ``score(tokens) -> (B, N)``, finite at real tokens, higher = keep."""
+
+    requires: frozenset[str] = frozenset()
+    batch_invariant: bool = True
+
+    @abstractmethod
+    def score(self, tokens: TokenBatch) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Relevance(Scorer):
+    """Cosine similarity of each visual token to the pooled prompt."""
+
+    pooling: Pooling = field(default_factory=MeanPool)
+    requires = frozenset({"prompt"})
+
+    def score(self, tokens: TokenBatch) -> Tensor:
+        query, query_mask = self.pooling(tokens.prompt, tokens.prompt_mask)
+        return relevance_scores(tokens.visual, query, query_mask, visual_norm=tokens.norms)
+
+
+@dataclass(frozen=True)
+class ExternalScores(Scorer):
+    """The ``scores=`` passed by the caller, e.g. attention received by each visual token."""
+
+    requires = frozenset({"scores"})
+
+    def score(self, tokens: TokenBatch) -> Tensor:
+        return tokens.scores
+
+
+@dataclass(frozen=True)
+class RandomScores(Scorer):
+    """Uniform random scores from a CPU generator seeded with ``seed`` once per call.
+
+    The same inputs and seed always give the same scores, on every device. Rows draw from one
+    stream, so an image's scores depend on its position in the batch (``batch_invariant = False``).
+    """
+
+    seed: int = 0
+    batch_invariant = False
+
+    def score(self, tokens: TokenBatch) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        keys = torch.rand(tokens.real.shape, generator=generator, dtype=torch.float64)
+        return keys.to(tokens.visual.device)
+
+
+# --- selectors --------------------------------------------------------------------------------
+
+
+def _needed(selection: Selection, target: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(t - c for t, c in zip(target, selection.counts, strict=True))
+
+
+@dataclass(frozen=True)
+class TopK(Selector):
+    """The highest-scoring available tokens; equal scores go to the lower index."""
+
+    scorer: Scorer
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return self.scorer.requires
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self.scorer.batch_invariant
+
+    def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
+        add = _needed(selection, target)
+        if not any(add):
+            return selection
+        new = select_topk(self.scorer.score(tokens), selection.available(tokens), add)
+        return selection.added(new, add)
+
+
+@dataclass(frozen=True)
+class MaxMin(Selector):
+    """Greedy max-min diversity (DivPrune): add the token least similar to everything selected.
+
+    An empty row is seeded with DivPrune's first pick, the token whose most similar other token is
+    least similar (:func:`tokenprune.functional.isolated_token`, one ``N x N`` similarity). A
+    non-empty row continues from its selection, at ``O(K N D)`` cost.
+
+    Args:
+        block_size: candidates evaluated per matrix product on CPU (see
+            :func:`tokenprune.functional.select_maxmin`); ``0`` forces the one-mat-vec-per-step loop,
+            which CUDA always uses. Both give the same picks.
+    """
+
+    block_size: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 0:
+            raise ValueError(f"block_size must be an int >= 0; got {self.block_size!r}")
+
+    def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
+        add = _needed(selection, target)
+        if not any(add):
+            return selection
+        unseeded = [c == 0 and a > 0 for c, a in zip(selection.counts, add, strict=True)]
+        if any(unseeded):
+            first = isolated_token(tokens.visual, selection.available(tokens), norms=tokens.norms)
+            rows = torch.tensor(unseeded, device=first.device)
+            new = torch.zeros_like(selection.mask).index_put_(
+                (torch.arange(len(unseeded), device=first.device), first), rows
+            )
+            selection = selection.added(new, tuple(int(u) for u in unseeded))
+            add = _needed(selection, target)
+        on_cuda = tokens.visual.device.type == "cuda"
+        mask = select_maxmin(
+            tokens.visual,
+            selection.mask,
+            selection.available(tokens),
+            selection.counts,
+            add,
+            norms=tokens.norms,
+            block_size=None if on_cuda or self.block_size == 0 else self.block_size,
+        )
+        return Selection(mask, target)
+
+
+@dataclass(frozen=True)
+class Stride(Selector):
+    """Evenly spaced positions among the available tokens (a uniform-subsampling control)."""
+
+    def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
+        add = _needed(selection, target)
+        if not any(add):
+            return selection
+        return selection.added(select_stride(selection.available(tokens), add), add)
+
+
+def core_size(core_ratio: float, k: int) -> int:
+    """Core tokens in a budget of ``k``: ``floor(core_ratio * k + 0.5)`` clamped to ``[0, k]``.
+
+    Example:
+        >>> core_size(0.2, 58), core_size(0.5, 5), core_size(1.0, 58)
+        (12, 3, 58)
+    """
+    return min(k, max(0, math.floor(core_ratio * k + 0.5)))
+
+
+@dataclass(frozen=True)
+class Hierarchical(Selector):
+    """A core selector picks ``core_size(core_ratio, K)`` tokens, then a fill selector the rest.
+
+    The fill continues from the core (a max-min fill measures diversity against the core too).
+    ``core_ratio = 1`` is the core alone; ``core_ratio = 0`` is the fill alone (the core never runs).
+    """
+
+    core: Selector
+    fill: Selector
+    core_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        ratio = self.core_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not (0.0 <= ratio <= 1.0):
+            raise ValueError(f"core_ratio must be a number in [0, 1]; got {ratio!r}")
+
+    @property
+    def requires(self) -> frozenset[str]:
+        core = self.core.requires if self.core_ratio > 0 else frozenset()
+        fill = self.fill.requires if self.core_ratio < 1 else frozenset()
+        return core | fill
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self.core.batch_invariant and self.fill.batch_invariant
+
+    def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
+        core_target = tuple(
+            c + core_size(self.core_ratio, t - c) for t, c in zip(target, selection.counts, strict=True)
+        )
+        if core_target != selection.counts:
+            selection = self.core.extend(tokens, selection, core_target)
+        return self.fill.extend(tokens, selection, target)
