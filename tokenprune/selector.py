@@ -236,7 +236,8 @@ class Selector(ABC):
         if selection.counts != target or tuple(actual[:batch]) != target or any(actual[batch:]):
             raise SelectorError(
                 f"{self!r} broke the selector contract: it reported {list(selection.counts)} tokens per row and "
-                f"selected {actual[:batch]} ({sum(actual[batch:])} of them padding); expected {list(target)} real tokens"
+                f"selected {actual[:batch]} ({sum(actual[batch:])} of them padding); "
+                f"expected {list(target)} real tokens"
             )
         indices = mask_to_indices(selection.mask, target)
         return indices.squeeze(0) if tokens.unbatched else indices
