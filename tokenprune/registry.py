@@ -76,6 +76,11 @@ class MethodSpec:
 
 
 def _factory_params(name: str, factory: Callable[..., Any]) -> dict[str, Any]:
+    if isinstance(factory, Selector):
+        raise TypeError(
+            f"method {name!r}: got a {type(factory).__name__} instance; register a factory that builds it, "
+            f"such as the class or a function with defaulted parameters"
+        )
     if not callable(factory):
         raise TypeError(f"method {name!r}: factory must be callable; got {type(factory).__name__}")
     try:
@@ -346,5 +351,6 @@ def register_method(
         >>> _ = tokenprune.register_method("relevance-stride-doc", relevance_stride, summary="relevant core, even fill")
         >>> "relevance-stride-doc" in tokenprune.list_methods()
         True
+        >>> tokenprune.plugins.reset()  # rebuild the registry from the plugins alone
     """
     return get_registry().register(name, factory, summary=summary, override=override)

@@ -111,6 +111,8 @@ class TokenBatch:
         if real is None:
             real = torch.ones((batch, n), dtype=torch.bool, device=device)
         visual = visual.to(compute)
+        if visual_mask is not None:  # padding may hold anything; make it inert (zero) once, here
+            visual = visual.masked_fill(~real.unsqueeze(-1), 0.0)
         norms = token_norms(visual)  # non-finite iff a token holds NaN/inf or its norm overflows
         bad = ~torch.isfinite(norms) & real
         stats = torch.stack([real.sum(dim=1), bad.any(dim=1).long()]).tolist()  # the one sync
@@ -136,8 +138,9 @@ class TokenBatch:
                 empty = (~prompt_mask.any(dim=1)).nonzero()[:, 0].tolist()
                 raise InputError(f"prompt_mask marks no real token in rows {empty}; every prompt needs one")
             prompt = prompt.to(compute)
-            live = prompt_mask if prompt_mask is not None else True
-            if bool((~torch.isfinite(token_norms(prompt)) & live).any()):
+            if prompt_mask is not None:
+                prompt = prompt.masked_fill(~prompt_mask.unsqueeze(-1), 0.0)
+            if bool((~torch.isfinite(token_norms(prompt))).any()):
                 raise InputError("prompt has NaN, infinite or overflowing values in real tokens")
         elif prompt_mask is not None:
             raise InputError("prompt_mask was given without prompt")
@@ -149,7 +152,7 @@ class TokenBatch:
                 raise InputError(f"scores is on {scores.device} but visual is on {device}; move them to one device")
             if bool(((~torch.isfinite(scores)) & real).any()):
                 raise InputError("scores has NaN or infinite values at real tokens")
-            scores = scores.to(compute)
+            scores = scores.to(compute).masked_fill(~real, 0.0)
         return cls(visual, norms, real, counts, prompt, prompt_mask, scores, unbatched)
 
 
