@@ -112,7 +112,7 @@ def test_a_factory_returning_a_non_selector_is_reported():
 class GoodPlugin:
     @tokenprune.hookimpl
     def tokenprune_register_methods(self, register):
-        register("good-stride", Stride, summary="a plugin's method\nsecond line dropped")
+        register("good-stride", Stride, summary="a plugin's method\n  wraps here.\n\nDetails dropped.")
 
 
 class BrokenMethodPlugin:
@@ -149,7 +149,7 @@ def test_plugins_register_methods_and_broken_ones_are_reported_by_name(fresh_reg
     names, messages = _with_plugins(GoodPlugin, BrokenMethodPlugin, RaisingPlugin)
     assert "good-stride" in names and "fine-after-broken" in names and "needs-arg" not in names
     assert tokenprune.get_method_spec("good-stride").plugin == "GoodPlugin"
-    assert tokenprune.get_method_spec("good-stride").summary == "a plugin's method"
+    assert tokenprune.get_method_spec("good-stride").summary == "a plugin's method wraps here."
     assert tokenprune.get_method_spec("zspa").plugin == "tokenprune.methods.builtin"
     assert any(
         "'BrokenMethodPlugin' registered a broken method 'zspa'" in m and "already registered" in m for m in messages

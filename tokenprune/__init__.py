@@ -23,6 +23,7 @@ from tokenprune.errors import (
 from tokenprune.hookspecs import hookimpl
 from tokenprune.registry import (
     Method,
+    MethodRegistrar,
     MethodSpec,
     create_method,
     get_method_spec,
@@ -40,6 +41,7 @@ __all__ = [
     "InputError",
     "Method",
     "MethodParameterError",
+    "MethodRegistrar",
     "MethodSpec",
     "MissingInputError",
     "PluginWarning",

@@ -178,7 +178,8 @@ class MethodRegistry:
         params = _factory_params(name, factory)
         if not isinstance(summary, str):
             raise TypeError(f"method {name!r}: summary must be a str; got {type(summary).__name__}")
-        spec = MethodSpec(name, factory, summary.strip().splitlines()[0] if summary.strip() else "", plugin, params)
+        first_paragraph = inspect.cleandoc(summary).split("\n\n")[0]
+        spec = MethodSpec(name, factory, " ".join(first_paragraph.split()), plugin, params)
         with self._lock:
             existing = self._specs.get(name)
             if existing is not None and not override:

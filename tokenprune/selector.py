@@ -168,6 +168,10 @@ class Selection:
         mask = torch.zeros_like(tokens.real)
         return cls(mask, tuple(0 for _ in tokens.counts))
 
+    def needed(self, target: Sequence[int]) -> tuple[int, ...]:
+        """Tokens still to add per row to reach ``target``."""
+        return tuple(t - c for t, c in zip(target, self.counts, strict=True))
+
     def available(self, tokens: TokenBatch) -> Tensor:
         """Tokens that may still be chosen: real and not selected."""
         return tokens.real & ~self.mask

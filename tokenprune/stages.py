@@ -38,6 +38,7 @@ __all__ = [
     "MaxPool",
     "MeanPool",
     "NoPool",
+    "POOLINGS",
     "Pooling",
     "RandomScores",
     "Relevance",
@@ -45,6 +46,7 @@ __all__ = [
     "Stride",
     "TopK",
     "core_size",
+    "make_pooling",
 ]
 
 
@@ -79,6 +81,17 @@ class NoPool(Pooling):
     """No pooling: a visual token scores its best cosine over the prompt tokens (ablation)."""
 
     mode = "none"
+
+
+POOLINGS: dict[str, type[Pooling]] = {"mean": MeanPool, "max": MaxPool, "none": NoPool}
+
+
+def make_pooling(pooling: str) -> Pooling:
+    """The pooling stage named ``"mean"``, ``"max"`` or ``"none"`` (method factories take names)."""
+    try:
+        return POOLINGS[pooling]()
+    except (KeyError, TypeError):
+        raise ValueError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}; got {pooling!r}") from None
 
 
 # --- scorers ----------------------------------------------------------------------------------
@@ -136,10 +149,6 @@ class RandomScores(Scorer):
 # --- selectors --------------------------------------------------------------------------------
 
 
-def _needed(selection: Selection, target: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(t - c for t, c in zip(target, selection.counts, strict=True))
-
-
 @dataclass(frozen=True)
 class TopK(Selector):
     """The highest-scoring available tokens; equal scores go to the lower index."""
@@ -155,7 +164,7 @@ class TopK(Selector):
         return self.scorer.batch_invariant
 
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
-        add = _needed(selection, target)
+        add = selection.needed(target)
         if not any(add):
             return selection
         new = select_topk(self.scorer.score(tokens), selection.available(tokens), add)
@@ -183,7 +192,7 @@ class MaxMin(Selector):
             raise ValueError(f"block_size must be an int >= 0; got {self.block_size!r}")
 
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
-        add = _needed(selection, target)
+        add = selection.needed(target)
         if not any(add):
             return selection
         unseeded = [c == 0 and a > 0 for c, a in zip(selection.counts, add, strict=True)]
@@ -194,7 +203,7 @@ class MaxMin(Selector):
                 (torch.arange(len(unseeded), device=first.device), first), rows
             )
             selection = selection.added(new, tuple(int(u) for u in unseeded))
-            add = _needed(selection, target)
+            add = selection.needed(target)
         on_cuda = tokens.visual.device.type == "cuda"
         mask = select_maxmin(
             tokens.visual,
@@ -213,7 +222,7 @@ class Stride(Selector):
     """Evenly spaced positions among the available tokens (a uniform-subsampling control)."""
 
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
-        add = _needed(selection, target)
+        add = selection.needed(target)
         if not any(add):
             return selection
         return selection.added(select_stride(selection.available(tokens), add), add)

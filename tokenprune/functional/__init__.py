@@ -8,6 +8,7 @@ from tokenprune.functional.pooling import POOLING_MODES, pool_prompt
 from tokenprune.functional.selection import (
     isolated_token,
     mask_to_indices,
+    max_similarity,
     select_maxmin,
     select_stride,
     select_topk,
@@ -20,6 +21,7 @@ __all__ = [
     "cosine_similarity",
     "isolated_token",
     "mask_to_indices",
+    "max_similarity",
     "pool_prompt",
     "relevance_scores",
     "select_maxmin",

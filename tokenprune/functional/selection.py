@@ -21,6 +21,7 @@ from tokenprune.functional.similarity import cosine_similarity, token_norms
 __all__ = [
     "isolated_token",
     "mask_to_indices",
+    "max_similarity",
     "select_maxmin",
     "select_stride",
     "select_topk",
@@ -153,11 +154,24 @@ def isolated_token(visual: Tensor, available: Tensor, *, norms: Tensor | None = 
     return closest.argmin(dim=1)
 
 
-def _initial_maxsim(visual: Tensor, norms: Tensor, selected: Tensor, seed_counts: Sequence[int]) -> Tensor:
-    """``max_{y in selected} cos(v_x, y)`` for every token ``x``; ``-inf`` for rows with no seed."""
+def max_similarity(visual: Tensor, selected: Tensor, counts: Sequence[int], *, norms: Tensor | None = None) -> Tensor:
+    """``max_{y in selected} cos(v_x, v_y)`` for every token ``x``.
+
+    Args:
+        visual: ``(B, N, D)``.
+        selected: ``(B, N)`` bool.
+        counts: True values per row of ``selected`` (known on the host).
+        norms: precomputed ``(B, N)`` token norms.
+
+    Returns:
+        ``(B, N)``; ``-inf`` in rows with nothing selected. Costs ``O(S N D)`` for ``S`` selected
+        tokens, in chunks of selected tokens to bound memory.
+    """
+    if norms is None:
+        norms = token_norms(visual)
     batch, n, _ = visual.shape
     maxsim = torch.full((batch, n), float("-inf"), dtype=visual.dtype, device=visual.device)
-    seeds = mask_to_indices(selected, seed_counts)  # (B, S), -1 padded
+    seeds = mask_to_indices(selected, counts)  # (B, S), -1 padded
     for start in range(0, seeds.shape[1], _SEED_CHUNK):
         idx = seeds[:, start : start + _SEED_CHUNK]
         real = idx >= 0
@@ -211,7 +225,7 @@ def select_maxmin(
     if norms is None:
         norms = token_norms(visual)
     inf = float("inf")
-    maxsim = _initial_maxsim(visual, norms, selected, seed_counts).masked_fill(~available, inf)
+    maxsim = max_similarity(visual, selected, seed_counts, norms=norms).masked_fill(~available, inf)
     selected = selected.clone()
     remaining = _count_tensor(add, visual.device)
     rows = torch.arange(visual.shape[0], device=visual.device)

@@ -13,19 +13,14 @@ from tokenprune.stages import (
     ExternalScores,
     Hierarchical,
     MaxMin,
-    MaxPool,
-    MeanPool,
-    NoPool,
-    Pooling,
     RandomScores,
     Relevance,
     Stride,
     TopK,
+    make_pooling,
 )
 
-__all__ = ["attention", "divprune", "make_pooling", "random", "relevance", "stride", "zspa"]
-
-POOLINGS: dict[str, type[Pooling]] = {"mean": MeanPool, "max": MaxPool, "none": NoPool}
+__all__ = ["attention", "divprune", "random", "relevance", "stride", "zspa"]
 
 DEFAULT_CORE_RATIO = 0.2
 """zspa's default share of the budget given to prompt-relevant tokens.
@@ -33,14 +28,6 @@ DEFAULT_CORE_RATIO = 0.2
 The paper tunes it per benchmark (§4.3, Qwen2.5-VL at 10% retention: best 0.1 on GQA, 0.2 on POPE,
 0.4 on MMMU); 0.2 is the middle of that range and POPE's optimum.
 """
-
-
-def make_pooling(pooling: str) -> Pooling:
-    """The pooling stage named ``"mean"``, ``"max"`` or ``"none"``."""
-    try:
-        return POOLINGS[pooling]()
-    except (KeyError, TypeError):
-        raise ValueError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}; got {pooling!r}") from None
 
 
 def zspa(core_ratio: float = DEFAULT_CORE_RATIO, pooling: str = "mean") -> Selector:
