@@ -21,6 +21,7 @@ from tokenprune.errors import (
     UnknownMethodError,
 )
 from tokenprune.hookspecs import hookimpl
+from tokenprune.integrations import PruneStats, PruningSession, apply
 from tokenprune.registry import (
     Method,
     MethodRegistrar,
@@ -45,6 +46,8 @@ __all__ = [
     "MethodSpec",
     "MissingInputError",
     "PluginWarning",
+    "PruneStats",
+    "PruningSession",
     "Selection",
     "Selector",
     "SelectorError",
@@ -52,6 +55,7 @@ __all__ = [
     "TokenPruneError",
     "UnknownMethodError",
     "__version__",
+    "apply",
     "create_method",
     "get_method_spec",
     "hookimpl",

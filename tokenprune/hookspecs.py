@@ -15,14 +15,15 @@ value in your implementation**: write ``def tokenprune_register_methods(register
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    from tokenprune.integrations.base import ModelAdapter
     from tokenprune.registry import MethodRegistrar
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "tokenprune_register_methods"]
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "tokenprune_model_adapter", "tokenprune_register_methods"]
 
 PROJECT_NAME = "tokenprune"
 
@@ -45,4 +46,24 @@ def tokenprune_register_methods(register: MethodRegistrar) -> None:
         @tokenprune.hookimpl
         def tokenprune_register_methods(register):
             register("relevance-stride", relevance_stride, summary="relevant core, evenly spaced fill")
+    """
+
+
+@hookspec(firstresult=True)
+def tokenprune_model_adapter(model: Any) -> ModelAdapter | None:
+    """Return a :class:`tokenprune.integrations.ModelAdapter` for ``model``, or None if you don't know it.
+
+    :func:`tokenprune.apply` asks this hook for every model it prunes; the first non-None answer
+    wins. Built-in adapters (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL) answer last, so a plugin can add a
+    model family or replace a built-in adapter. Import heavy dependencies inside the function, not
+    at module level, so that ``import tokenprune`` stays light.
+
+    Example::
+
+        @tokenprune.hookimpl
+        def tokenprune_model_adapter(model):
+            if type(model).__name__ == "MyVLMForConditionalGeneration":
+                from my_package.adapter import MyAdapter
+                return MyAdapter(model)
+            return None
     """

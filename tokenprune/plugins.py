@@ -34,7 +34,7 @@ __all__ = [
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 AUTOLOAD_ENV = "TOKENPRUNE_DISABLE_PLUGIN_AUTOLOAD"
-DEFAULT_PLUGINS: tuple[str, ...] = ("tokenprune.methods.builtin",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("tokenprune.methods.builtin", "tokenprune.integrations.adapters")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,16 @@
+"""Pruning inside Hugging Face transformers VLMs. Imports transformers only when a model is adapted."""
+
+from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedInputs, PruneStats, prune_inputs
+from tokenprune.integrations.session import PruningSession, UnsupportedModelError, apply, get_adapter
+
+__all__ = [
+    "ImageTokens",
+    "ModelAdapter",
+    "PruneStats",
+    "PrunedInputs",
+    "PruningSession",
+    "UnsupportedModelError",
+    "apply",
+    "get_adapter",
+    "prune_inputs",
+]

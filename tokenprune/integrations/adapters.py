@@ -1,0 +1,31 @@
+"""The built-in model adapters, registered through the ``tokenprune_model_adapter`` hook.
+
+Adapters are imported only when a model of their family is pruned, so that importing tokenprune
+does not import transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from tokenprune.hookspecs import hookimpl
+
+__all__ = ["BUILTIN_ADAPTERS", "tokenprune_model_adapter"]
+
+BUILTIN_ADAPTERS: dict[str, str] = {
+    "LlavaForConditionalGeneration": "tokenprune.integrations.llava:LlavaAdapter",
+    "LlavaNextForConditionalGeneration": "tokenprune.integrations.llava_next:LlavaNextAdapter",
+    "Qwen2_5_VLForConditionalGeneration": "tokenprune.integrations.qwen2_5_vl:Qwen2_5_VLAdapter",
+}
+"""Model class name -> ``module:AdapterClass``; subclasses of these model classes match too."""
+
+
+@hookimpl(trylast=True)
+def tokenprune_model_adapter(model: Any) -> Any:
+    for cls in type(model).__mro__:
+        target = BUILTIN_ADAPTERS.get(cls.__name__)
+        if target is not None:
+            module, name = target.split(":")
+            return getattr(importlib.import_module(module), name)(model)
+    return None

@@ -1,0 +1,310 @@
+"""Pruning inside Hugging Face VLMs: the adapter interface and the model-independent pruning pass.
+
+An adapter knows one model family: how to encode its images into projected visual tokens, which
+token id marks image placeholders, and how to rebuild the inputs of its stock ``generate`` and
+``forward`` around a shorter sequence. :func:`prune_inputs` does the rest for every family: find
+each image's placeholder span from the token ids (no hard-coded offsets), gather the prompt's text
+embeddings, run the selector on all images of the batch at once (ragged token counts are masked),
+and drop the placeholders of the pruned tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tokenprune.budget import Budget
+from tokenprune.errors import InputError
+from tokenprune.selector import Selector
+
+__all__ = ["ImageTokens", "ModelAdapter", "PruneStats", "PrunedInputs", "prune_inputs"]
+
+PROMPT_SCOPES = ("text",)
+
+
+@dataclass
+class PruneStats:
+    """What one pruned ``generate``/``forward`` call did.
+
+    Attributes:
+        visual_before: visual tokens per image before pruning (as the LM would have seen them).
+        visual_after: visual tokens per image kept (``protected`` tokens such as LLaVA-NeXT's
+            ``image_newline`` included).
+        selection_ms: time in the selector (all images of the batch at once).
+        prefill_ms: time of the language model's prefill forward, when it ran under tokenprune.
+        sequence_before / sequence_after: LM input length per row, real tokens only.
+    """
+
+    visual_before: list[int]
+    visual_after: list[int]
+    selection_ms: float
+    sequence_before: list[int] = field(default_factory=list)
+    sequence_after: list[int] = field(default_factory=list)
+    prefill_ms: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ImageTokens:
+    """Projected visual tokens of every image of a batch, in placeholder order.
+
+    Attributes:
+        features: one ``(N_i, D)`` tensor per image, in the order the model scatters them into the
+            placeholders (row-major over the batch).
+        protected: per image, an ``(N_i,)`` bool mask of tokens that are always kept and are outside
+            the budget (e.g. LLaVA-NeXT ``image_newline``), or None.
+        scores: per image, ``(N_i,)`` importance (e.g. CLS attention) for methods that need it, or None.
+    """
+
+    features: list[Tensor]
+    protected: list[Tensor] | None = None
+    scores: list[Tensor] | None = None
+
+
+@dataclass
+class PrunedInputs:
+    """The rewritten call: ``kwargs`` for the stock method, and what is needed to undo it."""
+
+    kwargs: dict[str, Any]
+    keep: Tensor  # (B, L) bool over the original sequence: True = the token stays
+    original_input_ids: Tensor
+    stats: PruneStats
+
+
+class ModelAdapter(ABC):
+    """One model family's knowledge. Subclass it to support a new family, and return an instance
+    from the ``tokenprune_model_adapter`` hook.
+    """
+
+    #: keyword arguments of generate/forward that describe raw images; replaced by ``mm_encoder_outputs``
+    image_kwargs: tuple[str, ...] = ("pixel_values", "image_sizes")
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    @abstractmethod
+    def image_token_id(self) -> int:
+        """The placeholder token id the processor puts once per visual token."""
+
+    @abstractmethod
+    def encode_images(self, inputs: Mapping[str, Any], *, need_scores: bool = False) -> ImageTokens:
+        """Projected visual tokens per image, in placeholder order (after the projector)."""
+
+    def special_token_ids(self) -> set[int]:
+        """Token ids that are never part of the prompt text (BOS/EOS/PAD and the like)."""
+        ids: set[int] = set()
+        configs = [getattr(self.model, "config", None), getattr(self.model, "generation_config", None)]
+        text_config = getattr(configs[0], "text_config", None)
+        for config in [*configs, text_config]:
+            for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                value = getattr(config, attr, None) if config is not None else None
+                if isinstance(value, int):
+                    ids.add(value)
+                elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
+                    ids.update(v for v in value if isinstance(v, int))
+        return ids
+
+    def pad_token_id(self) -> int:
+        for config in (getattr(self.model, "generation_config", None), getattr(self.model.config, "text_config", None)):
+            value = getattr(config, "pad_token_id", None) if config is not None else None
+            if isinstance(value, int):
+                return value
+        return 0
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """The language model's input embeddings of ``input_ids``."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
+        """New keyword arguments for the stock generate/forward: shorter ids, mask, pre-encoded features."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        kwargs = {key: value for key, value in inputs.items() if key not in self.image_kwargs}
+        kwargs["input_ids"] = pruned.input_ids
+        kwargs["attention_mask"] = pruned.attention_mask
+        if inputs.get("labels") is not None:
+            kwargs["labels"] = pruned.take(inputs["labels"], fill=-100)
+        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        return kwargs
+
+
+@dataclass
+class PrunedSequence:
+    """The kept tokens of every row, re-padded on the side the input was padded on."""
+
+    keep: Tensor  # (B, L) bool over the original sequence
+    index: Tensor  # (B, L') long: original position of each new position (0 where padding)
+    real: Tensor  # (B, L') bool
+    input_ids: Tensor
+    attention_mask: Tensor
+
+    @classmethod
+    def build(cls, input_ids: Tensor, keep: Tensor, *, left: bool, pad_token_id: int) -> PrunedSequence:
+        lengths = keep.sum(dim=1)
+        width = int(lengths.max())
+        batch = keep.shape[0]
+        order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
+        slots = torch.arange(width, device=keep.device).expand(batch, width)
+        real = slots < lengths.unsqueeze(1)
+        if left:  # move each row's kept tokens to the right end
+            shift = (width - lengths).unsqueeze(1)
+            source = (slots - shift).clamp_min(0)
+            order = order.gather(1, source)
+            real = slots >= shift
+        index = order.masked_fill(~real, 0)
+        ids = input_ids.gather(1, index).masked_fill(~real, pad_token_id)
+        return cls(keep, index, real, ids, real.long())
+
+    def take(self, values: Tensor, *, fill: int | float, dim: int = 1) -> Tensor:
+        """``values`` (…, B, L, …) along sequence ``dim`` at the kept positions, padded with ``fill``."""
+        index, real = self.index, self.real
+        shape = [1] * values.dim()
+        shape[dim - 1], shape[dim] = index.shape
+        index_ = index.view(shape).expand(*values.shape[: dim - 1], *index.shape, *values.shape[dim + 1 :])
+        real_ = real.view(shape).expand_as(index_)
+        return values.gather(dim, index_).masked_fill(~real_, fill)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _is_left_padded(attention_mask: Tensor) -> bool:
+    """True unless some row has padding after a real token (right padding). All-real counts as left."""
+    mask = attention_mask.bool()
+    return not bool((mask[:, :-1] & ~mask[:, 1:]).any())
+
+
+def _image_spans(image_mask: Tensor, sizes: list[int], adapter: str) -> list[tuple[int, Tensor]]:
+    """Each image's (row, positions) from the placeholder mask, images taken in row-major order."""
+    flat = image_mask.nonzero()  # (T, 2) row-major
+    if flat.shape[0] != sum(sizes):
+        raise InputError(
+            f"{adapter}: the input has {flat.shape[0]} image placeholder tokens but the images encode to "
+            f"{sum(sizes)} visual tokens ({sizes}); the processor and the model disagree"
+        )
+    spans = []
+    for chunk in torch.split(flat, sizes):
+        rows = chunk[:, 0]
+        if bool((rows != rows[0]).any()):
+            raise InputError(f"{adapter}: an image's placeholder tokens span two batch rows")
+        spans.append((int(rows[0]), chunk[:, 1]))
+    return spans
+
+
+def prune_inputs(
+    adapter: ModelAdapter,
+    selector: Selector,
+    budget: Budget,
+    inputs: Mapping[str, Any],
+    *,
+    prompt_tokens: str | Callable[[Tensor, Tensor], Tensor] = "text",
+) -> PrunedInputs:
+    """Select each image's visual tokens and rewrite the call around the kept ones.
+
+    Args:
+        adapter: the model family's adapter.
+        selector: any :class:`tokenprune.Selector`.
+        budget: per image, over its prunable tokens (see :func:`tokenprune.resolve_budget`).
+        inputs: the keyword arguments given to ``generate``/``forward`` (processor outputs).
+        prompt_tokens: ``"text"`` — every real text token that is not an image placeholder or a
+            special token — or a callable ``(input_ids, attention_mask) -> (B, L) bool`` marking the
+            prompt tokens to use (e.g. only the question inside a chat template).
+    """
+    input_ids = inputs.get("input_ids")
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+        raise InputError(f"{adapter.name}: pruning needs input_ids of shape (B, L); got {type(input_ids).__name__}")
+    device = input_ids.device
+    attention_mask = inputs.get("attention_mask")
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    real = attention_mask.bool()
+
+    images = adapter.encode_images(inputs, need_scores="scores" in selector.requires)
+    sizes = [f.shape[0] for f in images.features]
+    image_mask = (input_ids == adapter.image_token_id) & real
+    spans = _image_spans(image_mask, sizes, adapter.name)
+
+    embeds = adapter.embed(input_ids)
+    if callable(prompt_tokens):
+        prompt_mask = prompt_tokens(input_ids, attention_mask).to(device=device, dtype=torch.bool) & ~image_mask
+    elif prompt_tokens == "text":
+        special = torch.tensor(sorted(adapter.special_token_ids()), dtype=input_ids.dtype, device=device)
+        prompt_mask = real & ~image_mask & ~torch.isin(input_ids, special)
+    else:
+        raise ValueError(f"prompt_tokens must be one of {PROMPT_SCOPES} or a callable; got {prompt_tokens!r}")
+
+    n_images, n_max = len(sizes), max(sizes)
+    dim = images.features[0].shape[-1]
+    visual = images.features[0].new_zeros((n_images, n_max, dim))
+    selectable = torch.zeros((n_images, n_max), dtype=torch.bool, device=device)
+    protected = torch.zeros_like(selectable)
+    scores = None if images.scores is None else visual.new_zeros((n_images, n_max), dtype=torch.float32)
+    for i, feats in enumerate(images.features):
+        visual[i, : sizes[i]] = feats
+        selectable[i, : sizes[i]] = True
+        if images.protected is not None:
+            protected[i, : sizes[i]] = images.protected[i]
+        if scores is not None:
+            scores[i, : sizes[i]] = images.scores[i]
+    selectable &= ~protected
+
+    rows = [row for row, _ in spans]
+    prompt_lengths = prompt_mask.sum(dim=1)
+    empty = [row for row in sorted(set(rows)) if int(prompt_lengths[row]) == 0]
+    if empty and "prompt" in selector.requires:
+        raise InputError(f"{adapter.name}: rows {empty} have images but no prompt text tokens to score them by")
+    m_max = max(1, int(prompt_lengths.max()))
+    order = torch.sort(prompt_mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :m_max]
+    row_index = torch.tensor(rows, device=device)
+    prompt = embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))[row_index]
+    prompt_real = (torch.arange(m_max, device=device) < prompt_lengths.unsqueeze(1))[row_index]
+    prompt_real[:, 0] = True  # rows without text (only possible when the method ignores the prompt)
+
+    _sync(device)
+    start = time.perf_counter()
+    chosen = selector(
+        visual,
+        prompt=prompt.to(visual.dtype),
+        budget=budget,
+        visual_mask=selectable,
+        prompt_mask=prompt_real,
+        scores=scores,
+    )
+    _sync(device)
+    selection_ms = (time.perf_counter() - start) * 1e3
+
+    spare = torch.zeros((n_images, n_max + 1), dtype=torch.bool, device=device)  # -1 padding -> spare column
+    kept_per_image = spare.scatter_(1, chosen.masked_fill(chosen < 0, n_max), True)[:, :n_max] | protected
+    keep = real & ~image_mask
+    features = []
+    for i, (row, positions) in enumerate(spans):
+        mask = kept_per_image[i, : sizes[i]]
+        keep[row, positions[mask]] = True
+        features.append(images.features[i][mask])
+
+    pruned = PrunedSequence.build(
+        input_ids, keep, left=_is_left_padded(attention_mask), pad_token_id=adapter.pad_token_id()
+    )
+    stats = PruneStats(
+        visual_before=sizes,
+        visual_after=[int(f.shape[0]) for f in features],
+        selection_ms=selection_ms,
+        sequence_before=real.sum(dim=1).tolist(),
+        sequence_after=keep.sum(dim=1).tolist(),
+    )
+    kwargs = adapter.rebuild(inputs, pruned, features)
+    return PrunedInputs(kwargs, keep, input_ids, stats)

@@ -1,0 +1,223 @@
+"""``tokenprune.apply``: prune inside a model's stock ``generate`` and ``forward``, for one block.
+
+The model *instance* gets wrappers for ``generate`` and ``forward`` (the mechanism accelerate uses
+for its device hooks); its class and every other model are untouched, and leaving the block removes
+them. Inside the block a call with images is rewritten by :func:`~tokenprune.integrations.base.prune_inputs`
+— images encoded, tokens selected, pruned placeholders dropped — and handed to the stock method, so
+the language model really runs on text + K visual tokens, prefill and decoding alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tokenprune.budget import Budget
+from tokenprune.errors import TokenPruneError
+from tokenprune.integrations.base import ModelAdapter, PrunedInputs, PruneStats, _sync, prune_inputs
+from tokenprune.registry import create_method
+from tokenprune.selector import Selector
+
+__all__ = ["PruningSession", "UnsupportedModelError", "apply", "get_adapter"]
+
+_WRAPPED = ("generate", "forward")
+_SESSION_ATTR = "_tokenprune_session"
+
+
+class UnsupportedModelError(TokenPruneError, TypeError):
+    """No adapter knows this model class."""
+
+
+def get_adapter(model: Any) -> ModelAdapter:
+    """The adapter the ``tokenprune_model_adapter`` hook gives for ``model``."""
+    from tokenprune.integrations.adapters import BUILTIN_ADAPTERS
+    from tokenprune.plugins import get_plugin_manager
+
+    adapter = get_plugin_manager().hook.tokenprune_model_adapter(model=model)
+    if adapter is None:
+        raise UnsupportedModelError(
+            f"no tokenprune adapter for {type(model).__name__}; built-in adapters cover "
+            f"{', '.join(BUILTIN_ADAPTERS)}. A plugin can add one through the tokenprune_model_adapter hook."
+        )
+    if not isinstance(adapter, ModelAdapter):
+        raise UnsupportedModelError(
+            f"tokenprune_model_adapter returned {type(adapter).__name__} for {type(model).__name__}; "
+            f"expected a tokenprune.integrations.ModelAdapter"
+        )
+    return adapter
+
+
+def _has_images(adapter: ModelAdapter, kwargs: dict[str, Any]) -> bool:
+    return kwargs.get("pixel_values") is not None or any(
+        kwargs.get(name) is not None for name in adapter.image_kwargs if name.startswith("pixel_values")
+    )
+
+
+def _is_prefill(kwargs: dict[str, Any]) -> bool:
+    cache = kwargs.get("past_key_values")
+    return cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0)
+
+
+def _positional(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    if not args:
+        return kwargs
+    if len(args) > 1 or "input_ids" in kwargs:
+        raise TypeError("under tokenprune.apply, pass everything but input_ids by keyword")
+    return {"input_ids": args[0], **kwargs}
+
+
+class PruningSession:
+    """The state of one ``with tokenprune.apply(...)`` block.
+
+    Attributes:
+        selector: the selector in use.
+        budget: the budget per image.
+        stats: one :class:`~tokenprune.integrations.PruneStats` per pruned call, in order.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        adapter: ModelAdapter,
+        selector: Selector,
+        budget: Budget,
+        *,
+        prompt_tokens: str | Callable[[Tensor, Tensor], Tensor] = "text",
+    ) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.selector = selector
+        self.budget = budget
+        self.prompt_tokens = prompt_tokens
+        self.stats: list[PruneStats] = []
+        self._saved: dict[str, Any] = {}
+        self._awaiting_prefill: PruneStats | None = None
+
+    @property
+    def last(self) -> PruneStats | None:
+        """Statistics of the latest pruned call."""
+        return self.stats[-1] if self.stats else None
+
+    def _prune(self, kwargs: dict[str, Any]) -> PrunedInputs:
+        pruned = prune_inputs(self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens)
+        self.stats.append(pruned.stats)
+        return pruned
+
+    def _timed(self, stats: PruneStats, call: Callable[[], Any]) -> Any:
+        device = self.model.device if hasattr(self.model, "device") else torch.device("cpu")
+        _sync(device)
+        start = time.perf_counter()
+        out = call()
+        _sync(device)
+        stats.prefill_ms = (time.perf_counter() - start) * 1e3
+        return out
+
+    def install(self) -> None:
+        state = self.model.__dict__
+        if state.get(_SESSION_ATTR) is not None:
+            raise TokenPruneError(
+                f"{type(self.model).__name__} is already being pruned by an enclosing tokenprune.apply; "
+                f"leave that block first (nested pruning of one model is not supported)"
+            )
+        self._saved = {name: state[name] for name in _WRAPPED if name in state}
+        stock_generate, stock_forward = self.model.generate, self.model.forward
+
+        @functools.wraps(stock_generate)
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            kwargs = _positional(args, kwargs)
+            if not _has_images(self.adapter, kwargs):
+                return stock_generate(**kwargs)
+            pruned = self._prune(kwargs)
+            self._awaiting_prefill = pruned.stats
+            try:
+                out = stock_generate(**pruned.kwargs)
+            finally:
+                self._awaiting_prefill = None
+            return _restore_prompt(out, pruned)
+
+        @functools.wraps(stock_forward)
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            kwargs = _positional(args, kwargs)
+            if _has_images(self.adapter, kwargs) and _is_prefill(kwargs):
+                pruned = self._prune(kwargs)
+                return self._timed(pruned.stats, lambda: stock_forward(**pruned.kwargs))
+            waiting = self._awaiting_prefill
+            if waiting is not None and _is_prefill(kwargs):  # the prefill of our own generate call
+                self._awaiting_prefill = None
+                return self._timed(waiting, lambda: stock_forward(**kwargs))
+            return stock_forward(**kwargs)
+
+        state["generate"], state["forward"], state[_SESSION_ATTR] = generate, forward, self
+
+    def uninstall(self) -> None:
+        state = self.model.__dict__
+        for name in (*_WRAPPED, _SESSION_ATTR):
+            state.pop(name, None)
+        state.update(self._saved)
+
+
+def _restore_prompt(out: Any, pruned: PrunedInputs) -> Any:
+    """Put the caller's own (unpruned) prompt back in front of the generated tokens."""
+    sequences = out if isinstance(out, Tensor) else getattr(out, "sequences", None)
+    if not isinstance(sequences, Tensor):
+        return out
+    original = pruned.original_input_ids
+    repeats = sequences.shape[0] // original.shape[0]
+    width = pruned.kwargs["input_ids"].shape[1]
+    restored = torch.cat([original.repeat_interleave(repeats, dim=0), sequences[:, width:]], dim=1)
+    if isinstance(out, Tensor):
+        return restored
+    out.sequences = restored
+    return out
+
+
+@contextlib.contextmanager
+def apply(
+    model: Any,
+    method: str | Selector,
+    *,
+    budget: Budget,
+    prompt_tokens: str | Callable[[Tensor, Tensor], Tensor] = "text",
+    **method_params: Any,
+) -> Iterator[PruningSession]:
+    """Prune the visual tokens of ``model`` inside the block.
+
+    Inside, ``model.generate(**inputs)`` and ``model(**inputs)`` run with each image's visual tokens
+    selected by ``method`` before the language model; outside, the model behaves exactly as before.
+
+    Args:
+        model: a supported transformers VLM (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL) or one a plugin adapts.
+        method: a registered method name (``"zspa"``) or a :class:`tokenprune.Selector`.
+        budget: tokens kept per image: an int, or a ratio in (0, 1] of the image's tokens.
+        prompt_tokens: which tokens form the prompt the selector sees: ``"text"`` (every text token of
+            the prompt that is not an image placeholder or a special token), or a callable
+            ``(input_ids, attention_mask) -> (B, L) bool``.
+        **method_params: parameters of a named method, e.g. ``core_ratio=0.2``.
+
+    Yields:
+        The :class:`PruningSession`, whose ``stats`` hold each call's token counts and timings.
+
+    Example::
+
+        with tokenprune.apply(model, "zspa", budget=0.1, core_ratio=0.2) as session:
+            out = model.generate(**inputs, max_new_tokens=32)
+        print(session.last.visual_after)
+    """
+    if isinstance(method, Selector):
+        if method_params:
+            raise TypeError(f"method parameters {sorted(method_params)} apply to a method name, not to {method!r}")
+        selector = method
+    else:
+        selector = create_method(method, **method_params)
+    session = PruningSession(model, get_adapter(model), selector, budget, prompt_tokens=prompt_tokens)
+    session.install()
+    try:
+        yield session
+    finally:
+        session.uninstall()
