@@ -189,4 +189,4 @@ def test_every_hookspec_is_documented():
     for name in dir(hookspecs):
         if name.startswith("tokenprune_"):
             doc = getattr(hookspecs, name).__doc__ or ""
-            assert "register" in doc and len(doc) > 200, name
+            assert "Example" in doc and len(doc) > 200, name
