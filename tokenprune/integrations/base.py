@@ -39,17 +39,22 @@ class PruneStats:
         selection_ms: time in the selector (all images of the batch at once).
         prefill_ms: time of the language model's prefill forward, when it ran under tokenprune.
         sequence_before / sequence_after: LM input length per row, real tokens only.
+        kept: per image, the indices (in that image's token order) of the tokens kept.
     """
 
     visual_before: list[int]
     visual_after: list[int]
     selection_ms: float
+    kept: list[Tensor] = field(default_factory=list, repr=False)
     sequence_before: list[int] = field(default_factory=list)
     sequence_after: list[int] = field(default_factory=list)
     prefill_ms: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """JSON-ready: counts and timings (kept indices as lists)."""
+        out = dict(self.__dict__)
+        out["kept"] = [k.tolist() for k in self.kept]
+        return out
 
 
 @dataclass
@@ -290,11 +295,12 @@ def prune_inputs(
     spare = torch.zeros((n_images, n_max + 1), dtype=torch.bool, device=device)  # -1 padding -> spare column
     kept_per_image = spare.scatter_(1, chosen.masked_fill(chosen < 0, n_max), True)[:, :n_max] | protected
     keep = real & ~image_mask
-    features = []
+    features, kept = [], []
     for i, (row, positions) in enumerate(spans):
         mask = kept_per_image[i, : sizes[i]]
         keep[row, positions[mask]] = True
         features.append(images.features[i][mask])
+        kept.append(mask.nonzero()[:, 0])
 
     pruned = PrunedSequence.build(
         input_ids, keep, left=_is_left_padded(attention_mask), pad_token_id=adapter.pad_token_id()
@@ -303,6 +309,7 @@ def prune_inputs(
         visual_before=sizes,
         visual_after=[int(f.shape[0]) for f in features],
         selection_ms=selection_ms,
+        kept=kept,
         sequence_before=real.sum(dim=1).tolist(),
         sequence_after=keep.sum(dim=1).tolist(),
     )

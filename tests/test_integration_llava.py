@@ -1,0 +1,189 @@
+"""tokenprune.apply on a tiny random LlavaForConditionalGeneration (the real transformers code paths)."""
+
+import pytest
+import torch
+
+import tokenprune
+from tokenprune import TokenPruneError
+from tokenprune.integrations import UnsupportedModelError
+from tokenprune.stages import Stride
+from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs
+
+GEN = {"max_new_tokens": 6, "do_sample": False}
+PROMPTS = [([5, 17, 9, 33], [41, 8, 77, 12, 6, 90]), ([23], [64, 3, 55])]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llava(seed=0)
+
+
+@pytest.fixture(scope="module")
+def inputs(model):
+    return tiny_llava_inputs(model, PROMPTS)
+
+
+def layer0_lengths(model, run):
+    """Sequence lengths the LM's first decoder layer sees, call by call."""
+    seen = []
+    layer = model.model.language_model.layers[0]
+    handle = layer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(
+            kwargs["hidden_states"].shape[1] if "hidden_states" in kwargs else args[0].shape[1]
+        ),
+        with_kwargs=True,
+    )
+    try:
+        out = run()
+    finally:
+        handle.remove()
+    return seen, out
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("method", ["zspa", "divprune", "stride"])
+def test_budget_one_is_token_identical_to_stock(model, method, rows):
+    inputs = tiny_llava_inputs(model, PROMPTS[:rows])
+    stock = model.generate(**inputs, **GEN)
+    with tokenprune.apply(model, method, budget=1.0) as session:
+        pruned = model.generate(**inputs, **GEN)
+    assert torch.equal(stock, pruned)
+    assert session.last.visual_after == session.last.visual_before == [16] * rows
+
+
+def test_prefill_sees_text_plus_k_and_decoding_uses_the_short_cache(model, inputs):
+    text = inputs["attention_mask"].sum(1) - 16
+    with tokenprune.apply(model, "zspa", budget=4) as session:
+        seen, out = layer0_lengths(model, lambda: model.generate(**inputs, **GEN))
+    assert seen[0] == int(text.max()) + 4  # the longest row: its text + 4 visual tokens
+    assert seen[1:] == [1] * (GEN["max_new_tokens"] - 1)
+    assert session.last.sequence_after == (text + 4).tolist()
+    assert session.last.visual_before == [16, 16] and session.last.visual_after == [4, 4]
+    assert out.shape == (2, inputs["input_ids"].shape[1] + GEN["max_new_tokens"])
+    assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])  # the caller's prompt
+
+
+def test_pruned_generation_equals_the_lm_fed_text_plus_k_directly(model, inputs):
+    """The ideal: build the short sequence by hand (same kept tokens) and run stock generate on embeddings."""
+    with tokenprune.apply(model, "zspa", budget=5, core_ratio=0.4) as session:
+        out = model.generate(**inputs, **GEN)
+    new_tokens = out[:, inputs["input_ids"].shape[1] :]
+
+    features = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    rows = []
+    for b in range(2):
+        real = inputs["attention_mask"][b].bool()
+        ids, emb = inputs["input_ids"][b][real], embeds[b][real]
+        image = (ids == IMAGE_TOKEN).nonzero()[:, 0]
+        kept = session.last.kept[b]
+        before, after = emb[: image[0]], emb[image[-1] + 1 :]
+        rows.append(torch.cat([before, features[b][kept], after]))
+    width = max(r.shape[0] for r in rows)
+    short = torch.zeros(2, width, embeds.shape[-1])
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        short[b, width - r.shape[0] :], mask[b, width - r.shape[0] :] = r, 1
+    ideal = model.generate(inputs_embeds=short, attention_mask=mask, **GEN)
+    assert torch.equal(new_tokens, ideal)
+
+
+def test_each_row_is_pruned_by_its_own_prompt(model, inputs):
+    with tokenprune.apply(model, "relevance", budget=4) as session:
+        model.generate(**inputs, **GEN)
+        batched = session.last.kept
+        for b in range(2):
+            alone = {k: v[b : b + 1] for k, v in inputs.items()}
+            alone = {
+                k: v[:, v.shape[1] - int(inputs["attention_mask"][b].sum()) :] if v.dim() == 2 else v
+                for k, v in alone.items()
+            }
+            model.generate(**alone, **GEN)
+            assert torch.equal(session.last.kept[0], batched[b])
+    assert not torch.equal(batched[0], batched[1])  # different prompts and images, different picks
+
+
+def test_model_is_restored_after_the_block_even_on_error(model, inputs):
+    stock = model.generate(**inputs, **GEN)
+    with pytest.raises(tokenprune.BudgetError), tokenprune.apply(model, "zspa", budget=99):
+        model.generate(**inputs, **GEN)
+    assert "generate" not in model.__dict__ and "forward" not in model.__dict__
+    assert type(model).generate is not None and torch.equal(model.generate(**inputs, **GEN), stock)
+
+
+def test_two_models_pruned_differently_in_one_process(inputs):
+    a, b = tiny_llava(seed=1), tiny_llava(seed=2)
+    with tokenprune.apply(a, "zspa", budget=3):
+        alone_a = a.generate(**inputs, **GEN)
+    with tokenprune.apply(b, "stride", budget=8):
+        alone_b = b.generate(**inputs, **GEN)
+    with tokenprune.apply(a, "zspa", budget=3) as sa, tokenprune.apply(b, "stride", budget=8) as sb:
+        both_a, both_b = a.generate(**inputs, **GEN), b.generate(**inputs, **GEN)
+        stock_c = tiny_llava(seed=1).generate(**inputs, **GEN)  # a third model of the same class: untouched
+    assert torch.equal(both_a, alone_a) and torch.equal(both_b, alone_b)
+    assert sa.last.visual_after == [3, 3] and sb.last.visual_after == [8, 8]
+    assert torch.equal(stock_c, a.generate(**inputs, **GEN))
+
+
+def test_nested_pruning_of_one_model_is_refused(model):
+    with (
+        tokenprune.apply(model, "zspa", budget=4),
+        pytest.raises(TokenPruneError, match="already being pruned"),
+        tokenprune.apply(model, "divprune", budget=4),
+    ):
+        pass
+
+
+def test_forward_with_labels_runs_on_the_pruned_sequence(model, inputs):
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    with tokenprune.apply(model, "divprune", budget=0.25) as session:
+        out = model(**inputs, labels=labels)
+    assert out.logits.shape[:2] == (2, max(session.last.sequence_after))
+    assert torch.isfinite(out.loss)
+    assert session.last.prefill_ms is not None and session.last.prefill_ms > 0
+
+
+def test_a_composed_selector_object_works_and_rejects_method_params(model, inputs):
+    with tokenprune.apply(model, Stride(), budget=2) as session:
+        model.generate(**inputs, **GEN)
+    assert session.last.kept[0].tolist() == [4, 12]
+    with pytest.raises(TypeError, match="apply to a method name"), tokenprune.apply(model, Stride(), budget=2, seed=1):
+        pass
+
+
+def test_text_only_calls_pass_through(model, inputs):
+    text = {"input_ids": inputs["input_ids"][:, -5:], "attention_mask": inputs["attention_mask"][:, -5:]}
+    stock = model.generate(**text, **GEN)
+    with tokenprune.apply(model, "zspa", budget=4) as session:
+        assert torch.equal(model.generate(**text, **GEN), stock)
+    assert session.stats == []
+
+
+def test_unsupported_model_is_a_clear_error():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    lm = LlamaForCausalLM(
+        LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
+    with (
+        pytest.raises(UnsupportedModelError, match="no tokenprune adapter for LlamaForCausalLM"),
+        tokenprune.apply(lm, "zspa", budget=4),
+    ):
+        pass
+
+
+def test_placeholder_count_mismatch_is_reported(model, inputs):
+    broken = dict(inputs, input_ids=inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE_TOKEN, 7))
+    with (
+        tokenprune.apply(model, "zspa", budget=4),
+        pytest.raises(tokenprune.InputError, match="0 image placeholder tokens"),
+    ):
+        model.generate(**broken, **GEN)
+
+
+def test_methods_needing_scores_say_so(model, inputs):
+    with (
+        tokenprune.apply(model, "attention", budget=4),
+        pytest.raises(tokenprune.MissingInputError, match="needs scores="),
+    ):
+        model.generate(**inputs, **GEN)
