@@ -6,6 +6,7 @@ import torch
 import tokenprune
 from tokenprune import TokenPruneError
 from tokenprune.integrations import UnsupportedModelError
+from tokenprune.integrations.base import UnsupportedScoresError
 from tokenprune.stages import Stride
 from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs
 
@@ -181,9 +182,23 @@ def test_placeholder_count_mismatch_is_reported(model, inputs):
         model.generate(**broken, **GEN)
 
 
-def test_methods_needing_scores_say_so(model, inputs):
+def test_caller_scores_cannot_come_from_a_model_call(model, inputs):
     with (
         tokenprune.apply(model, "attention", budget=4),
-        pytest.raises(tokenprune.MissingInputError, match="needs scores="),
+        pytest.raises(UnsupportedScoresError, match="'fastervlm'"),
     ):
         model.generate(**inputs, **GEN)
+
+
+def test_fastervlm_keeps_the_top_cls_attention_tokens_without_eager_attention(model, inputs):
+    implementation = model.model.vision_tower.config._attn_implementation
+    with tokenprune.apply(model, "fastervlm", budget=5) as session:
+        model.generate(**inputs, **GEN)
+    assert model.model.vision_tower.config._attn_implementation == implementation  # not switched to eager
+
+    reference = tiny_llava(seed=0)  # same weights; eager, asked for the attention maps
+    reference.model.vision_tower.config._attn_implementation = "eager"
+    out = reference.model.vision_tower(inputs["pixel_values"], output_attentions=True)
+    cls_to_patches = out.attentions[-2][:, :, 0, 1:].mean(dim=1)  # LLaVA's feature layer is -2
+    expected = torch.topk(cls_to_patches, 5).indices.sort().values
+    assert [k.tolist() for k in session.last.kept] == expected.tolist()

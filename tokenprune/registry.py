@@ -118,6 +118,10 @@ class Method(Selector):
     def batch_invariant(self) -> bool:
         return self.selector.batch_invariant
 
+    @property
+    def score_source(self) -> str | None:
+        return self.selector.score_source
+
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
         return self.selector.extend(tokens, selection, target)
 

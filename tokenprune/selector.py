@@ -22,7 +22,13 @@ from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import InputError, MissingInputError, SelectorError
 from tokenprune.functional import mask_to_indices, token_norms
 
-__all__ = ["Selection", "Selector", "TokenBatch"]
+__all__ = ["SCORE_SOURCES", "Selection", "Selector", "TokenBatch"]
+
+SCORE_SOURCES = {
+    "external": "passed by the caller as scores=",
+    "cls_attention": "attention from the vision encoder's CLS token to each patch at the feature layer",
+}
+"""Where a selector's ``scores`` come from when it runs inside a model (:func:`tokenprune.apply`)."""
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -187,10 +193,12 @@ class Selector(ABC):
     Class attributes a subclass may override:
         requires: the optional inputs it needs (``"prompt"``, ``"scores"``).
         batch_invariant: whether each row's result is independent of the rest of the batch.
+        score_source: where ``scores`` come from inside a model (see :data:`SCORE_SOURCES`), or None.
     """
 
     requires: frozenset[str] = frozenset()
     batch_invariant: bool = True
+    score_source: str | None = None
 
     @abstractmethod
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:

@@ -29,7 +29,7 @@ from tokenprune.functional import (
     select_stride,
     select_topk,
 )
-from tokenprune.selector import Selection, Selector, TokenBatch
+from tokenprune.selector import SCORE_SOURCES, Selection, Selector, TokenBatch
 
 __all__ = [
     "ExternalScores",
@@ -102,6 +102,7 @@ class Scorer(ABC):
 
     requires: frozenset[str] = frozenset()
     batch_invariant: bool = True
+    score_source: str | None = None
 
     @abstractmethod
     def score(self, tokens: TokenBatch) -> Tensor: ...
@@ -121,9 +122,24 @@ class Relevance(Scorer):
 
 @dataclass(frozen=True)
 class ExternalScores(Scorer):
-    """The ``scores=`` passed by the caller, e.g. attention received by each visual token."""
+    """The ``scores=`` passed by the caller, e.g. attention received by each visual token.
 
+    Args:
+        source: where a model integration takes the scores from (a key of
+            :data:`tokenprune.selector.SCORE_SOURCES`): ``"external"`` (the caller passes them) or
+            ``"cls_attention"`` (the vision encoder's CLS attention, FasterVLM-style).
+    """
+
+    source: str = "external"
     requires = frozenset({"scores"})
+
+    def __post_init__(self) -> None:
+        if self.source not in SCORE_SOURCES:
+            raise ValueError(f"source must be one of {', '.join(map(repr, SCORE_SOURCES))}; got {self.source!r}")
+
+    @property
+    def score_source(self) -> str:
+        return self.source
 
     def score(self, tokens: TokenBatch) -> Tensor:
         return tokens.scores
@@ -162,6 +178,10 @@ class TopK(Selector):
     @property
     def batch_invariant(self) -> bool:
         return self.scorer.batch_invariant
+
+    @property
+    def score_source(self) -> str | None:
+        return self.scorer.score_source
 
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
         add = selection.needed(target)
@@ -254,6 +274,9 @@ class Hierarchical(Selector):
         ratio = self.core_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not (0.0 <= ratio <= 1.0):
             raise ValueError(f"core_ratio must be a number in [0, 1]; got {ratio!r}")
+        sources = {self.core.score_source, self.fill.score_source} - {None}
+        if len(sources) > 1:
+            raise ValueError(f"core and fill take scores from different sources ({sorted(sources)}); use one")
 
     @property
     def requires(self) -> frozenset[str]:
@@ -264,6 +287,10 @@ class Hierarchical(Selector):
     @property
     def batch_invariant(self) -> bool:
         return self.core.batch_invariant and self.fill.batch_invariant
+
+    @property
+    def score_source(self) -> str | None:
+        return self.core.score_source or self.fill.score_source
 
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
         core_target = tuple(

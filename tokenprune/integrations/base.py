@@ -20,12 +20,16 @@ import torch
 from torch import Tensor
 
 from tokenprune.budget import Budget
-from tokenprune.errors import InputError
-from tokenprune.selector import Selector
+from tokenprune.errors import InputError, TokenPruneError
+from tokenprune.selector import SCORE_SOURCES, Selector
 
-__all__ = ["ImageTokens", "ModelAdapter", "PruneStats", "PrunedInputs", "prune_inputs"]
+__all__ = ["ImageTokens", "ModelAdapter", "PruneStats", "PrunedInputs", "UnsupportedScoresError", "prune_inputs"]
 
 PROMPT_SCOPES = ("text",)
+
+
+class UnsupportedScoresError(TokenPruneError, ValueError):
+    """The model family cannot provide the scores the method asks for (e.g. CLS attention without a CLS token)."""
 
 
 @dataclass
@@ -105,8 +109,17 @@ class ModelAdapter(ABC):
         """The placeholder token id the processor puts once per visual token."""
 
     @abstractmethod
-    def encode_images(self, inputs: Mapping[str, Any], *, need_scores: bool = False) -> ImageTokens:
-        """Projected visual tokens per image, in placeholder order (after the projector)."""
+    def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None) -> ImageTokens:
+        """Projected visual tokens per image, in placeholder order (after the projector).
+
+        ``scores``: a score source (:data:`tokenprune.selector.SCORE_SOURCES`) the selector needs;
+        raise :class:`UnsupportedScoresError` if this family cannot provide it.
+        """
+
+    def unsupported_scores(self, source: str) -> UnsupportedScoresError:
+        return UnsupportedScoresError(
+            f"{self.name} cannot provide {source!r} scores ({SCORE_SOURCES.get(source, 'unknown source')})"
+        )
 
     def special_token_ids(self) -> set[int]:
         """Token ids that are never part of the prompt text (BOS/EOS/PAD and the like)."""
@@ -238,7 +251,13 @@ def prune_inputs(
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     real = attention_mask.bool()
 
-    images = adapter.encode_images(inputs, need_scores="scores" in selector.requires)
+    source = selector.score_source if "scores" in selector.requires else None
+    if source == "external":
+        raise UnsupportedScoresError(
+            f"{selector!r} takes scores from the caller, which a model call cannot pass; inside a model use "
+            f"'fastervlm' (vision CLS attention) or a method whose scores the model provides"
+        )
+    images = adapter.encode_images(inputs, scores=source)
     sizes = [f.shape[0] for f in images.features]
     image_mask = (input_ids == adapter.image_token_id) & real
     spans = _image_spans(image_mask, sizes, adapter.name)

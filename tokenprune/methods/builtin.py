@@ -20,7 +20,7 @@ from tokenprune.stages import (
     make_pooling,
 )
 
-__all__ = ["attention", "divprune", "random", "relevance", "stride", "zspa"]
+__all__ = ["attention", "divprune", "fastervlm", "random", "relevance", "stride", "zspa"]
 
 DEFAULT_CORE_RATIO = 0.2
 """zspa's default share of the budget given to prompt-relevant tokens.
@@ -66,7 +66,16 @@ def attention() -> Selector:
     return TopK(ExternalScores())
 
 
+def fastervlm() -> Selector:
+    """FasterVLM: the top-K tokens by the vision encoder's [CLS] attention at the feature layer.
+
+    Inside a model (:func:`tokenprune.apply`) the scores are computed from the vision tower; called
+    directly, pass them as ``scores=``.
+    """
+    return TopK(ExternalScores(source="cls_attention"))
+
+
 @hookimpl
 def tokenprune_register_methods(register: MethodRegistrar) -> None:
-    for factory in (zspa, divprune, relevance, random, stride, attention):
+    for factory in (zspa, divprune, relevance, random, stride, attention, fastervlm):
         register(factory.__name__, factory, summary=factory.__doc__ or "")
