@@ -224,3 +224,17 @@ def test_errors_inside_a_method_name_it_and_the_shapes(fresh_registry):
     with pytest.raises(SelectorError, match=r"method 'explodes' .*visual=\(2, 5, 3\).*ZeroDivisionError: boom") as info:
         tokenprune.create_method("explodes")(torch.randn(2, 5, 3), budget=1)
     assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_identical_tokens_have_cosine_exactly_one():
+    from tokenprune.functional import cosine_similarity
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        base = torch.randn(50, 37, generator=g, dtype=torch.float64).to(dtype)
+        v = torch.cat([base, base, -base]).unsqueeze(0)
+        sims = cosine_similarity(v, v)[0]
+        idx = torch.arange(50)
+        assert (sims[idx, idx + 50] == 1).all() and (sims[idx, idx] == 1).all()
+        assert (sims[idx, idx + 100] == -1).all()
+        assert (sims[:50, :50].fill_diagonal_(0).abs() < 0.9).all()  # distinct tokens are not snapped

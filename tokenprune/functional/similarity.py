@@ -2,7 +2,9 @@
 
 ``cos(a, b) = a.b / max(|a| |b|, eps)`` with ``eps = 1e-12``: a zero vector has cosine 0 with
 everything (never NaN), and two vectors are compared on their raw dot product, so the result is the
-same whether or not norms were precomputed.
+same whether or not norms were precomputed. Results within ``16 * eps(dtype)`` of +-1 are snapped
+to exactly +-1, so that identical (or exactly parallel) tokens tie exactly and ties go to the lower
+index whatever the rounding of the kernel.
 """
 
 from __future__ import annotations
@@ -51,7 +53,20 @@ def cosine_similarity(
     if b_norm is None:
         b_norm = token_norms(b)
     dots = torch.bmm(a, b.transpose(1, 2))
-    return dots / (a_norm.unsqueeze(-1) * b_norm.unsqueeze(-2)).clamp_min(eps)
+    sims = dots / (a_norm.unsqueeze(-1) * b_norm.unsqueeze(-2)).clamp_min(eps)
+    return _snap_unit(sims)
+
+
+def _snap_unit(sims: Tensor) -> Tensor:
+    """Values within a few ulp of +-1 become exactly +-1.
+
+    ``v.v / (|v| |v|)`` rounds to ``1 +- 2 ulp`` depending on ``v`` and on the kernel (GEMM or
+    GEMV), so without this, identical tokens would not tie exactly and the lower-index tie rule
+    would be decided by rounding noise.
+    """
+    tol = 16 * torch.finfo(sims.dtype).eps
+    ones = torch.ones((), dtype=sims.dtype, device=sims.device)
+    return torch.where(sims.abs() >= 1 - tol, torch.copysign(ones, sims), sims)
 
 
 def relevance_scores(
