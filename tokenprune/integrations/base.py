@@ -10,6 +10,7 @@ and drop the placeholders of the pruned tokens.
 
 from __future__ import annotations
 
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
@@ -23,7 +24,18 @@ from tokenprune.budget import Budget
 from tokenprune.errors import InputError, TokenPruneError
 from tokenprune.selector import SCORE_SOURCES, Selector
 
-__all__ = ["ImageTokens", "ModelAdapter", "PruneStats", "PrunedInputs", "UnsupportedScoresError", "prune_inputs"]
+__all__ = [
+    "ImageTokens",
+    "Layout",
+    "ModelAdapter",
+    "PruneStats",
+    "PrunedInputs",
+    "PrunedSequence",
+    "UnsupportedScoresError",
+    "placeholder_runs",
+    "prune_inputs",
+    "select_per_image",
+]
 
 PROMPT_SCOPES = ("text",)
 
@@ -224,6 +236,160 @@ def _image_spans(image_mask: Tensor, sizes: list[int], adapter: str) -> list[tup
     return spans
 
 
+def placeholder_runs(image_mask: Tensor) -> list[int]:
+    """Lengths of the runs of consecutive placeholder tokens, row-major: one run per image.
+
+    Used when the image sizes are not known from encoded features (e.g. pruning inside the LM).
+    Images whose placeholders touch, with no token between them, count as one image.
+    """
+    sizes = []
+    for row in image_mask:
+        positions = row.nonzero()[:, 0]
+        if positions.numel() == 0:
+            continue
+        breaks = (positions[1:] != positions[:-1] + 1).nonzero()[:, 0] + 1
+        edges = [0, *breaks.tolist(), positions.numel()]
+        sizes.extend(b - a for a, b in itertools.pairwise(edges))
+    return sizes
+
+
+@dataclass
+class Layout:
+    """Where the images and the prompt sit in a batch of token sequences.
+
+    Attributes:
+        real: ``(B, L)`` bool, real (non-padding) tokens.
+        image_mask: ``(B, L)`` bool, image placeholders.
+        prompt_mask: ``(B, L)`` bool, the prompt tokens the selector is given.
+        spans: per image, ``(row, positions)`` of its placeholders, in placeholder order.
+        sizes: per image, its number of placeholders.
+        left_padded: the batch is padded on the left (or not at all).
+    """
+
+    real: Tensor
+    image_mask: Tensor
+    prompt_mask: Tensor
+    spans: list[tuple[int, Tensor]]
+    sizes: list[int]
+    left_padded: bool
+
+    @classmethod
+    def locate(
+        cls,
+        adapter: ModelAdapter,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        sizes: list[int] | None,
+        prompt_tokens: str | Callable[[Tensor, Tensor], Tensor] = "text",
+    ) -> Layout:
+        """Find each image's placeholders from the token ids (no hard-coded offsets) and the prompt tokens.
+
+        ``sizes``: visual tokens per image from the encoder, checked against the placeholders; None
+        takes one image per run of consecutive placeholders.
+        """
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            raise InputError(f"{adapter.name}: pruning needs input_ids of shape (B, L); got {type(input_ids).__name__}")
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        real = attention_mask.bool()
+        image_mask = (input_ids == adapter.image_token_id) & real
+        if sizes is None:
+            sizes = placeholder_runs(image_mask)
+        if callable(prompt_tokens):
+            prompt_mask = prompt_tokens(input_ids, attention_mask).to(device=real.device, dtype=torch.bool)
+            prompt_mask &= ~image_mask
+        elif prompt_tokens == "text":
+            special = torch.tensor(sorted(adapter.special_token_ids()), dtype=input_ids.dtype, device=real.device)
+            prompt_mask = real & ~image_mask & ~torch.isin(input_ids, special)
+        else:
+            raise ValueError(f"prompt_tokens must be one of {PROMPT_SCOPES} or a callable; got {prompt_tokens!r}")
+        spans = _image_spans(image_mask, sizes, adapter.name)
+        return cls(real, image_mask, prompt_mask, spans, list(sizes), _is_left_padded(attention_mask))
+
+    def keep_mask(self, kept: list[Tensor]) -> Tensor:
+        """``(B, L)`` bool: every real text token, plus each image's kept placeholders (``kept[i]`` bool)."""
+        keep = self.real & ~self.image_mask
+        for (row, positions), mask in zip(self.spans, kept, strict=True):
+            keep[row, positions[mask]] = True
+        return keep
+
+    def stats(self, kept: list[Tensor], keep: Tensor, selection_ms: float) -> PruneStats:
+        return PruneStats(
+            visual_before=list(self.sizes),
+            visual_after=[int(mask.sum()) for mask in kept],
+            selection_ms=selection_ms,
+            kept=[mask.nonzero()[:, 0] for mask in kept],
+            sequence_before=self.real.sum(dim=1).tolist(),
+            sequence_after=keep.sum(dim=1).tolist(),
+        )
+
+
+def select_per_image(
+    selector: Selector,
+    budget: Budget,
+    layout: Layout,
+    features: list[Tensor],
+    text: Tensor,
+    *,
+    protected: list[Tensor] | None = None,
+    scores: list[Tensor] | None = None,
+) -> tuple[list[Tensor], float]:
+    """Run the selector once over every image of the batch (ragged counts masked).
+
+    Args:
+        features: per image, ``(N_i, D)`` tokens to select from.
+        text: ``(B, L, D)`` embeddings of the sequence, from which each image's row gives the prompt.
+        protected: per image, ``(N_i,)`` bool of tokens always kept and outside the budget.
+        scores: per image, ``(N_i,)`` scores for methods that use them.
+
+    Returns:
+        Per image, an ``(N_i,)`` bool mask of the kept tokens; and the selector's time in ms.
+    """
+    sizes = layout.sizes
+    device = layout.real.device
+    n_images, n_max = len(sizes), max(sizes)
+    visual = features[0].new_zeros((n_images, n_max, features[0].shape[-1]))
+    selectable = torch.zeros((n_images, n_max), dtype=torch.bool, device=device)
+    fixed = torch.zeros_like(selectable)
+    padded_scores = None if scores is None else torch.zeros((n_images, n_max), dtype=torch.float32, device=device)
+    for i, feats in enumerate(features):
+        visual[i, : sizes[i]] = feats
+        selectable[i, : sizes[i]] = True
+        if protected is not None:
+            fixed[i, : sizes[i]] = protected[i]
+        if padded_scores is not None:
+            padded_scores[i, : sizes[i]] = scores[i]
+    selectable &= ~fixed
+
+    rows = [row for row, _ in layout.spans]
+    prompt_lengths = layout.prompt_mask.sum(dim=1)
+    empty = [row for row in sorted(set(rows)) if int(prompt_lengths[row]) == 0]
+    if empty and "prompt" in selector.requires:
+        raise InputError(f"rows {empty} have images but no prompt text tokens to score them by")
+    m_max = max(1, int(prompt_lengths.max()))
+    order = torch.sort(layout.prompt_mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :m_max]
+    row_index = torch.tensor(rows, device=device)
+    prompt = text.gather(1, order.unsqueeze(-1).expand(-1, -1, text.shape[-1]))[row_index]
+    prompt_real = (torch.arange(m_max, device=device) < prompt_lengths.unsqueeze(1))[row_index]
+    prompt_real[:, 0] = True  # rows without text (only possible when the method ignores the prompt)
+
+    _sync(device)
+    start = time.perf_counter()
+    chosen = selector(
+        visual,
+        prompt=prompt.to(visual.dtype),
+        budget=budget,
+        visual_mask=selectable,
+        prompt_mask=prompt_real,
+        scores=padded_scores,
+    )
+    _sync(device)
+    selection_ms = (time.perf_counter() - start) * 1e3
+
+    spare = torch.zeros((n_images, n_max + 1), dtype=torch.bool, device=device)  # -1 padding -> spare column
+    kept = spare.scatter_(1, chosen.masked_fill(chosen < 0, n_max), True)[:, :n_max] | fixed
+    return [kept[i, : sizes[i]] for i in range(n_images)], selection_ms
+
+
 def prune_inputs(
     adapter: ModelAdapter,
     selector: Selector,
@@ -243,94 +409,27 @@ def prune_inputs(
             special token — or a callable ``(input_ids, attention_mask) -> (B, L) bool`` marking the
             prompt tokens to use (e.g. only the question inside a chat template).
     """
-    input_ids = inputs.get("input_ids")
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
-        raise InputError(f"{adapter.name}: pruning needs input_ids of shape (B, L); got {type(input_ids).__name__}")
-    device = input_ids.device
-    attention_mask = inputs.get("attention_mask")
-    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    real = attention_mask.bool()
-
     source = selector.score_source if "scores" in selector.requires else None
     if source == "external":
         raise UnsupportedScoresError(
             f"{selector!r} takes scores from the caller, which a model call cannot pass; inside a model use "
             f"'fastervlm' (vision CLS attention) or a method whose scores the model provides"
         )
+    input_ids = inputs.get("input_ids")
     images = adapter.encode_images(inputs, scores=source)
     sizes = [f.shape[0] for f in images.features]
-    image_mask = (input_ids == adapter.image_token_id) & real
-    spans = _image_spans(image_mask, sizes, adapter.name)
-
-    embeds = adapter.embed(input_ids)
-    if callable(prompt_tokens):
-        prompt_mask = prompt_tokens(input_ids, attention_mask).to(device=device, dtype=torch.bool) & ~image_mask
-    elif prompt_tokens == "text":
-        special = torch.tensor(sorted(adapter.special_token_ids()), dtype=input_ids.dtype, device=device)
-        prompt_mask = real & ~image_mask & ~torch.isin(input_ids, special)
-    else:
-        raise ValueError(f"prompt_tokens must be one of {PROMPT_SCOPES} or a callable; got {prompt_tokens!r}")
-
-    n_images, n_max = len(sizes), max(sizes)
-    dim = images.features[0].shape[-1]
-    visual = images.features[0].new_zeros((n_images, n_max, dim))
-    selectable = torch.zeros((n_images, n_max), dtype=torch.bool, device=device)
-    protected = torch.zeros_like(selectable)
-    scores = None if images.scores is None else visual.new_zeros((n_images, n_max), dtype=torch.float32)
-    for i, feats in enumerate(images.features):
-        visual[i, : sizes[i]] = feats
-        selectable[i, : sizes[i]] = True
-        if images.protected is not None:
-            protected[i, : sizes[i]] = images.protected[i]
-        if scores is not None:
-            scores[i, : sizes[i]] = images.scores[i]
-    selectable &= ~protected
-
-    rows = [row for row, _ in spans]
-    prompt_lengths = prompt_mask.sum(dim=1)
-    empty = [row for row in sorted(set(rows)) if int(prompt_lengths[row]) == 0]
-    if empty and "prompt" in selector.requires:
-        raise InputError(f"{adapter.name}: rows {empty} have images but no prompt text tokens to score them by")
-    m_max = max(1, int(prompt_lengths.max()))
-    order = torch.sort(prompt_mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :m_max]
-    row_index = torch.tensor(rows, device=device)
-    prompt = embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))[row_index]
-    prompt_real = (torch.arange(m_max, device=device) < prompt_lengths.unsqueeze(1))[row_index]
-    prompt_real[:, 0] = True  # rows without text (only possible when the method ignores the prompt)
-
-    _sync(device)
-    start = time.perf_counter()
-    chosen = selector(
-        visual,
-        prompt=prompt.to(visual.dtype),
-        budget=budget,
-        visual_mask=selectable,
-        prompt_mask=prompt_real,
-        scores=scores,
+    layout = Layout.locate(adapter, input_ids, inputs.get("attention_mask"), sizes, prompt_tokens)
+    kept, selection_ms = select_per_image(
+        selector,
+        budget,
+        layout,
+        images.features,
+        adapter.embed(input_ids),
+        protected=images.protected,
+        scores=images.scores,
     )
-    _sync(device)
-    selection_ms = (time.perf_counter() - start) * 1e3
-
-    spare = torch.zeros((n_images, n_max + 1), dtype=torch.bool, device=device)  # -1 padding -> spare column
-    kept_per_image = spare.scatter_(1, chosen.masked_fill(chosen < 0, n_max), True)[:, :n_max] | protected
-    keep = real & ~image_mask
-    features, kept = [], []
-    for i, (row, positions) in enumerate(spans):
-        mask = kept_per_image[i, : sizes[i]]
-        keep[row, positions[mask]] = True
-        features.append(images.features[i][mask])
-        kept.append(mask.nonzero()[:, 0])
-
-    pruned = PrunedSequence.build(
-        input_ids, keep, left=_is_left_padded(attention_mask), pad_token_id=adapter.pad_token_id()
-    )
-    stats = PruneStats(
-        visual_before=sizes,
-        visual_after=[int(f.shape[0]) for f in features],
-        selection_ms=selection_ms,
-        kept=kept,
-        sequence_before=real.sum(dim=1).tolist(),
-        sequence_after=keep.sum(dim=1).tolist(),
-    )
+    keep = layout.keep_mask(kept)
+    pruned = PrunedSequence.build(input_ids, keep, left=layout.left_padded, pad_token_id=adapter.pad_token_id())
+    features = [feats[mask] for feats, mask in zip(images.features, kept, strict=True)]
     kwargs = adapter.rebuild(inputs, pruned, features)
-    return PrunedInputs(kwargs, keep, input_ids, stats)
+    return PrunedInputs(kwargs, keep, input_ids, layout.stats(kept, keep, selection_ms))
