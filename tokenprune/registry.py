@@ -122,6 +122,10 @@ class Method(Selector):
     def score_source(self) -> str | None:
         return self.selector.score_source
 
+    @property
+    def prune_layer(self) -> int | None:
+        return self.selector.prune_layer
+
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
         return self.selector.extend(tokens, selection, target)
 

@@ -27,6 +27,7 @@ __all__ = ["SCORE_SOURCES", "Selection", "Selector", "TokenBatch"]
 SCORE_SOURCES = {
     "external": "passed by the caller as scores=",
     "cls_attention": "attention from the vision encoder's CLS token to each patch at the feature layer",
+    "lm_attention": "attention from the last prompt token to each visual token in a language-model layer",
 }
 """Where a selector's ``scores`` come from when it runs inside a model (:func:`tokenprune.apply`)."""
 
@@ -194,11 +195,14 @@ class Selector(ABC):
         requires: the optional inputs it needs (``"prompt"``, ``"scores"``).
         batch_invariant: whether each row's result is independent of the rest of the batch.
         score_source: where ``scores`` come from inside a model (see :data:`SCORE_SOURCES`), or None.
+        prune_layer: the language-model layer before which a model integration drops the tokens
+            (FastV), or None to prune before the language model.
     """
 
     requires: frozenset[str] = frozenset()
     batch_invariant: bool = True
     score_source: str | None = None
+    prune_layer: int | None = None
 
     @abstractmethod
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:

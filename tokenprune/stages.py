@@ -34,6 +34,7 @@ from tokenprune.selector import SCORE_SOURCES, Selection, Selector, TokenBatch
 __all__ = [
     "ExternalScores",
     "Hierarchical",
+    "LayerAttention",
     "MaxMin",
     "MaxPool",
     "MeanPool",
@@ -146,6 +147,27 @@ class ExternalScores(Scorer):
 
 
 @dataclass(frozen=True)
+class LayerAttention(Scorer):
+    """FastV's scores: the attention the last prompt token pays each visual token in LM layer ``layer``.
+
+    Averaged over heads. Inside a model (:func:`tokenprune.apply`) the tokens are dropped before
+    layer ``layer`` runs, so layers ``0 .. layer-1`` see every token; called directly, the scores are
+    the caller's ``scores=``.
+    """
+
+    layer: int = 2
+    requires = frozenset({"scores"})
+    score_source = "lm_attention"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"layer must be an int >= 0; got {self.layer!r}")
+
+    def score(self, tokens: TokenBatch) -> Tensor:
+        return tokens.scores
+
+
+@dataclass(frozen=True)
 class RandomScores(Scorer):
     """Uniform random scores from a CPU generator seeded with ``seed`` once per call.
 
@@ -182,6 +204,10 @@ class TopK(Selector):
     @property
     def score_source(self) -> str | None:
         return self.scorer.score_source
+
+    @property
+    def prune_layer(self) -> int | None:
+        return getattr(self.scorer, "layer", None) if self.score_source == "lm_attention" else None
 
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
         add = selection.needed(target)
@@ -291,6 +317,10 @@ class Hierarchical(Selector):
     @property
     def score_source(self) -> str | None:
         return self.core.score_source or self.fill.score_source
+
+    @property
+    def prune_layer(self) -> int | None:
+        return self.core.prune_layer if self.core.prune_layer is not None else self.fill.prune_layer
 
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
         core_target = tuple(

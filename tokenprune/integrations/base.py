@@ -154,6 +154,10 @@ class ModelAdapter(ABC):
                 return value
         return 0
 
+    def language_model(self) -> Any:
+        """The decoder stack (with ``.layers`` and ``.config``) that FastV prunes inside."""
+        return self.model.model.language_model
+
     def embed(self, input_ids: Tensor) -> Tensor:
         """The language model's input embeddings of ``input_ids``."""
         return self.model.get_input_embeddings()(input_ids)

@@ -21,6 +21,7 @@ from torch import Tensor
 from tokenprune.budget import Budget
 from tokenprune.errors import TokenPruneError
 from tokenprune.integrations.base import ModelAdapter, PrunedInputs, PruneStats, _sync, prune_inputs
+from tokenprune.integrations.fastv import LayerPruner
 from tokenprune.registry import create_method
 from tokenprune.selector import Selector
 
@@ -97,26 +98,29 @@ class PruningSession:
         self.prompt_tokens = prompt_tokens
         self.stats: list[PruneStats] = []
         self._saved: dict[str, Any] = {}
-        self._awaiting_prefill: PruneStats | None = None
+        self._prefill_ms: float | None = None  # set by the forward wrapper at each prefill
 
     @property
     def last(self) -> PruneStats | None:
         """Statistics of the latest pruned call."""
         return self.stats[-1] if self.stats else None
 
-    def _prune(self, kwargs: dict[str, Any]) -> PrunedInputs:
-        pruned = prune_inputs(self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens)
-        self.stats.append(pruned.stats)
-        return pruned
+    def _record(self, stats: PruneStats | None) -> None:
+        if stats is not None:
+            stats.prefill_ms = self._prefill_ms
+            self.stats.append(stats)
 
-    def _timed(self, stats: PruneStats, call: Callable[[], Any]) -> Any:
+    def _timed_prefill(self, call: Callable[[], Any]) -> Any:
         device = self.model.device if hasattr(self.model, "device") else torch.device("cpu")
         _sync(device)
         start = time.perf_counter()
         out = call()
         _sync(device)
-        stats.prefill_ms = (time.perf_counter() - start) * 1e3
+        self._prefill_ms = (time.perf_counter() - start) * 1e3
         return out
+
+    def _layer_pruner(self, kwargs: dict[str, Any]) -> LayerPruner:
+        return LayerPruner(self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens)
 
     def install(self) -> None:
         state = self.model.__dict__
@@ -127,31 +131,49 @@ class PruningSession:
             )
         self._saved = {name: state[name] for name in _WRAPPED if name in state}
         stock_generate, stock_forward = self.model.generate, self.model.forward
+        inside_lm = self.selector.prune_layer is not None
 
         @functools.wraps(stock_generate)
         def generate(*args: Any, **kwargs: Any) -> Any:
             kwargs = _positional(args, kwargs)
             if not _has_images(self.adapter, kwargs):
                 return stock_generate(**kwargs)
-            pruned = self._prune(kwargs)
-            self._awaiting_prefill = pruned.stats
-            try:
-                out = stock_generate(**pruned.kwargs)
-            finally:
-                self._awaiting_prefill = None
+            self._prefill_ms = None
+            if inside_lm:
+                pruner = self._layer_pruner(kwargs)
+                with pruner.installed():
+                    out = stock_generate(**kwargs)
+                self._record(pruner.stats)
+                return out
+            pruned = prune_inputs(self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens)
+            out = stock_generate(**pruned.kwargs)
+            self._record(pruned.stats)
             return _restore_prompt(out, pruned)
 
         @functools.wraps(stock_forward)
         def forward(*args: Any, **kwargs: Any) -> Any:
             kwargs = _positional(args, kwargs)
-            if _has_images(self.adapter, kwargs) and _is_prefill(kwargs):
-                pruned = self._prune(kwargs)
-                return self._timed(pruned.stats, lambda: stock_forward(**pruned.kwargs))
-            waiting = self._awaiting_prefill
-            if waiting is not None and _is_prefill(kwargs):  # the prefill of our own generate call
-                self._awaiting_prefill = None
-                return self._timed(waiting, lambda: stock_forward(**kwargs))
-            return stock_forward(**kwargs)
+            if not _is_prefill(kwargs):
+                return stock_forward(**kwargs)
+            if not _has_images(self.adapter, kwargs):  # e.g. the prefill inside our own generate call
+                return self._timed_prefill(lambda: stock_forward(**kwargs))
+            self._prefill_ms = None
+            if inside_lm:
+                labels = kwargs.pop("labels", None)
+                pruner = self._layer_pruner(kwargs)
+                with pruner.installed():
+                    out = self._timed_prefill(lambda: stock_forward(**kwargs))
+                if labels is not None:
+                    if pruner.pruned is not None:
+                        labels = pruner.pruned.take(labels, fill=-100)
+                    vocab = self.model.config.get_text_config().vocab_size
+                    out.loss = self.model.loss_function(logits=out.logits, labels=labels, vocab_size=vocab)
+                self._record(pruner.stats)
+                return out
+            pruned = prune_inputs(self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens)
+            out = self._timed_prefill(lambda: stock_forward(**pruned.kwargs))
+            self._record(pruned.stats)
+            return out
 
         state["generate"], state["forward"], state[_SESSION_ATTR] = generate, forward, self
 

@@ -12,6 +12,7 @@ from tokenprune.selector import Selector
 from tokenprune.stages import (
     ExternalScores,
     Hierarchical,
+    LayerAttention,
     MaxMin,
     RandomScores,
     Relevance,
@@ -20,7 +21,7 @@ from tokenprune.stages import (
     make_pooling,
 )
 
-__all__ = ["attention", "divprune", "fastervlm", "random", "relevance", "stride", "zspa"]
+__all__ = ["attention", "divprune", "fastervlm", "fastv", "random", "relevance", "stride", "zspa"]
 
 DEFAULT_CORE_RATIO = 0.2
 """zspa's default share of the budget given to prompt-relevant tokens.
@@ -75,7 +76,16 @@ def fastervlm() -> Selector:
     return TopK(ExternalScores(source="cls_attention"))
 
 
+def fastv(layer: int = 2) -> Selector:
+    """FastV: inside the language model, drop visual tokens before layer ``layer``, keeping those the
+    last prompt token attends to most at that layer (averaged over heads).
+
+    Called directly (no model), the attention scores are the caller's ``scores=``.
+    """
+    return TopK(LayerAttention(layer))
+
+
 @hookimpl
 def tokenprune_register_methods(register: MethodRegistrar) -> None:
-    for factory in (zspa, divprune, relevance, random, stride, attention, fastervlm):
+    for factory in (zspa, divprune, relevance, random, stride, attention, fastervlm, fastv):
         register(factory.__name__, factory, summary=factory.__doc__ or "")

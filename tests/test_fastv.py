@@ -1,0 +1,118 @@
+"""FastV inside the LM of a tiny random LLaVA, under sdpa and eager attention."""
+
+import pytest
+import torch
+
+import tokenprune
+from tokenprune import TokenPruneError
+from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs
+
+GEN = {"max_new_tokens": 6, "do_sample": False}
+PROMPTS = [([5, 6, 7, 8], [9, 10, 11]), ([3], [4, 12])]
+
+
+def build(implementation):
+    model = tiny_llava(seed=3, layers=4)
+    model.config._attn_implementation = implementation
+    model.model.language_model.config._attn_implementation = implementation
+    return model
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def model(request):
+    return build(request.param)
+
+
+@pytest.fixture(scope="module")
+def inputs(model):
+    return tiny_llava_inputs(model, PROMPTS)
+
+
+def test_keeping_everything_is_identical_to_stock(model, inputs):
+    stock = model.generate(**inputs, **GEN)
+    with tokenprune.apply(model, "fastv", budget=1.0) as session:
+        assert torch.equal(model.generate(**inputs, **GEN), stock)
+    assert session.last.visual_after == [16, 16]
+
+
+@pytest.mark.parametrize("layer", [0, 2, 3])
+def test_scores_are_the_last_tokens_attention_at_layer_k(model, inputs, layer):
+    """The recomputed attention row ranks tokens exactly as the eager attention maps do."""
+    with tokenprune.apply(model, "fastv", budget=5, layer=layer) as session:
+        model.generate(**inputs, **GEN)
+    eager = build("eager")
+    out = eager(**inputs, output_attentions=True)
+    maps = out.attentions[layer].mean(dim=1)[:, -1]  # (B, L): the last token's row, heads averaged
+    for row in range(2):
+        image = (inputs["input_ids"][row] == IMAGE_TOKEN).nonzero()[:, 0]
+        expected = torch.topk(maps[row, image], 5).indices.sort().values
+        assert session.stats[-1].kept[row].tolist() == expected.tolist()
+
+
+def test_layer_zero_equals_pruning_before_the_lm_at_original_positions(model, inputs):
+    with tokenprune.apply(model, "fastv", budget=4, layer=0) as session:
+        fastv = model.generate(**inputs, **GEN)[:, inputs["input_ids"].shape[1] :]
+    embeds = model.model(**inputs, output_hidden_states=True).hidden_states[0]  # LM input: text + image features
+    positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    rows = []
+    for b in range(2):
+        image = (inputs["input_ids"][b] == IMAGE_TOKEN).nonzero()[:, 0]
+        drop = torch.ones_like(inputs["attention_mask"][b], dtype=torch.bool)
+        drop[image] = False
+        drop[image[session.last.kept[b]]] = True
+        keep = drop & inputs["attention_mask"][b].bool()
+        rows.append((embeds[b][keep], positions[b][keep]))
+    width = max(r[0].shape[0] for r in rows)
+    short = torch.zeros(2, width, embeds.shape[-1])
+    mask = torch.zeros(2, width, dtype=torch.long)
+    pos = torch.ones(2, width, dtype=torch.long)
+    for b, (e, p) in enumerate(rows):
+        short[b, width - e.shape[0] :], mask[b, width - e.shape[0] :], pos[b, width - e.shape[0] :] = e, 1, p
+    ideal = model.generate(inputs_embeds=short, attention_mask=mask, position_ids=pos, **GEN)
+    assert torch.equal(fastv, ideal)
+
+
+def test_a_padded_row_generates_as_it_does_alone(model, inputs):
+    with tokenprune.apply(model, "fastv", budget=4) as session:
+        batched = model.generate(**inputs, **GEN)[:, inputs["input_ids"].shape[1] :]
+        real = int(inputs["attention_mask"][1].sum())
+        alone_inputs = {
+            "input_ids": inputs["input_ids"][1:, -real:],
+            "attention_mask": inputs["attention_mask"][1:, -real:],
+            "pixel_values": inputs["pixel_values"][1:],
+        }
+        alone = model.generate(**alone_inputs, **GEN)[:, real:]
+    assert torch.equal(batched[1:], alone)
+    assert session.stats[0].kept[1].tolist() == session.stats[1].kept[0].tolist()
+
+
+def test_forward_agrees_with_generates_first_token_and_computes_the_loss(model, inputs):
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    with tokenprune.apply(model, "fastv", budget=4) as session:
+        first = model.generate(**inputs, max_new_tokens=1, do_sample=False)[:, -1]
+        out = model(**inputs, labels=labels)
+    assert out.logits.shape[1] == max(session.last.sequence_after)
+    assert torch.equal(out.logits[:, -1].argmax(-1), first)
+    assert torch.isfinite(out.loss)
+
+
+def test_static_cache_and_out_of_range_layers_are_refused(model, inputs):
+    with (
+        tokenprune.apply(model, "fastv", budget=4),
+        pytest.raises(TokenPruneError, match="StaticCache cannot hold them"),
+    ):
+        model.generate(**inputs, cache_implementation="static", **GEN)
+    with (
+        tokenprune.apply(model, "fastv", budget=4, layer=9),
+        pytest.raises(TokenPruneError, match="outside the language model's 4 layers"),
+    ):
+        model.generate(**inputs, **GEN)
+
+
+def test_the_model_is_restored_and_hooks_removed(model, inputs):
+    stock = model.generate(**inputs, **GEN)
+    with tokenprune.apply(model, "fastv", budget=3):
+        model.generate(**inputs, **GEN)
+    layers = model.model.language_model.layers
+    assert all(not layer._forward_pre_hooks for layer in layers)
+    assert torch.equal(model.generate(**inputs, **GEN), stock)
