@@ -128,6 +128,14 @@ class ModelAdapter(ABC):
         raise :class:`UnsupportedScoresError` if this family cannot provide it.
         """
 
+    def protected_tokens(self, inputs: Mapping[str, Any]) -> list[Tensor] | None:
+        """Per image, an ``(N_i,)`` bool mask of tokens always kept and outside the budget, or None.
+
+        Used where the adapter does not encode the images (pruning inside the LM); must agree with
+        ``ImageTokens.protected`` from :meth:`encode_images`.
+        """
+        return None
+
     def unsupported_scores(self, source: str) -> UnsupportedScoresError:
         return UnsupportedScoresError(
             f"{self.name} cannot provide {source!r} scores ({SCORE_SOURCES.get(source, 'unknown source')})"

@@ -103,6 +103,7 @@ class LayerPruner:
         self.input_ids = inputs["input_ids"]
         attention_mask = inputs.get("attention_mask")
         self.layout = Layout.locate(adapter, self.input_ids, attention_mask, None, prompt_tokens)
+        self.protected = adapter.protected_tokens(inputs)  # e.g. LLaVA-NeXT newlines: kept, outside the budget
         self.length = self.input_ids.shape[1]
         self.layers = adapter.language_model().layers
         if not 0 <= self.layer < len(self.layers):
@@ -165,7 +166,9 @@ class LayerPruner:
         )
         features = [hidden[row, pos] for row, pos in layout.spans]
         scores = [weights[row, pos] for row, pos in layout.spans]
-        kept, _ = select_per_image(self.selector, self.budget, layout, features, hidden, scores=scores)
+        kept, _ = select_per_image(
+            self.selector, self.budget, layout, features, hidden, protected=self.protected, scores=scores
+        )
         _sync(hidden.device)
         keep = layout.keep_mask(kept)
         self.stats = layout.stats(kept, keep, (time.perf_counter() - start) * 1e3)  # scores + selection

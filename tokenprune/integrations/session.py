@@ -145,7 +145,10 @@ class PruningSession:
                     out = stock_generate(**kwargs)
                 self._record(pruner.stats)
                 return out
-            pruned = prune_inputs(self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens)
+            with torch.no_grad():  # generate never backpropagates: keep no graph of the vision tower
+                pruned = prune_inputs(
+                    self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens
+                )
             out = stock_generate(**pruned.kwargs)
             self._record(pruned.stats)
             return _restore_prompt(out, pruned)

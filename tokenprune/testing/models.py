@@ -68,3 +68,221 @@ def tiny_llava_inputs(
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randn(len(rows), 3, vision.image_size, vision.image_size, generator=g)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
+
+# Qwen2.5-VL: the image placeholder is IMAGE_TOKEN; these mark the other vision tokens of its tiny vocabulary.
+QWEN_VIDEO_TOKEN, QWEN_VISION_START, QWEN_VISION_END = 101, 102, 103
+__all__ += ["QWEN_VIDEO_TOKEN", "QWEN_VISION_END", "QWEN_VISION_START", "tiny_qwen2_5_vl", "tiny_qwen2_5_vl_inputs"]
+
+
+def tiny_qwen2_5_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
+    """A random ``Qwen2_5_VLForConditionalGeneration``: windowed ViT with 2x2 merger, Qwen2 LM with M-RoPE.
+
+    Patches of 14 pixels, 2 frames per temporal patch; an image of patch grid ``(t, h, w)`` (h, w even)
+    gives ``t * h * w / 4`` visual tokens.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    head_dim = hidden // 4
+    unit = head_dim // 16  # mrope_section: (temporal, height, width) rotary pairs, summing to head_dim / 2
+    text = {
+        "vocab_size": 128,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2 * unit, 3 * unit, 3 * unit],
+        },
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": hidden,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,  # 2x2 merged tokens per attention window
+        "fullatt_block_indexes": [1],
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=QWEN_VIDEO_TOKEN,
+        vision_start_token_id=QWEN_VISION_START,
+        vision_end_token_id=QWEN_VISION_END,
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def tiny_qwen2_5_vl_inputs(
+    model: Any,
+    prompts: list[list[list[int]]],
+    grids: list[tuple[int, int, int]],
+    *,
+    seed: int = 0,
+    left: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Processor-style inputs for ``tiny_qwen2_5_vl`` (``mm_token_type_ids`` included, as the processor gives).
+
+    Args:
+        prompts: per row, its text segments (token ids in ``[3, 100)``); an image goes between each two
+            consecutive segments, as ``<vision_start> <image> * n <vision_end>``.
+        grids: the ``(t, h, w)`` patch grid of each image, in order (row by row); ``h`` and ``w`` even.
+        left: pad on the left (generation) or the right.
+    """
+    vision = model.config.vision_config
+    merge = vision.spatial_merge_size**2
+    if len(grids) != sum(len(segments) - 1 for segments in prompts):
+        raise ValueError(f"{len(grids)} grids for {sum(len(s) - 1 for s in prompts)} images")
+    images = iter(grids)
+    rows = []
+    for segments in prompts:
+        row = list(segments[0])
+        for text in segments[1:]:
+            t, h, w = next(images)
+            row += [QWEN_VISION_START, *([IMAGE_TOKEN] * (t * h * w // merge)), QWEN_VISION_END, *text]
+        rows.append(row)
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span], mask[i, span] = torch.tensor(row), 1
+    grid = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "mm_token_type_ids": (ids == IMAGE_TOKEN).long(),
+        "pixel_values": pixels,
+        "image_grid_thw": grid,
+    }
+
+
+# LLaVA-NeXT: anyres tiles of 56 px (4 x 4 patches of 14 px); the grid pinpoints allow 1x2, 2x1 and 2x2 tiles.
+LLAVA_NEXT_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
+__all__ += ["LLAVA_NEXT_PINPOINTS", "llava_next_image_tokens", "tiny_llava_next", "tiny_llava_next_inputs"]
+
+
+def tiny_llava_next(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
+    """A random ``LlavaNextForConditionalGeneration``: CLIP tower on 56 px tiles, MLP projector, Llama LM.
+
+    Each tile gives 16 patch tokens; an image of ``(height, width)`` gives
+    :func:`llava_next_image_tokens` tokens (base tile + unpadded anyres grid + one newline per row).
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14
+    )
+    text = LlamaConfig(
+        vocab_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=IMAGE_TOKEN,
+        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    model = LlavaNextForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def llava_next_image_tokens(model: Any, height: int, width: int) -> tuple[int, int]:
+    """``(tokens, newlines)`` of an image of ``height x width`` pixels, counted as ``LlavaNextProcessor`` does.
+
+    Base tile (``g * g`` tokens) + the unpadded anyres grid + one ``image_newline`` per grid row
+    (``vision_feature_select_strategy="default"``: no CLS token).
+    """
+    from transformers.image_processing_utils import select_best_resolution
+
+    config = model.config
+    tile, patch = config.vision_config.image_size, config.vision_config.patch_size
+    best_height, best_width = select_best_resolution([height, width], config.image_grid_pinpoints)
+    rows, cols = (tile // patch) * (best_height // tile), (tile // patch) * (best_width // tile)
+    if width / height > cols / rows:
+        rows -= 2 * ((rows - int(round(height * (cols / width), 7))) // 2)
+    else:
+        cols -= 2 * ((cols - int(round(width * (rows / height), 7))) // 2)
+    return (tile // patch) ** 2 + rows * cols + rows, rows
+
+
+def tiny_llava_next_inputs(
+    model: Any,
+    prompts: list[list[list[int]]],
+    sizes: list[tuple[int, int]],
+    *,
+    seed: int = 0,
+    left: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Processor-style inputs for ``tiny_llava_next`` (no PIL: pixel values are random tiles).
+
+    Args:
+        prompts: per row, its text segments (token ids in ``[3, 100)``); BOS starts each row and an
+            image's placeholders go between each two consecutive segments.
+        sizes: the original ``(height, width)`` of each image, in order (row by row).
+        left: pad on the left (generation) or the right.
+
+    Returns:
+        ``input_ids``, ``attention_mask``, ``pixel_values`` of shape ``(images, max tiles, 3, 56, 56)``
+        (each image's tiles first, zero-padded, as the processor stacks them) and ``image_sizes``.
+    """
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    if len(sizes) != sum(len(segments) - 1 for segments in prompts):
+        raise ValueError(f"{len(sizes)} image sizes for {sum(len(s) - 1 for s in prompts)} images")
+    images = iter(sizes)
+    rows = []
+    for segments in prompts:
+        row = [1, *segments[0]]
+        for text in segments[1:]:
+            tokens, _ = llava_next_image_tokens(model, *next(images))
+            row += [*([IMAGE_TOKEN] * tokens), *text]
+        rows.append(row)
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span], mask[i, span] = torch.tensor(row), 1
+    tile = model.config.vision_config.image_size
+    tiles = [image_size_to_num_patches(list(size), model.config.image_grid_pinpoints, tile) for size in sizes]
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.zeros(len(sizes), max(tiles), 3, tile, tile)
+    for i, n in enumerate(tiles):
+        pixels[i, :n] = torch.randn(n, 3, tile, tile, generator=g)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": pixels,
+        "image_sizes": torch.tensor(sizes, dtype=torch.long).reshape(-1, 2),
+    }

@@ -1,0 +1,210 @@
+"""tokenprune.apply on a tiny random LlavaNextForConditionalGeneration (anyres tiles, image_newline tokens)."""
+
+import pytest
+import torch
+
+import tokenprune
+from tokenprune.integrations import get_adapter
+from tokenprune.testing.models import IMAGE_TOKEN, llava_next_image_tokens, tiny_llava_next, tiny_llava_next_inputs
+
+GEN = {"max_new_tokens": 6, "do_sample": False}
+# Image sizes (height, width) of different aspect ratios: 52 tokens (4 newlines), 72 (8), 88 (8).
+SIZES = [(40, 100), (90, 60), (100, 100)]
+ONE_PER_ROW = ([[[5, 17, 9], [33, 41]], [[23], [64, 3, 55, 8]]], SIZES[:2])
+TWO_IN_A_ROW = ([[[5, 17], [9, 33], [41]], [[23], [64, 3, 55]]], SIZES)  # row 0: two images, row 1: one
+LAYOUTS = {
+    "batch1": ([ONE_PER_ROW[0][0]], SIZES[:1]),
+    "batch2": ONE_PER_ROW,
+    "two-images-in-a-row": TWO_IN_A_ROW,
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llava_next(seed=0)
+
+
+@pytest.fixture(scope="module")
+def inputs(model):
+    return tiny_llava_next_inputs(model, *TWO_IN_A_ROW)
+
+
+def newline_masks(model, inputs):
+    """Each image's image_newline positions in the stock packed features (the newline is copied verbatim)."""
+    features = model.model.get_image_features(
+        pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"], return_dict=True
+    ).pooler_output
+    return [(f == model.model.image_newline.to(f)).all(-1) for f in features]
+
+
+def layer0_lengths(model, run):
+    """Sequence lengths the LM's first decoder layer sees, call by call."""
+    seen = []
+    layer = model.model.language_model.layers[0]
+    handle = layer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(
+            kwargs["hidden_states"].shape[1] if "hidden_states" in kwargs else args[0].shape[1]
+        ),
+        with_kwargs=True,
+    )
+    try:
+        out = run()
+    finally:
+        handle.remove()
+    return seen, out
+
+
+def test_the_tiny_inputs_match_the_model_packing(model, inputs):
+    """Processor-style token counts, the stock packing and the adapter's newline masks all agree."""
+    counts = [llava_next_image_tokens(model, *size) for size in SIZES]
+    assert counts == [(52, 4), (72, 8), (88, 8)]
+    masks = newline_masks(model, inputs)
+    assert [(len(m), int(m.sum())) for m in masks] == counts
+    adapter = get_adapter(model)
+    for protected in (adapter.encode_images(inputs).protected, adapter.protected_tokens(inputs)):
+        assert [torch.equal(p, m) for p, m in zip(protected, masks, strict=True)] == [True] * 3
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("method", ["zspa", "divprune", "stride", "fastervlm"])
+def test_budget_one_is_token_identical_to_stock(model, method, layout):
+    inputs = tiny_llava_next_inputs(model, *LAYOUTS[layout])
+    stock = model.generate(**inputs, **GEN)
+    with tokenprune.apply(model, method, budget=1.0) as session:
+        pruned = model.generate(**inputs, **GEN)
+    assert torch.equal(stock, pruned)
+    tokens = [llava_next_image_tokens(model, *size)[0] for size in LAYOUTS[layout][1]]
+    assert session.last.visual_after == session.last.visual_before == tokens
+
+
+def test_prefill_sees_text_plus_k_plus_newlines(model, inputs):
+    newlines = [llava_next_image_tokens(model, *size)[1] for size in SIZES]  # 4, 8, 8
+    text = inputs["attention_mask"].sum(1) - (inputs["input_ids"] == IMAGE_TOKEN).sum(1)
+    expected = text + torch.tensor([(4 + newlines[0]) + (4 + newlines[1]), 4 + newlines[2]])
+    with tokenprune.apply(model, "zspa", budget=4) as session:
+        seen, out = layer0_lengths(model, lambda: model.generate(**inputs, **GEN))
+    assert seen[0] == int(expected.max())  # the longest row: its text + K + newlines of each of its images
+    assert seen[1:] == [1] * (GEN["max_new_tokens"] - 1)
+    assert session.last.sequence_after == expected.tolist()
+    assert session.last.visual_after == [4 + n for n in newlines]
+    assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])  # the caller's prompt
+
+
+@pytest.mark.parametrize("method", ["zspa", "divprune", "stride", "random", "relevance", "fastervlm"])
+def test_newlines_are_always_kept_and_outside_an_int_budget(model, inputs, method):
+    masks = newline_masks(model, inputs)
+    with tokenprune.apply(model, method, budget=2) as session:
+        model.generate(**inputs, **GEN)
+    for kept, mask in zip(session.last.kept, masks, strict=True):
+        assert set(mask.nonzero()[:, 0].tolist()) <= set(kept.tolist())
+        assert len(kept) == 2 + int(mask.sum())
+
+
+def test_a_ratio_budget_is_a_ratio_of_the_non_newline_tokens(model, inputs):
+    masks = newline_masks(model, inputs)
+    with tokenprune.apply(model, "divprune", budget=0.25) as session:
+        model.generate(**inputs, **GEN)
+    patches = [int((~m).sum()) for m in masks]  # 48, 64, 80
+    assert session.last.visual_after == [p // 4 + int(m.sum()) for p, m in zip(patches, masks, strict=True)]
+    for kept, mask in zip(session.last.kept, masks, strict=True):
+        assert set(mask.nonzero()[:, 0].tolist()) <= set(kept.tolist())
+
+
+def test_pruned_generation_equals_the_lm_fed_text_plus_kept_tokens_directly(model, inputs):
+    """The ideal: the short sequence built by hand (same kept tokens) through stock generate on embeddings."""
+    with tokenprune.apply(model, "zspa", budget=5, core_ratio=0.4) as session:
+        out = model.generate(**inputs, **GEN)
+    new_tokens = out[:, inputs["input_ids"].shape[1] :]
+
+    features = model.model.get_image_features(
+        pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"], return_dict=True
+    ).pooler_output
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    images = iter(zip(features, session.last.kept, strict=True))
+    rows = []
+    for b in range(2):
+        real = inputs["attention_mask"][b].bool()
+        ids, emb = inputs["input_ids"][b][real], embeds[b][real]
+        pieces, start = [], 0
+        while start < len(ids):  # text runs are copied, each image's placeholder run is replaced by its kept tokens
+            end = start
+            while end < len(ids) and (ids[end] == IMAGE_TOKEN) == (ids[start] == IMAGE_TOKEN):
+                end += 1
+            if ids[start] == IMAGE_TOKEN:
+                feats, kept = next(images)
+                assert end - start == len(feats)
+                pieces.append(feats[kept])
+            else:
+                pieces.append(emb[start:end])
+            start = end
+        rows.append(torch.cat(pieces))
+    width = max(r.shape[0] for r in rows)
+    short = torch.zeros(2, width, embeds.shape[-1])
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        short[b, width - r.shape[0] :], mask[b, width - r.shape[0] :] = r, 1
+    assert mask.sum(1).tolist() == session.last.sequence_after
+    ideal = model.generate(inputs_embeds=short, attention_mask=mask, **GEN)
+    assert torch.equal(new_tokens, ideal)
+
+
+def test_forward_with_labels_runs_on_the_pruned_sequence(model, inputs):
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    with tokenprune.apply(model, "divprune", budget=0.25) as session:
+        out = model(**inputs, labels=labels)
+    assert out.logits.shape[:2] == (2, max(session.last.sequence_after))
+    assert torch.isfinite(out.loss)
+    assert session.last.prefill_ms is not None and session.last.prefill_ms > 0
+
+
+def test_model_is_restored_after_the_block_even_on_error(model, inputs):
+    stock = model.generate(**inputs, **GEN)
+    with pytest.raises(tokenprune.BudgetError), tokenprune.apply(model, "zspa", budget=99):
+        model.generate(**inputs, **GEN)  # 99 > 48 patch tokens of the first image
+    assert "generate" not in model.__dict__ and "forward" not in model.__dict__
+    assert torch.equal(model.generate(**inputs, **GEN), stock)
+
+
+def test_missing_image_sizes_is_a_clear_error(model, inputs):
+    broken = {k: v for k, v in inputs.items() if k != "image_sizes"}
+    with tokenprune.apply(model, "zspa", budget=4), pytest.raises(tokenprune.InputError, match="image_sizes"):
+        model.generate(**broken, **GEN)
+
+
+def test_fastervlm_keeps_the_top_cls_attention_patches_of_every_tile(model, inputs):
+    """Independent reference: eager CLIP attention maps per tile, mapped to packed positions by matching features."""
+    implementation = model.model.vision_tower.config._attn_implementation
+    with tokenprune.apply(model, "fastervlm", budget=5) as session:
+        model.generate(**inputs, **GEN)
+    assert model.model.vision_tower.config._attn_implementation == implementation  # not switched to eager
+
+    pixels = inputs["pixel_values"]
+    tiles = torch.cat([p[p.flatten(1).abs().sum(1) > 0] for p in pixels])  # each image's real tiles, in order
+    reference = tiny_llava_next(seed=0)  # same weights; eager, asked for the attention maps
+    reference.model.vision_tower.config._attn_implementation = "eager"
+    with torch.no_grad():
+        out = reference.model.vision_tower(tiles, output_attentions=True, output_hidden_states=True)
+        cls_to_patches = out.attentions[-2][:, :, 0, 1:].mean(dim=1).flatten()  # the feature layer is -2
+        tile_features = model.model.multi_modal_projector(out.hidden_states[-2][:, 1:]).flatten(0, 1)
+        packed = model.model.get_image_features(
+            pixel_values=pixels, image_sizes=inputs["image_sizes"], return_dict=True
+        ).pooler_output
+    newline = model.model.image_newline
+    for features, kept in zip(packed, session.last.kept, strict=True):
+        is_newline = (features == newline).all(-1)
+        distance, source = torch.cdist(features[~is_newline], tile_features).min(dim=1)
+        assert float(distance.max()) < 1e-4  # every packed patch token is one tile patch
+        scores = torch.full((len(features),), -1.0)
+        scores[~is_newline] = cls_to_patches[source]
+        top = torch.topk(scores, 5).indices
+        expected = torch.cat([top, is_newline.nonzero()[:, 0]]).sort().values
+        assert kept.tolist() == expected.tolist()
+
+
+def test_fastv_keeps_newlines_outside_the_budget():
+    model = tiny_llava_next(seed=0, layers=3)
+    inputs = tiny_llava_next_inputs(model, [[[5, 6], [7, 8, 9]], [[3], [4]]], [(40, 100), (90, 60)])
+    newlines = [int(mask.sum()) for mask in get_adapter(model).protected_tokens(inputs)]
+    with tokenprune.apply(model, "fastv", budget=4, layer=1) as session:
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert session.last.visual_after == [4 + n for n in newlines]

@@ -1,0 +1,322 @@
+"""tokenprune.apply on a tiny random Qwen2_5_VLForConditionalGeneration (the real transformers code paths).
+
+Qwen2.5-VL places tokens by 3-D M-RoPE, so besides the sequence the tests check positions: each kept
+visual token keeps its (t, h, w) position of the full sequence, and text and decoding continue where
+they would have without pruning.
+"""
+
+import pytest
+import torch
+
+import tokenprune
+from tokenprune.integrations import get_adapter
+from tokenprune.integrations.base import UnsupportedScoresError
+from tokenprune.integrations.qwen2_5_vl import Qwen2_5_VLAdapter
+from tokenprune.stages import Stride
+from tokenprune.testing.models import (
+    IMAGE_TOKEN,
+    QWEN_VIDEO_TOKEN,
+    QWEN_VISION_END,
+    QWEN_VISION_START,
+    tiny_qwen2_5_vl,
+    tiny_qwen2_5_vl_inputs,
+)
+
+GEN = {"max_new_tokens": 6, "do_sample": False}
+SCORED = {**GEN, "output_scores": True, "return_dict_in_generate": True}
+# one image per row; grids of different shapes, so 16 and 12 visual tokens
+PROMPTS = [[[5, 17, 9], [41, 8, 77, 12, 6]], [[23], [64, 3, 55, 90, 31, 7, 44]]]
+GRIDS = [(1, 8, 8), (1, 4, 12)]
+# row 0 has two images (8 and 6 tokens), row 1 one (12 tokens)
+MULTI_PROMPTS = [[[5, 6], [7, 8, 9], [10, 11]], [[23, 24], [64, 3, 55]]]
+MULTI_GRIDS = [(1, 4, 8), (1, 6, 4), (1, 4, 12)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_qwen2_5_vl(seed=1)
+
+
+@pytest.fixture(scope="module")
+def inputs(model):
+    return tiny_qwen2_5_vl_inputs(model, PROMPTS, GRIDS)
+
+
+def recorded(module, run, pick):
+    """Run ``run()`` with a forward pre-hook on ``module`` that records ``pick(args, kwargs)`` per call."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda _m, a, kw: seen.append(pick(a, kw)), with_kwargs=True)
+    try:
+        out = run()
+    finally:
+        handle.remove()
+    return seen, out
+
+
+def rope_positions(model, run):
+    """The (3, B, L) M-RoPE positions the LM's rotary embedding gets, call by call."""
+    rotary = model.model.language_model.rotary_emb
+    return recorded(rotary, run, lambda args, kwargs: kwargs.get("position_ids", args[1] if len(args) > 1 else None))
+
+
+def layer0_lengths(model, run):
+    layer = model.model.language_model.layers[0]
+    return recorded(layer, run, lambda args, kwargs: kwargs.get("hidden_states", args[0] if args else None).shape[1])
+
+
+def ideal_short_sequence(model, inputs, kept):
+    """Text + kept visual tokens of every row built by hand, with each token's original M-RoPE position.
+
+    Returns ``inputs_embeds``, ``attention_mask`` and ``(4, B, L')`` ``position_ids`` (left padded), from
+    the unpruned inputs and the kept indices of each image alone: no tokenprune code involved.
+    """
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+    positions, _ = model.model.get_rope_index(
+        ids, inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"], attention_mask=mask
+    )
+    embeds = model.get_input_embeddings()(ids)
+    rows, image = [], 0
+    for b in range(ids.shape[0]):
+        keep = mask[b].bool() & (ids[b] != IMAGE_TOKEN)
+        row_embeds = embeds[b].clone()
+        placeholders = (ids[b] == IMAGE_TOKEN).nonzero()[:, 0]
+        offset = 0
+        while offset < placeholders.shape[0]:  # this row's images, one after the other
+            n = features[image].shape[0]
+            span = placeholders[offset : offset + n]
+            keep[span[kept[image]]] = True
+            row_embeds[span] = features[image]
+            offset, image = offset + n, image + 1
+        rows.append((row_embeds[keep], positions[:, b, keep]))
+    width = max(r[0].shape[0] for r in rows)
+    short = torch.zeros(len(rows), width, embeds.shape[-1])
+    short_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    short_positions = torch.zeros(4, len(rows), width, dtype=torch.long)
+    for b, (row_embeds, row_positions) in enumerate(rows):
+        n = row_embeds.shape[0]
+        short[b, width - n :], short_mask[b, width - n :] = row_embeds, 1
+        short_positions[0, b, width - n :] = torch.arange(n)
+        short_positions[1:, b, width - n :] = row_positions
+    return short, short_mask, short_positions
+
+
+def test_the_builtin_adapter_is_used_and_vision_markers_are_not_prompt_text(model):
+    adapter = get_adapter(model)
+    assert isinstance(adapter, Qwen2_5_VLAdapter) and adapter.image_token_id == IMAGE_TOKEN
+    assert {QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO_TOKEN} <= adapter.special_token_ids()
+
+
+@pytest.mark.parametrize("case", ["one row", "two rows", "two images in a row"])
+@pytest.mark.parametrize("method", ["zspa", "divprune", "stride"])
+def test_budget_one_is_token_identical_to_stock(model, method, case):
+    prompts, grids = {
+        "one row": (PROMPTS[:1], GRIDS[:1]),
+        "two rows": (PROMPTS, GRIDS),
+        "two images in a row": (MULTI_PROMPTS, MULTI_GRIDS),
+    }[case]
+    inputs = tiny_qwen2_5_vl_inputs(model, prompts, grids)
+    stock = model.generate(**inputs, **SCORED)
+    with tokenprune.apply(model, method, budget=1.0) as session:
+        pruned = model.generate(**inputs, **SCORED)
+    assert torch.equal(stock.sequences, pruned.sequences)
+    for a, b in zip(stock.scores, pruned.scores, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    sizes = [t * h * w // 4 for t, h, w in grids]
+    assert session.last.visual_after == session.last.visual_before == sizes
+
+
+def test_positions_come_from_explicit_position_ids_or_from_the_placeholders(model, inputs):
+    stock = model.generate(**inputs, **GEN)
+    positions, _ = model.model.get_rope_index(
+        inputs["input_ids"],
+        inputs["mm_token_type_ids"],
+        image_grid_thw=inputs["image_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+    )
+    no_types = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+    with tokenprune.apply(model, "zspa", budget=1.0):
+        assert torch.equal(model.generate(**inputs, position_ids=positions, **GEN), stock)
+        # older processors give no mm_token_type_ids: the M-RoPE positions are still the model's own
+        assert torch.equal(model.generate(**no_types, **GEN), stock)
+
+
+def test_prefill_sees_text_plus_k_and_decoding_uses_the_short_cache(model, inputs):
+    text = inputs["attention_mask"].sum(1) - (inputs["input_ids"] == IMAGE_TOKEN).sum(1)
+    with tokenprune.apply(model, "zspa", budget=4) as session:
+        seen, out = layer0_lengths(model, lambda: model.generate(**inputs, **GEN))
+    assert seen[0] == int(text.max()) + 4  # the longest row: its text + 4 visual tokens
+    assert seen[1:] == [1] * (GEN["max_new_tokens"] - 1)
+    assert session.last.sequence_after == (text + 4).tolist()
+    assert session.last.visual_before == [16, 12] and session.last.visual_after == [4, 4]
+    assert out.shape == (2, inputs["input_ids"].shape[1] + GEN["max_new_tokens"])
+    assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])  # the caller's prompt
+
+
+@pytest.mark.parametrize("case", ["two rows", "two images in a row"])
+def test_kept_tokens_keep_their_3d_positions_and_decoding_continues_the_original_ones(model, case):
+    prompts, grids = (PROMPTS, GRIDS) if case == "two rows" else (MULTI_PROMPTS, MULTI_GRIDS)
+    inputs = tiny_qwen2_5_vl_inputs(model, prompts, grids)
+    stock_positions, _ = rope_positions(model, lambda: model.generate(**inputs, **GEN))
+    with tokenprune.apply(model, "zspa", budget=3) as session:
+        positions, _ = rope_positions(model, lambda: model.generate(**inputs, **GEN))
+
+    _, _, expected = ideal_short_sequence(model, inputs, session.last.kept)
+    assert torch.equal(positions[0], expected[1:])  # prefill: the original (t, h, w) of every kept token
+    assert positions[0].shape[-1] < stock_positions[0].shape[-1]
+    # decoding: original largest position + 1, + 2, ... exactly as without pruning
+    assert len(positions) == len(stock_positions) == GEN["max_new_tokens"]
+    for step, (ours, stock) in enumerate(zip(positions[1:], stock_positions[1:], strict=True)):
+        assert torch.equal(ours, stock), f"decode step {step + 1}"
+    # and the rows' positions really are 3-D: height/width differ from the temporal row on the image
+    assert not torch.equal(expected[1], expected[2])
+
+
+def test_the_attention_mask_positions_are_contiguous_text_positions(model, inputs):
+    layer = model.model.language_model.layers[0]
+    with tokenprune.apply(model, "divprune", budget=5):
+        seen, _ = recorded(layer, lambda: model.generate(**inputs, **GEN), lambda a, k: k.get("position_ids"))
+    mask = (inputs["attention_mask"].sum(1) - (inputs["input_ids"] == IMAGE_TOKEN).sum(1) + 5).tolist()
+    width = max(mask)
+    for b, n in enumerate(mask):
+        assert seen[0][b, width - n :].tolist() == list(range(n))
+
+
+@pytest.mark.parametrize("case", ["two rows", "two images in a row"])
+def test_pruned_generation_equals_the_lm_fed_text_plus_k_with_original_positions(model, case):
+    """The ideal: the short sequence and its positions built by hand, run through stock generate on embeddings."""
+    prompts, grids = (PROMPTS, GRIDS) if case == "two rows" else (MULTI_PROMPTS, MULTI_GRIDS)
+    inputs = tiny_qwen2_5_vl_inputs(model, prompts, grids)
+    with tokenprune.apply(model, "zspa", budget=5, core_ratio=0.4) as session:
+        out = model.generate(**inputs, **SCORED)
+    new_tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
+
+    short, mask, positions = ideal_short_sequence(model, inputs, session.last.kept)
+    ideal = model.generate(inputs_embeds=short, attention_mask=mask, position_ids=positions, **SCORED)
+    assert torch.equal(new_tokens, ideal.sequences)
+    for a, b in zip(out.scores, ideal.scores, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+    # positions matter: the same short sequence with 1-D positions predicts differently
+    flat = model.generate(inputs_embeds=short, attention_mask=mask, **SCORED)
+    assert not torch.allclose(flat.scores[0], ideal.scores[0], atol=1e-4)
+
+
+def test_session_stats_name_the_tokens_the_lm_sees(model, inputs):
+    embeddings = model.model.language_model
+    with tokenprune.apply(model, Stride(), budget=2) as session:
+        seen, _ = recorded(embeddings, lambda: model.generate(**inputs, **GEN), lambda a, k: k["inputs_embeds"])
+    assert [k.tolist() for k in session.last.kept] == [[4, 12], [3, 9]]
+    assert session.last.visual_before == [16, 12] and session.last.visual_after == [2, 2]
+    features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+    prefill = seen[0]
+    for b in range(2):
+        # the LM's image slots hold exactly the kept features, in order
+        row = inputs["input_ids"][b][inputs["attention_mask"][b].bool()]
+        start = int((row == QWEN_VISION_START).nonzero()[0, 0])
+        width, length = prefill.shape[1], int(session.last.sequence_after[b])
+        slots = prefill[b, width - length + start + 1 : width - length + start + 3]
+        torch.testing.assert_close(slots, features[b][session.last.kept[b]])
+
+
+def test_each_row_is_pruned_and_generated_as_if_alone(model, inputs):
+    with tokenprune.apply(model, "relevance", budget=4) as session:
+        batched = model.generate(**inputs, **GEN)
+        batched_kept = session.last.kept
+        patches = inputs["image_grid_thw"].prod(-1).tolist()
+        for b in range(2):
+            n = int(inputs["attention_mask"][b].sum())
+            start = sum(patches[:b])
+            alone = {k: inputs[k][b : b + 1, -n:] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+            alone["pixel_values"] = inputs["pixel_values"][start : start + patches[b]]
+            alone["image_grid_thw"] = inputs["image_grid_thw"][b : b + 1]
+            out = model.generate(**alone, **GEN)
+            assert torch.equal(session.last.kept[0], batched_kept[b])
+            assert torch.equal(out[0, -GEN["max_new_tokens"] :], batched[b, -GEN["max_new_tokens"] :])
+
+
+def test_beam_search_at_budget_one_matches_stock(model, inputs):
+    beams = {**GEN, "num_beams": 2, "num_return_sequences": 2}
+    stock = model.generate(**inputs, **beams)
+    with tokenprune.apply(model, "divprune", budget=1.0):
+        assert torch.equal(model.generate(**inputs, **beams), stock)
+
+
+@pytest.mark.parametrize("left", [True, False], ids=["left padded", "right padded"])
+def test_forward_at_budget_one_equals_stock(model, left):
+    inputs = tiny_qwen2_5_vl_inputs(model, PROMPTS, GRIDS, left=left)
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    stock = model(**inputs, labels=labels)
+    with tokenprune.apply(model, "zspa", budget=1.0):
+        same = model(**inputs, labels=labels)
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(same.logits[real], stock.logits[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(same.loss, stock.loss)
+
+
+def test_forward_takes_labels_on_the_pruned_sequence(model, inputs):
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+
+    with tokenprune.apply(model, "divprune", budget=0.25) as session:
+        out = model(**inputs, labels=labels)
+        first = model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    assert out.logits.shape[:2] == (2, max(session.last.sequence_after))
+    assert session.last.visual_after == [4, 3]
+    assert torch.isfinite(out.loss)
+    assert session.stats[0].prefill_ms is not None and session.stats[0].prefill_ms > 0
+    assert torch.equal(out.logits[:, -1].argmax(-1), first[:, -1])  # forward and generate see the same prefill
+
+
+def test_manual_decoding_after_a_pruned_forward_continues_the_original_positions(model, inputs):
+    """A hand-written loop (forward, then forward on the cache without position_ids) decodes at stock positions."""
+    alone = tiny_qwen2_5_vl_inputs(model, PROMPTS[:1], GRIDS[:1])
+
+    def loop():
+        out = model(**alone, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+        return model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+
+    stock, _ = rope_positions(model, loop)
+    with tokenprune.apply(model, "zspa", budget=3):
+        ours, _ = rope_positions(model, loop)
+    assert ours[0].shape[-1] < stock[0].shape[-1]
+    assert torch.equal(ours[1], stock[1])
+    assert int(ours[1].max()) == int(stock[0].max()) + 1
+
+
+def test_model_is_restored_after_the_block_even_on_error(model, inputs):
+    stock = model.generate(**inputs, **GEN)
+    with pytest.raises(tokenprune.BudgetError), tokenprune.apply(model, "zspa", budget=13):
+        model.generate(**inputs, **GEN)  # the second image has only 12 tokens
+    assert "generate" not in model.__dict__ and "forward" not in model.__dict__
+    assert torch.equal(model.generate(**inputs, **GEN), stock)
+
+
+def test_text_only_calls_pass_through(model, inputs):
+    text = {"input_ids": inputs["input_ids"][:, -5:], "attention_mask": inputs["attention_mask"][:, -5:]}
+    stock = model.generate(**text, **GEN)
+    with tokenprune.apply(model, "zspa", budget=4) as session:
+        assert torch.equal(model.generate(**text, **GEN), stock)
+    assert session.stats == []
+
+
+def test_fastervlm_is_refused_because_the_encoder_has_no_cls_token(model, inputs):
+    with (
+        tokenprune.apply(model, "fastervlm", budget=4),
+        pytest.raises(UnsupportedScoresError, match="no CLS token"),
+    ):
+        model.generate(**inputs, **GEN)
+
+
+def test_video_inputs_are_refused_clearly(model, inputs):
+    video = dict(inputs)
+    video["input_ids"] = inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE_TOKEN, QWEN_VIDEO_TOKEN)
+    video["mm_token_type_ids"] = 2 * inputs["mm_token_type_ids"]
+    video["pixel_values_videos"], video["video_grid_thw"] = video.pop("pixel_values"), video.pop("image_grid_thw")
+    model.generate(**video, **GEN)  # a valid video call for the stock model
+    with (
+        tokenprune.apply(model, "zspa", budget=4) as session,
+        pytest.raises(tokenprune.InputError, match=r"video tokens .* not supported"),
+    ):
+        model.generate(**video, **GEN)
+    assert session.stats == []

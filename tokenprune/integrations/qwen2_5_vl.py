@@ -1,0 +1,101 @@
+"""Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``): dynamic-resolution images, 3-D multimodal RoPE.
+
+Each image of patch grid ``(t, h, w)`` becomes ``t * h * w / 4`` visual tokens after the 2x2 patch
+merger, in raster order; the number varies from image to image. The language model places tokens
+by M-RoPE: text tokens on one running position, visual tokens on their (temporal, height, width)
+grid coordinates, after which text continues from the largest position + 1.
+
+Kept tokens are fed to the language model as a shorter sequence (text + K visual tokens per
+image), each keeping the 3-D position it had in the full sequence: a kept patch stays where it was
+in the image, and the text after the image and the generated tokens keep their original positions
+too. ``generate`` and ``forward`` are given these positions as ``position_ids`` of shape
+``(4, B, L')``, the layout stock ``generate`` builds itself: row 0 the contiguous text positions of
+the short sequence (used for the attention mask), rows 1-3 the M-RoPE positions.
+
+Videos are not pruned yet: a call with ``pixel_values_videos`` under :func:`tokenprune.apply` is
+refused with an :class:`~tokenprune.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tokenprune.errors import InputError
+from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, UnsupportedScoresError
+
+__all__ = ["Qwen2_5_VLAdapter"]
+
+_VIDEO_KWARGS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+class Qwen2_5_VLAdapter(ModelAdapter):
+    # pixel_values_videos is listed so that a video call reaches encode_images and is refused there
+    image_kwargs = ("pixel_values", "image_grid_thw", *_VIDEO_KWARGS, "mm_token_type_ids", "position_ids")
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def special_token_ids(self) -> set[int]:
+        ids = super().special_token_ids()
+        config = self.model.config
+        for attr in ("vision_start_token_id", "vision_end_token_id", "video_token_id", "vision_token_id"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int):
+                ids.add(value)
+        return ids
+
+    def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None) -> ImageTokens:
+        if any(inputs.get(name) is not None for name in ("pixel_values_videos", "video_grid_thw")):
+            raise InputError(
+                f"{self.name}: pruning video tokens (pixel_values_videos) is not supported yet; "
+                f"call the model outside tokenprune.apply for video inputs"
+            )
+        if scores is not None:
+            error = self.unsupported_scores(scores)
+            if scores == "cls_attention":
+                error = UnsupportedScoresError(
+                    f"{error}: Qwen2.5-VL's windowed vision encoder has no CLS token; use a method that "
+                    f"scores tokens from their features and the prompt (e.g. 'zspa', 'divprune', 'relevance')"
+                )
+            raise error
+        grid = inputs.get("image_grid_thw")
+        if not isinstance(grid, Tensor):
+            raise InputError(f"{self.name}: pixel_values need image_grid_thw (one (t, h, w) row per image)")
+        out = self.model.model.get_image_features(inputs["pixel_values"], grid, return_dict=True)
+        return ImageTokens(features=list(out.pooler_output))
+
+    def rope_positions(self, inputs: Mapping[str, Any]) -> Tensor:
+        """``(3, B, L)`` M-RoPE positions of the unpruned sequence, as stock ``generate``/``forward`` would use."""
+        given = inputs.get("position_ids")
+        if isinstance(given, Tensor):
+            if given.dim() == 3 and given.shape[0] in (3, 4):
+                return given[-3:]
+            if given.dim() == 2:
+                return given.unsqueeze(0).expand(3, -1, -1)
+            raise InputError(
+                f"{self.name}: position_ids must be (B, L), (3, B, L) or (4, B, L); got {tuple(given.shape)}"
+            )
+        input_ids = inputs["input_ids"]
+        types = inputs.get("mm_token_type_ids")
+        if types is None:  # older processors: derive the token types from the placeholders
+            config = self.model.config
+            types = (input_ids == config.image_token_id).long() + 2 * (input_ids == config.video_token_id).long()
+        positions, _ = self.model.model.get_rope_index(
+            input_ids, types, image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs.get("attention_mask")
+        )
+        return positions
+
+    def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
+        kwargs = super().rebuild(inputs, pruned, features)
+        rope = pruned.take(self.rope_positions(inputs), fill=0, dim=2)  # each kept token keeps its 3-D position
+        mask = pruned.attention_mask
+        text = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # contiguous, as stock generate builds row 0
+        kwargs["position_ids"] = torch.cat([text.unsqueeze(0), rope.to(text.dtype)], dim=0)
+        # what stock forward records for decoding without position_ids: original largest position + 1 - length
+        self.model.model.rope_deltas = (rope.amax(dim=(0, 2)) + 1 - mask.sum(-1)).unsqueeze(1)
+        return kwargs
