@@ -202,3 +202,15 @@ def test_fastervlm_keeps_the_top_cls_attention_tokens_without_eager_attention(mo
     cls_to_patches = out.attentions[-2][:, :, 0, 1:].mean(dim=1)  # LLaVA's feature layer is -2
     expected = torch.topk(cls_to_patches, 5).indices.sort().values
     assert [k.tolist() for k in session.last.kept] == expected.tolist()
+
+
+def test_keeping_every_token_skips_the_selector(model, inputs):
+    class Refuses(Stride):
+        def extend(self, tokens, selection, target):
+            raise AssertionError("the selector ran although the budget keeps every token")
+
+    with tokenprune.apply(model, Refuses(), budget=1.0) as session:
+        model.generate(**inputs, **GEN)
+    assert session.last.selection_ms == 0.0 and session.last.visual_after == [16, 16]
+    with pytest.raises(AssertionError, match="the selector ran"), tokenprune.apply(model, Refuses(), budget=0.5):
+        model.generate(**inputs, **GEN)

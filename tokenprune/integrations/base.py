@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tokenprune.budget import Budget
+from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import InputError, TokenPruneError
 from tokenprune.selector import SCORE_SOURCES, Selector
 
@@ -383,6 +383,11 @@ def select_per_image(
     prompt = text.gather(1, order.unsqueeze(-1).expand(-1, -1, text.shape[-1]))[row_index]
     prompt_real = (torch.arange(m_max, device=device) < prompt_lengths.unsqueeze(1))[row_index]
     prompt_real[:, 0] = True  # rows without text (only possible when the method ignores the prompt)
+
+    counts = selectable.sum(dim=1).tolist()
+    if resolve_budget(budget, counts) == tuple(counts):  # keeps every token: nothing to choose
+        every = selectable | fixed
+        return [every[i, : sizes[i]] for i in range(n_images)], 0.0
 
     _sync(device)
     start = time.perf_counter()
