@@ -1,6 +1,7 @@
 """Pruning inside Hugging Face transformers VLMs. Imports transformers only when a model is adapted."""
 
 from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedInputs, PruneStats, prune_inputs
+from tokenprune.integrations.prompt import question_tokens
 from tokenprune.integrations.session import PruningSession, UnsupportedModelError, apply, get_adapter
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "apply",
     "get_adapter",
     "prune_inputs",
+    "question_tokens",
 ]

@@ -222,7 +222,9 @@ def apply(
         budget: tokens kept per image: an int, or a ratio in (0, 1] of the image's tokens.
         prompt_tokens: which tokens form the prompt the selector sees: ``"text"`` (every text token of
             the prompt that is not an image placeholder or a special token), or a callable
-            ``(input_ids, attention_mask) -> (B, L) bool``.
+            ``(input_ids, attention_mask) -> (B, L) bool`` such as
+            :func:`tokenprune.integrations.question_tokens(processor) <tokenprune.integrations.prompt.question_tokens>`,
+            which keeps only the user's question when a chat template adds system and role tokens.
         **method_params: parameters of a named method, e.g. ``core_ratio=0.2``.
 
     Yields:

@@ -1,0 +1,98 @@
+"""The prompt the selector sees: every text token, or only the question inside a chat template."""
+
+import pytest
+import torch
+
+import tokenprune
+from tokenprune.integrations.prompt import question_tokens
+from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs
+
+LLAVA_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endif %}{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A word-level tokenizer built offline, with a LLaVA-1.5-style chat template."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = [
+        "USER",
+        ":",
+        "ASSISTANT",
+        "what",
+        "colour",
+        "is",
+        "the",
+        "cube",
+        "?",
+        "\n",
+        " ",
+        "tokenprunequestionmarker",
+    ]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": IMAGE_TOKEN}
+    vocab.update({w: i + 10 for i, w in enumerate(words)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"<image>|\n| |[:?]"), behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok.chat_template = LLAVA_TEMPLATE
+    return tok
+
+
+def ids_of(tokenizer, text):
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_tokens_to_ids("<unk>") not in ids
+    return ids
+
+
+def test_question_tokens_mark_only_the_question(tokenizer):
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour is the cube?"}]}]
+    text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    mask = question_tokens(tokenizer, image_token_id=IMAGE_TOKEN)(ids, torch.ones_like(ids))
+    marked = ids[mask].tolist()
+    assert [i for i in marked if i != tokenizer.convert_tokens_to_ids("\n")] == ids_of(
+        tokenizer, "what colour is the cube?"
+    )
+    assert (
+        tokenizer.convert_tokens_to_ids("ASSISTANT") not in marked
+        and tokenizer.convert_tokens_to_ids("USER") not in marked
+    )
+
+
+def test_rows_outside_the_template_fall_back_to_all_text_with_a_warning(tokenizer):
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.warns(UserWarning, match=r"rows \[0\] do not end with the chat template"):
+        mask = question_tokens(tokenizer, image_token_id=IMAGE_TOKEN)(ids, torch.ones_like(ids))
+    assert mask.all()
+
+
+def test_the_prompt_choice_changes_what_a_prompt_aware_method_keeps():
+    """Scoring by role tokens too, or by the question alone, is a real difference for zspa."""
+    model = tiny_llava(seed=0)
+    role, question, assistant = [11, 12], [40, 41, 42, 43], [13, 12]
+    inputs = tiny_llava_inputs(model, [(role, [*question, *assistant])])
+    ids = inputs["input_ids"][0].tolist()
+    start = len(ids) - len(question) - len(assistant)
+
+    def only_question(input_ids, attention_mask):
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        mask[:, start : start + len(question)] = True
+        return mask
+
+    with tokenprune.apply(model, "relevance", budget=4) as everything:
+        model.generate(**inputs, max_new_tokens=1)
+    with tokenprune.apply(model, "relevance", budget=4, prompt_tokens=only_question) as restricted:
+        model.generate(**inputs, max_new_tokens=1)
+    assert not torch.equal(everything.last.kept[0], restricted.last.kept[0])
+
+    # the restricted prompt is exactly the question's embeddings: relevance to their mean, computed by hand
+    features = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output[0]
+    query = model.get_input_embeddings()(torch.tensor(question)).mean(0)
+    scores = torch.nn.functional.cosine_similarity(features, query[None], dim=-1)
+    assert restricted.last.kept[0].tolist() == torch.topk(scores, 4).indices.sort().values.tolist()

@@ -1,0 +1,97 @@
+"""Which prompt tokens the selector sees: the user's question alone, learnt from the chat template.
+
+``tokenprune.apply(..., prompt_tokens=question_tokens(processor))`` restricts the prompt to the
+question: the text after the row's last image placeholder and before the template's end-of-turn and
+generation-prompt tokens (``" ASSISTANT:"``, ``"<|im_end|>\\n<|im_start|>assistant\\n"``, ...), and
+after the template's opening (system prompt, ``"USER: "``) when a row has no image.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["question_tokens"]
+
+_MARKER = "tokenprunequestionmarker"
+
+
+def _find(haystack: Sequence[int], needle: Sequence[int]) -> int:
+    """Start of the last occurrence of ``needle`` in ``haystack``, or -1."""
+    n = len(needle)
+    for start in range(len(haystack) - n, -1, -1):
+        if list(haystack[start : start + n]) == list(needle):
+            return start
+    return -1
+
+
+def _render(tokenizer: Any, content: Any) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True
+    )
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    if ids and isinstance(ids[0], list):
+        ids = ids[0]
+    return [int(i) for i in ids]
+
+
+def _template_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The token ids the chat template puts before and after a user's question."""
+    marker = tokenizer(_MARKER, add_special_tokens=False)["input_ids"]
+    for content in (_MARKER, [{"type": "text", "text": _MARKER}]):
+        try:
+            ids = _render(tokenizer, content)
+        except Exception:  # templates differ in the content format they accept
+            continue
+        start = _find(ids, marker)
+        if start >= 0:
+            return ids[:start], ids[start + len(marker) :]
+    raise ValueError(
+        "question_tokens could not find a question in the tokenizer's chat template; pass a callable "
+        "prompt_tokens=(input_ids, attention_mask) -> mask instead"
+    )
+
+
+def question_tokens(processor_or_tokenizer: Any, *, image_token_id: int | None = None) -> Callable[..., Tensor]:
+    """A ``prompt_tokens`` callable marking only the user's question in each row.
+
+    Args:
+        processor_or_tokenizer: a processor (its ``.tokenizer`` is used) or a tokenizer with a chat template.
+        image_token_id: the image placeholder id; defaults to the processor's ``image_token_id``.
+
+    Returns:
+        ``(input_ids, attention_mask) -> (B, L) bool``.
+    """
+    tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+    if image_token_id is None:
+        image_token_id = getattr(processor_or_tokenizer, "image_token_id", None)
+    head, tail = _template_frame(tokenizer)
+
+    def mark(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        unframed = []
+        for row in range(input_ids.shape[0]):
+            positions = attention_mask[row].bool().nonzero()[:, 0]
+            ids = input_ids[row, positions].tolist()
+            end = len(ids) - len(tail) if tail and ids[len(ids) - len(tail) :] == tail else -1
+            images = [i for i, t in enumerate(ids) if t == image_token_id] if image_token_id is not None else []
+            start = images[-1] + 1 if images else (len(head) if ids[: len(head)] == head else -1)
+            if end < 0 or start < 0 or start >= end:
+                unframed.append(row)
+                mask[row, positions] = True  # fall back to every real token (special ones are dropped later)
+                continue
+            mask[row, positions[start:end]] = True
+        if unframed:
+            warnings.warn(
+                f"question_tokens: rows {unframed} do not end with the chat template's generation prompt; "
+                f"their whole text is used as the prompt",
+                stacklevel=2,
+            )
+        return mask
+
+    return mark
