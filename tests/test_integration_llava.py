@@ -8,7 +8,7 @@ from tokenprune import TokenPruneError
 from tokenprune.integrations import UnsupportedModelError
 from tokenprune.integrations.base import UnsupportedScoresError
 from tokenprune.stages import Stride
-from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs
+from tokenprune.testing.models import IMAGE_TOKEN, lm_input_lengths, tiny_llava, tiny_llava_inputs
 
 GEN = {"max_new_tokens": 6, "do_sample": False}
 PROMPTS = [([5, 17, 9, 33], [41, 8, 77, 12, 6, 90]), ([23], [64, 3, 55])]
@@ -22,23 +22,6 @@ def model():
 @pytest.fixture(scope="module")
 def inputs(model):
     return tiny_llava_inputs(model, PROMPTS)
-
-
-def layer0_lengths(model, run):
-    """Sequence lengths the LM's first decoder layer sees, call by call."""
-    seen = []
-    layer = model.model.language_model.layers[0]
-    handle = layer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(
-            kwargs["hidden_states"].shape[1] if "hidden_states" in kwargs else args[0].shape[1]
-        ),
-        with_kwargs=True,
-    )
-    try:
-        out = run()
-    finally:
-        handle.remove()
-    return seen, out
 
 
 @pytest.mark.parametrize("rows", [1, 2])
@@ -55,7 +38,7 @@ def test_budget_one_is_token_identical_to_stock(model, method, rows):
 def test_prefill_sees_text_plus_k_and_decoding_uses_the_short_cache(model, inputs):
     text = inputs["attention_mask"].sum(1) - 16
     with tokenprune.apply(model, "zspa", budget=4) as session:
-        seen, out = layer0_lengths(model, lambda: model.generate(**inputs, **GEN))
+        seen, out = lm_input_lengths(model, lambda: model.generate(**inputs, **GEN))
     assert seen[0] == int(text.max()) + 4  # the longest row: its text + 4 visual tokens
     assert seen[1:] == [1] * (GEN["max_new_tokens"] - 1)
     assert session.last.sequence_after == (text + 4).tolist()

@@ -5,7 +5,13 @@ import torch
 
 import tokenprune
 from tokenprune.integrations import get_adapter
-from tokenprune.testing.models import IMAGE_TOKEN, llava_next_image_tokens, tiny_llava_next, tiny_llava_next_inputs
+from tokenprune.testing.models import (
+    IMAGE_TOKEN,
+    llava_next_image_tokens,
+    lm_input_lengths,
+    tiny_llava_next,
+    tiny_llava_next_inputs,
+)
 
 GEN = {"max_new_tokens": 6, "do_sample": False}
 # Image sizes (height, width) of different aspect ratios: 52 tokens (4 newlines), 72 (8), 88 (8).
@@ -37,23 +43,6 @@ def newline_masks(model, inputs):
     return [(f == model.model.image_newline.to(f)).all(-1) for f in features]
 
 
-def layer0_lengths(model, run):
-    """Sequence lengths the LM's first decoder layer sees, call by call."""
-    seen = []
-    layer = model.model.language_model.layers[0]
-    handle = layer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(
-            kwargs["hidden_states"].shape[1] if "hidden_states" in kwargs else args[0].shape[1]
-        ),
-        with_kwargs=True,
-    )
-    try:
-        out = run()
-    finally:
-        handle.remove()
-    return seen, out
-
-
 def test_the_tiny_inputs_match_the_model_packing(model, inputs):
     """Processor-style token counts, the stock packing and the adapter's newline masks all agree."""
     counts = [llava_next_image_tokens(model, *size) for size in SIZES]
@@ -82,7 +71,7 @@ def test_prefill_sees_text_plus_k_plus_newlines(model, inputs):
     text = inputs["attention_mask"].sum(1) - (inputs["input_ids"] == IMAGE_TOKEN).sum(1)
     expected = text + torch.tensor([(4 + newlines[0]) + (4 + newlines[1]), 4 + newlines[2]])
     with tokenprune.apply(model, "zspa", budget=4) as session:
-        seen, out = layer0_lengths(model, lambda: model.generate(**inputs, **GEN))
+        seen, out = lm_input_lengths(model, lambda: model.generate(**inputs, **GEN))
     assert seen[0] == int(expected.max())  # the longest row: its text + K + newlines of each of its images
     assert seen[1:] == [1] * (GEN["max_new_tokens"] - 1)
     assert session.last.sequence_after == expected.tolist()

@@ -18,6 +18,8 @@ from tokenprune.testing.models import (
     QWEN_VIDEO_TOKEN,
     QWEN_VISION_END,
     QWEN_VISION_START,
+    lm_input_lengths,
+    record_calls,
     tiny_qwen2_5_vl,
     tiny_qwen2_5_vl_inputs,
 )
@@ -42,26 +44,12 @@ def inputs(model):
     return tiny_qwen2_5_vl_inputs(model, PROMPTS, GRIDS)
 
 
-def recorded(module, run, pick):
-    """Run ``run()`` with a forward pre-hook on ``module`` that records ``pick(args, kwargs)`` per call."""
-    seen = []
-    handle = module.register_forward_pre_hook(lambda _m, a, kw: seen.append(pick(a, kw)), with_kwargs=True)
-    try:
-        out = run()
-    finally:
-        handle.remove()
-    return seen, out
-
-
 def rope_positions(model, run):
     """The (3, B, L) M-RoPE positions the LM's rotary embedding gets, call by call."""
     rotary = model.model.language_model.rotary_emb
-    return recorded(rotary, run, lambda args, kwargs: kwargs.get("position_ids", args[1] if len(args) > 1 else None))
-
-
-def layer0_lengths(model, run):
-    layer = model.model.language_model.layers[0]
-    return recorded(layer, run, lambda args, kwargs: kwargs.get("hidden_states", args[0] if args else None).shape[1])
+    return record_calls(
+        rotary, run, lambda args, kwargs: kwargs.get("position_ids", args[1] if len(args) > 1 else None)
+    )
 
 
 def ideal_short_sequence(model, inputs, kept):
@@ -144,7 +132,7 @@ def test_positions_come_from_explicit_position_ids_or_from_the_placeholders(mode
 def test_prefill_sees_text_plus_k_and_decoding_uses_the_short_cache(model, inputs):
     text = inputs["attention_mask"].sum(1) - (inputs["input_ids"] == IMAGE_TOKEN).sum(1)
     with tokenprune.apply(model, "zspa", budget=4) as session:
-        seen, out = layer0_lengths(model, lambda: model.generate(**inputs, **GEN))
+        seen, out = lm_input_lengths(model, lambda: model.generate(**inputs, **GEN))
     assert seen[0] == int(text.max()) + 4  # the longest row: its text + 4 visual tokens
     assert seen[1:] == [1] * (GEN["max_new_tokens"] - 1)
     assert session.last.sequence_after == (text + 4).tolist()
@@ -175,7 +163,7 @@ def test_kept_tokens_keep_their_3d_positions_and_decoding_continues_the_original
 def test_the_attention_mask_positions_are_contiguous_text_positions(model, inputs):
     layer = model.model.language_model.layers[0]
     with tokenprune.apply(model, "divprune", budget=5):
-        seen, _ = recorded(layer, lambda: model.generate(**inputs, **GEN), lambda a, k: k.get("position_ids"))
+        seen, _ = record_calls(layer, lambda: model.generate(**inputs, **GEN), lambda a, k: k.get("position_ids"))
     mask = (inputs["attention_mask"].sum(1) - (inputs["input_ids"] == IMAGE_TOKEN).sum(1) + 5).tolist()
     width = max(mask)
     for b, n in enumerate(mask):
@@ -205,7 +193,7 @@ def test_pruned_generation_equals_the_lm_fed_text_plus_k_with_original_positions
 def test_session_stats_name_the_tokens_the_lm_sees(model, inputs):
     embeddings = model.model.language_model
     with tokenprune.apply(model, Stride(), budget=2) as session:
-        seen, _ = recorded(embeddings, lambda: model.generate(**inputs, **GEN), lambda a, k: k["inputs_embeds"])
+        seen, _ = record_calls(embeddings, lambda: model.generate(**inputs, **GEN), lambda a, k: k["inputs_embeds"])
     assert [k.tolist() for k in session.last.kept] == [[4, 12], [3, 9]]
     assert session.last.visual_before == [16, 12] and session.last.visual_after == [2, 2]
     features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output

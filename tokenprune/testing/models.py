@@ -6,13 +6,56 @@ small. ``tiny_llava_inputs`` builds matching processor-style inputs (left padded
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["IMAGE_TOKEN", "tiny_llava", "tiny_llava_inputs"]
+__all__ = ["IMAGE_TOKEN", "lm_input_lengths", "record_calls", "tiny_llava", "tiny_llava_inputs"]
 
 IMAGE_TOKEN = 100  # placeholder id in the tiny vocabularies (BOS 1, EOS 2, PAD 0)
+
+
+def _tiny_llama(hidden: int, layers: int, **extra: Any) -> Any:
+    """The tiny Llama language model of the LLaVA-family builders (BOS 1, EOS 2, PAD 0)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        **extra,
+    )
+
+
+def record_calls(module: Any, run: Callable[[], Any], pick: Callable[[tuple, dict], Any]) -> tuple[list[Any], Any]:
+    """Run ``run()`` with a forward pre-hook on ``module`` recording ``pick(args, kwargs)`` per call.
+
+    Returns the records and ``run()``'s result; the hook is removed afterwards.
+    """
+    seen: list[Any] = []
+    handle = module.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append(pick(args, kwargs)), with_kwargs=True
+    )
+    try:
+        out = run()
+    finally:
+        handle.remove()
+    return seen, out
+
+
+def lm_input_lengths(model: Any, run: Callable[[], Any]) -> tuple[list[int], Any]:
+    """Sequence lengths the language model's first decoder layer sees, call by call, while ``run()`` runs."""
+    layer = model.model.language_model.layers[0]
+    return record_calls(
+        layer, run, lambda args, kwargs: kwargs.get("hidden_states", args[0] if args else None).shape[1]
+    )
 
 
 def tiny_llava(*, seed: int = 0, image_size: int = 28, patch_size: int = 7, hidden: int = 48, layers: int = 2) -> Any:
@@ -20,7 +63,7 @@ def tiny_llava(*, seed: int = 0, image_size: int = 28, patch_size: int = 7, hidd
 
     ``(image_size / patch_size) ** 2`` visual tokens per image (16 by default).
     """
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(
@@ -31,17 +74,7 @@ def tiny_llava(*, seed: int = 0, image_size: int = 28, patch_size: int = 7, hidd
         image_size=image_size,
         patch_size=patch_size,
     )
-    text = LlamaConfig(
-        vocab_size=128,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    text = _tiny_llama(hidden, layers)
     tokens = (image_size // patch_size) ** 2
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, image_seq_length=tokens)
     return LlavaForConditionalGeneration(config).eval()
@@ -186,24 +219,13 @@ def tiny_llava_next(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
     Each tile gives 16 patch tokens; an image of ``(height, width)`` gives
     :func:`llava_next_image_tokens` tokens (base tile + unpadded anyres grid + one newline per row).
     """
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14
     )
-    text = LlamaConfig(
-        vocab_size=128,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    text = _tiny_llama(hidden, layers, max_position_embeddings=512)
     config = LlavaNextConfig(
         vision_config=vision,
         text_config=text,
