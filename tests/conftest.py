@@ -1,3 +1,4 @@
+import importlib.metadata
 import os
 
 import pytest
@@ -23,3 +24,22 @@ def fresh_registry():
     tokenprune.plugins.reset()
     yield
     tokenprune.plugins.reset()
+
+
+@pytest.fixture
+def add_entry_point(monkeypatch):
+    """``add(name, value)``: make ``importlib.metadata.entry_points`` also yield a fake tokenprune plugin."""
+    group = tokenprune.plugins.ENTRY_POINT_GROUP
+    fakes = []
+    real = importlib.metadata.entry_points
+
+    def entry_points(**params):
+        found = list(real(**params))
+        return [*found, *fakes] if params.get("group") == group else found
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+
+    def add(name: str, value: str) -> None:
+        fakes.append(importlib.metadata.EntryPoint(name=name, value=value, group=group))
+
+    return add

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import json
 import shutil
@@ -32,18 +31,6 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     out, err = capsys.readouterr()
     assert ANSI not in out and ANSI not in err, "captured output must not hold ANSI escape codes"
     return code, out, err
-
-
-def add_entry_point(monkeypatch, name: str, value: str) -> None:
-    """Make ``importlib.metadata.entry_points`` (as tokenprune.plugins calls it) also yield a fake plugin."""
-    real = importlib.metadata.entry_points
-    fake = importlib.metadata.EntryPoint(name=name, value=value, group=tokenprune.plugins.ENTRY_POINT_GROUP)
-
-    def entry_points(**params):
-        found = list(real(**params))
-        return [*found, fake] if params.get("group") == tokenprune.plugins.ENTRY_POINT_GROUP else found
-
-    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
 
 
 # --- list -------------------------------------------------------------------------------------
@@ -133,8 +120,8 @@ def test_plugins_lists_the_builtins_with_their_method_count(capsys):
     assert sum(len(item["methods"]) for item in data.values()) == len(tokenprune.list_methods())
 
 
-def test_a_broken_plugin_is_one_warning_line_and_a_failed_row(capsys, monkeypatch, fresh_registry):
-    add_entry_point(monkeypatch, "broken", "no_such_module_xyz")
+def test_a_broken_plugin_is_one_warning_line_and_a_failed_row(capsys, add_entry_point, fresh_registry):
+    add_entry_point("broken", "no_such_module_xyz")
     tokenprune.plugins.reset()
     code, out, err = run_cli(capsys, "plugins", "--json")
     assert code == 0

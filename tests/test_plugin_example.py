@@ -5,7 +5,6 @@ Needs the plugin installed: ``pip install -e plugins/tokenprune-mmr``.
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import sys
 import textwrap
@@ -25,18 +24,6 @@ tokenprune_mmr = pytest.importorskip(
 from tokenprune_mmr import MMR  # noqa: E402
 
 BUILTINS = {"attention", "divprune", "random", "relevance", "stride", "zspa"}
-
-
-def add_entry_point(monkeypatch, name: str, value: str) -> None:
-    """Make ``importlib.metadata.entry_points`` (as tokenprune.plugins calls it) also yield a fake plugin."""
-    real = importlib.metadata.entry_points
-    fake = importlib.metadata.EntryPoint(name=name, value=value, group=tokenprune.plugins.ENTRY_POINT_GROUP)
-
-    def entry_points(**params):
-        found = list(real(**params))
-        return [*found, fake] if params.get("group") == tokenprune.plugins.ENTRY_POINT_GROUP else found
-
-    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
 
 
 # --- an independent reference -------------------------------------------------------------------
@@ -269,14 +256,14 @@ def tokenprune_register_method(register):  # no such hook
 
 
 @pytest.fixture
-def plugin_module(tmp_path, monkeypatch, fresh_registry):
+def plugin_module(tmp_path, monkeypatch, add_entry_point, fresh_registry):
     """Write a module on sys.path and expose it as a ``tokenprune`` entry point."""
     names = []
 
     def install(entry_name: str, source: str) -> str:
         module = f"tp_test_plugin_{entry_name.replace('-', '_')}"
         (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-        add_entry_point(monkeypatch, entry_name, module)
+        add_entry_point(entry_name, module)
         names.append(module)
         tokenprune.plugins.reset()
         return module
@@ -294,8 +281,8 @@ def _builtins_still_work() -> None:
     assert keep.shape == (2, 4)
 
 
-def test_a_plugin_that_fails_to_import_is_reported_by_name(monkeypatch, fresh_registry):
-    add_entry_point(monkeypatch, "broken", "no_such_module_xyz")
+def test_a_plugin_that_fails_to_import_is_reported_by_name(add_entry_point, fresh_registry):
+    add_entry_point("broken", "no_such_module_xyz")
     tokenprune.plugins.reset()
     with pytest.warns(PluginWarning, match="plugin 'broken' \\(no_such_module_xyz\\) failed to load: ModuleNotFound"):
         _builtins_still_work()

@@ -34,6 +34,17 @@ def _tiny_llama(hidden: int, layers: int, **extra: Any) -> Any:
     )
 
 
+def _pad_rows(rows: list[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows padded (with 0) to one length, on the left or the right; and the attention mask."""
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span], mask[i, span] = torch.tensor(row), 1
+    return ids, mask
+
+
 def record_calls(module: Any, run: Callable[[], Any], pick: Callable[[tuple, dict], Any]) -> tuple[list[Any], Any]:
     """Run ``run()`` with a forward pre-hook on ``module`` recording ``pick(args, kwargs)`` per call.
 
@@ -92,12 +103,7 @@ def tiny_llava_inputs(
     vision = model.config.vision_config
     n_image = (vision.image_size // vision.patch_size) ** 2
     rows = [[1, *before, *([IMAGE_TOKEN] * n_image), *after] for before, after in prompts]
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span], mask[i, span] = torch.tensor(row), 1
+    ids, mask = _pad_rows(rows, left=left)
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randn(len(rows), 3, vision.image_size, vision.image_size, generator=g)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
@@ -189,12 +195,7 @@ def tiny_qwen2_5_vl_inputs(
             t, h, w = next(images)
             row += [QWEN_VISION_START, *([IMAGE_TOKEN] * (t * h * w // merge)), QWEN_VISION_END, *text]
         rows.append(row)
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span], mask[i, span] = torch.tensor(row), 1
+    ids, mask = _pad_rows(rows, left=left)
     grid = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
     patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
     g = torch.Generator().manual_seed(seed)
@@ -290,12 +291,7 @@ def tiny_llava_next_inputs(
             tokens, _ = llava_next_image_tokens(model, *next(images))
             row += [*([IMAGE_TOKEN] * tokens), *text]
         rows.append(row)
-    width = max(map(len, rows))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span], mask[i, span] = torch.tensor(row), 1
+    ids, mask = _pad_rows(rows, left=left)
     tile = model.config.vision_config.image_size
     tiles = [image_size_to_num_patches(list(size), model.config.image_grid_pinpoints, tile) for size in sizes]
     g = torch.Generator().manual_seed(seed)
