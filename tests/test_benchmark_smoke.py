@@ -57,6 +57,9 @@ def test_quick_run_writes_expected_json(bench, tmp_path, capsys):
     assert any(c["name"] == "divprune speedup vs loop" for c in results["checks"])
     stdout = capsys.readouterr().out
     assert "divprune-loop" in stdout and "Targets:" in stdout
+    summary = bench.summary_table(rows).splitlines()
+    assert len(summary) == 2 + 2  # header, rule, one row per (N, D, B)
+    assert bench.main(["--report", str(out), "--table", "markdown"]) == 0  # re-render a saved run
 
 
 def test_baseline_matches_divprune(bench):

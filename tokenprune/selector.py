@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -67,7 +68,6 @@ class TokenBatch:
 
     Attributes:
         visual: ``(B, N, D)`` float (half precision is upcast to float32).
-        norms: ``(B, N)`` norms of the visual tokens, computed once and shared by every stage.
         real: ``(B, N)`` bool, True for real (non-padding) visual tokens.
         counts: real visual tokens per row, on the host.
         prompt: ``(B, M, D)`` or None.
@@ -77,13 +77,27 @@ class TokenBatch:
     """
 
     visual: Tensor
-    norms: Tensor
     real: Tensor
     counts: tuple[int, ...]
     prompt: Tensor | None = None
     prompt_mask: Tensor | None = None
     scores: Tensor | None = None
     unbatched: bool = False
+
+    @cached_property
+    def norms(self) -> Tensor:
+        """``(B, N)`` norms of the visual tokens, computed on first use and shared by every stage.
+
+        Raises :class:`InputError` if a real token holds NaN or infinite values (its norm is then not
+        finite). Stages that never read the token values (stride, random, external scores) never pay
+        for this pass over ``B x N x D``.
+        """
+        norms = token_norms(self.visual)
+        bad = (~torch.isfinite(norms) & self.real).any(dim=1)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise InputError(f"visual row {row} has NaN, infinite or overflowing values in real tokens")
+        return norms
 
     @property
     def batch_size(self) -> int:
@@ -120,15 +134,10 @@ class TokenBatch:
         visual = visual.to(compute)
         if visual_mask is not None:  # padding may hold anything; make it inert (zero) once, here
             visual = visual.masked_fill(~real.unsqueeze(-1), 0.0)
-        norms = token_norms(visual)  # non-finite iff a token holds NaN/inf or its norm overflows
-        bad = ~torch.isfinite(norms) & real
-        stats = torch.stack([real.sum(dim=1), bad.any(dim=1).long()]).tolist()  # the one sync
-        counts = tuple(int(c) for c in stats[0])
-        for row, (count, nonfinite) in enumerate(zip(counts, stats[1], strict=True)):
+        counts = tuple(int(c) for c in real.sum(dim=1).tolist())  # the one sync
+        for row, count in enumerate(counts):
             if count == 0:
                 raise InputError(f"visual_mask row {row} marks no real token; every image needs at least one")
-            if nonfinite:
-                raise InputError(f"visual row {row} has NaN, infinite or overflowing values in real tokens")
 
         if prompt is not None:
             if not isinstance(prompt, Tensor) or prompt.dim() != 3 or not prompt.is_floating_point():
@@ -160,7 +169,7 @@ class TokenBatch:
             if bool(((~torch.isfinite(scores)) & real).any()):
                 raise InputError("scores has NaN or infinite values at real tokens")
             scores = scores.to(compute).masked_fill(~real, 0.0)
-        return cls(visual, norms, real, counts, prompt, prompt_mask, scores, unbatched)
+        return cls(visual, real, counts, prompt, prompt_mask, scores, unbatched)
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,6 +28,7 @@ from tokenprune.functional import (
     select_maxmin,
     select_stride,
     select_topk,
+    similarity_matrix,
 )
 from tokenprune.selector import SCORE_SOURCES, Selection, Selector, TokenBatch
 
@@ -225,13 +226,19 @@ class MaxMin(Selector):
     least similar (:func:`tokenprune.functional.isolated_token`, one ``N x N`` similarity). A
     non-empty row continues from its selection, at ``O(K N D)`` cost.
 
+    When the first pick has built the whole ``N x N`` similarity matrix anyway (and it fits in
+    ``matrix_bytes``), the fill reads its rows instead of recomputing similarities.
+
     Args:
         block_size: candidates evaluated per matrix product on CPU (see
             :func:`tokenprune.functional.select_maxmin`); ``0`` forces the one-mat-vec-per-step loop,
             which CUDA always uses. Both give the same picks.
+        matrix_bytes: the largest ``B x N x N`` similarity matrix kept for the fill (512 MiB);
+            ``0`` never keeps it (the first pick is then computed in chunks).
     """
 
     block_size: int = 32
+    matrix_bytes: int = 512 * 2**20
 
     def __post_init__(self) -> None:
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 0:
@@ -242,8 +249,12 @@ class MaxMin(Selector):
         if not any(add):
             return selection
         unseeded = [c == 0 and a > 0 for c, a in zip(selection.counts, add, strict=True)]
+        sims = None
         if any(unseeded):
-            first = isolated_token(tokens.visual, selection.available(tokens), norms=tokens.norms)
+            batch, n, _ = tokens.visual.shape
+            if batch * n * n * tokens.visual.element_size() <= self.matrix_bytes:
+                sims = similarity_matrix(tokens.visual, norms=tokens.norms)  # first pick and every fill step
+            first = isolated_token(tokens.visual, selection.available(tokens), norms=tokens.norms, sims=sims)
             rows = torch.tensor(unseeded, device=first.device)
             new = torch.zeros_like(selection.mask).index_put_(
                 (torch.arange(len(unseeded), device=first.device), first), rows
@@ -259,6 +270,7 @@ class MaxMin(Selector):
             add,
             norms=tokens.norms,
             block_size=None if on_cuda or self.block_size == 0 else self.block_size,
+            sims=sims,
         )
         return Selection(mask, target)
 

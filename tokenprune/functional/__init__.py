@@ -12,8 +12,9 @@ from tokenprune.functional.selection import (
     select_maxmin,
     select_stride,
     select_topk,
+    similarity_matrix,
 )
-from tokenprune.functional.similarity import EPS, cosine_similarity, relevance_scores, token_norms
+from tokenprune.functional.similarity import EPS, cosine_similarity, relevance_scores, snap_unit, token_norms
 
 __all__ = [
     "EPS",
@@ -27,5 +28,7 @@ __all__ = [
     "select_maxmin",
     "select_stride",
     "select_topk",
+    "similarity_matrix",
+    "snap_unit",
     "token_norms",
 ]

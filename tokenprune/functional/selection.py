@@ -11,12 +11,12 @@ sort and ``argmin``/``argmax`` return the first extremum.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from tokenprune.functional.similarity import cosine_similarity, token_norms
+from tokenprune.functional.similarity import cosine_similarity, snap_unit, token_norms
 
 __all__ = [
     "isolated_token",
@@ -25,6 +25,7 @@ __all__ = [
     "select_maxmin",
     "select_stride",
     "select_topk",
+    "similarity_matrix",
 ]
 
 _SEED_CHUNK = 256  # seed rows compared at once when initialising max-min (bounds memory)
@@ -124,16 +125,46 @@ def select_stride(available: Tensor, add: Sequence[int]) -> Tensor:
     return mask.scatter_(1, picks, True)[:, :n]
 
 
-def isolated_token(visual: Tensor, available: Tensor, *, norms: Tensor | None = None) -> Tensor:
+def _pairwise(visual: Tensor, norms: Tensor) -> Callable[[int, int], Tensor]:
+    """``f(start, stop)``: cosines of tokens ``start:stop`` with all tokens, ``(B, stop - start, N)``, unsnapped.
+
+    Always the one formula of :func:`cosine_similarity` (``a.b / max(|a||b|, eps)``): a shortcut such
+    as dotting unit vectors rounds differently, and exact ties (identical or lattice tokens) would then
+    break differently depending on which path a row took.
+    """
+    return lambda start, stop: cosine_similarity(
+        visual[:, start:stop], visual, a_norm=norms[:, start:stop], b_norm=norms, snap=False
+    )
+
+
+def similarity_matrix(visual: Tensor, *, norms: Tensor | None = None) -> Tensor:
+    """All pairwise cosines ``(B, N, N)`` (not snapped to +-1; see :func:`snap_unit`).
+
+    Example:
+        >>> import torch
+        >>> similarity_matrix(torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]))
+        tensor([[[1., 0.],
+                 [0., 1.]]])
+    """
+    if norms is None:
+        norms = token_norms(visual)
+    return _pairwise(visual, norms)(0, visual.shape[1])
+
+
+def isolated_token(
+    visual: Tensor, available: Tensor, *, norms: Tensor | None = None, sims: Tensor | None = None
+) -> Tensor:
     """DivPrune's first pick: the token whose most similar other token is least similar.
 
     ``argmin_x max_{y != x} cos(v_x, v_y)`` over the available tokens of each row (a row with one
-    available token picks it). Costs one ``N x N`` similarity, computed in chunks of rows.
+    available token picks it). Costs one ``N x N`` similarity, computed in chunks of rows unless
+    ``sims`` (from :func:`similarity_matrix`) is given; its diagonal is then set to ``-inf``.
 
     Args:
         visual: ``(B, N, D)``.
         available: ``(B, N)`` bool, at least one True per row.
         norms: precomputed ``(B, N)`` token norms.
+        sims: precomputed ``(B, N, N)`` cosines, modified in place (diagonal).
 
     Returns:
         ``(B,)`` int64 index per row.
@@ -142,15 +173,19 @@ def isolated_token(visual: Tensor, available: Tensor, *, norms: Tensor | None = 
         norms = token_norms(visual)
     n = visual.shape[1]
     inf = float("inf")
+    pairwise = _pairwise(visual, norms) if sims is None else None
+    everything = bool(available.all())
     nearest = []
-    for start in range(0, n, _PAIR_CHUNK):
-        stop = min(start + _PAIR_CHUNK, n)
-        sims = cosine_similarity(visual[:, start:stop], visual, a_norm=norms[:, start:stop], b_norm=norms)
+    for start in range(0, n, _PAIR_CHUNK if sims is None else n):
+        stop = min(start + _PAIR_CHUNK, n) if sims is None else n
+        chunk = pairwise(start, stop) if sims is None else sims
         rows = torch.arange(start, stop, device=visual.device)
-        sims[:, rows - start, rows] = -inf  # a token is not its own neighbour
-        sims = sims.masked_fill(~available.unsqueeze(1), -inf)
-        nearest.append(sims.amax(dim=-1))
-    closest = torch.cat(nearest, dim=1).masked_fill(~available, inf)
+        chunk[:, rows - start, rows] = -inf  # a token is not its own neighbour
+        if not everything:
+            chunk = chunk.masked_fill(~available.unsqueeze(1), -inf)
+        nearest.append(chunk.amax(dim=-1))
+    # snapping to +-1 is monotone, so it commutes with the max: snap the N maxima, not the N x N matrix
+    closest = snap_unit(torch.cat(nearest, dim=1)).masked_fill(~available, inf)
     return closest.argmin(dim=1)
 
 
@@ -192,6 +227,7 @@ def select_maxmin(
     *,
     norms: Tensor | None = None,
     block_size: int | None = None,
+    sims: Tensor | None = None,
 ) -> Tensor:
     """Greedy max-min fill: repeatedly add the available token least similar to the selected set.
 
@@ -215,6 +251,8 @@ def select_maxmin(
         add: per-row number of tokens to add (at most the available count).
         norms: precomputed ``(B, N)`` token norms.
         block_size: see above.
+        sims: a precomputed ``(B, N, N)`` cosine matrix (:func:`similarity_matrix`); each step is
+            then a row lookup (the matrix already cost ``O(N^2 D)``, e.g. for DivPrune's first pick).
 
     Returns:
         ``(B, N)`` bool: ``selected`` plus the added tokens.
@@ -225,11 +263,13 @@ def select_maxmin(
     if norms is None:
         norms = token_norms(visual)
     inf = float("inf")
-    maxsim = max_similarity(visual, selected, seed_counts, norms=norms).masked_fill(~available, inf)
     selected = selected.clone()
-    remaining = _count_tensor(add, visual.device)
-    rows = torch.arange(visual.shape[0], device=visual.device)
+    if sims is not None:
+        return _fill_from_matrix(sims, selected, available, seed_counts, add)
+    maxsim = max_similarity(visual, selected, seed_counts, norms=norms).masked_fill(~available, inf)
     if block_size is None:
+        remaining = _count_tensor(add, visual.device)
+        rows = torch.arange(visual.shape[0], device=visual.device)
         for step in range(steps):
             pick = maxsim.argmin(dim=1)
             vec = visual[rows, pick].unsqueeze(1)
@@ -239,26 +279,69 @@ def select_maxmin(
             maxsim = torch.maximum(maxsim, sim).masked_fill_(new, inf)
         return selected
     width = min(block_size, visual.shape[1])
-    while True:
-        live = remaining > 0
-        if not bool(live.any()):
-            return selected
-        block = torch.sort(maxsim, dim=1, stable=True).indices[:, :width]  # the argmin comes first
-        vecs = visual.gather(1, block.unsqueeze(-1).expand(-1, -1, visual.shape[2]))
-        sims = cosine_similarity(vecs, visual, a_norm=norms.gather(1, block), b_norm=norms)  # (B, c, N)
-        slot = torch.full_like(maxsim, -1, dtype=torch.long).scatter_(
-            1, block, torch.arange(width, device=visual.device).expand_as(block)
-        )
-        for made in range(width):
-            pick = maxsim.argmin(dim=1)
-            where = slot[rows, pick]
-            live &= (where >= 0) & (remaining > 0)
-            if not bool(live.any()):
-                if made == 0:  # cannot happen for finite inputs: the argmin heads every block
-                    raise RuntimeError("max-min fill made no progress; are the inputs finite?")
+    for row, count in enumerate(add):
+        if count:
+            picks = _fill_row_blocked(visual[row], norms[row], maxsim[row], count, width)
+            selected[row, picks] = True
+    return selected
+
+
+def _fill_row_blocked(visual: Tensor, norms: Tensor, maxsim: Tensor, count: int, width: int) -> list[int]:
+    """One row of the blocked max-min fill (CPU): ``count`` picks, updating ``maxsim`` in place.
+
+    Picks are made one at a time exactly as in the sequential loop; the similarities of the ``width``
+    tokens with the lowest current ``maxsim`` are computed in one matrix product, and picks are
+    consumed while each lies in that block. The argmin heads every block (stable sort, first
+    minimum), so each block yields at least one pick.
+    """
+    inf = float("inf")
+    picks: list[int] = []
+    while len(picks) < count:
+        block = torch.sort(maxsim, stable=True).indices[:width]
+        sims = cosine_similarity(
+            visual[block].unsqueeze(0), visual.unsqueeze(0), a_norm=norms[block].unsqueeze(0), b_norm=norms.unsqueeze(0)
+        )[0]  # (c, N)
+        slot = {token: j for j, token in enumerate(block.tolist())}
+        made = 0
+        while len(picks) < count:
+            pick = int(maxsim.argmin())
+            j = slot.get(pick)
+            if j is None:
                 break
-            new = torch.zeros_like(selected).index_put_((rows, pick), live)
-            selected |= new
-            grown = torch.maximum(maxsim, sims[rows, where.clamp_min(0)])
-            maxsim = torch.where(live.unsqueeze(1), grown, maxsim).masked_fill_(new, inf)
-            remaining -= live.long()
+            picks.append(pick)
+            made += 1
+            torch.maximum(maxsim, sims[j], out=maxsim)
+            maxsim[pick] = inf
+        if made == 0:  # cannot happen for finite inputs: the argmin heads every block
+            raise RuntimeError("max-min fill made no progress; are the inputs finite?")
+    return picks
+
+
+def _fill_from_matrix(
+    sims: Tensor, selected: Tensor, available: Tensor, seed_counts: Sequence[int], add: Sequence[int]
+) -> Tensor:
+    """The max-min fill with every similarity already in ``sims`` ``(B, N, N)``: one row lookup a step."""
+    inf = float("inf")
+    seeds = mask_to_indices(selected, seed_counts)  # (B, S), -1 padded
+    rows = sims.gather(1, seeds.clamp_min(0).unsqueeze(-1).expand(-1, -1, sims.shape[2]))
+    rows = rows.masked_fill((seeds < 0).unsqueeze(-1), -inf)
+    maxsim = snap_unit(rows.amax(dim=1)).masked_fill(~available, inf)
+    if sims.device.type != "cuda":
+        for row, count in enumerate(add):
+            row_sims, row_max = sims[row], maxsim[row]
+            picks = []
+            for _ in range(count):
+                pick = int(row_max.argmin())
+                picks.append(pick)
+                torch.maximum(row_max, snap_unit(row_sims[pick]), out=row_max)
+                row_max[pick] = inf
+            selected[row, picks] = True
+        return selected
+    batch = torch.arange(sims.shape[0], device=sims.device)
+    remaining = _count_tensor(add, sims.device)
+    for step in range(max(add, default=0)):  # no host sync inside the loop
+        pick = maxsim.argmin(dim=1)
+        new = torch.zeros_like(selected).index_put_((batch, pick), remaining > step)
+        selected |= new
+        maxsim = torch.maximum(maxsim, snap_unit(sims[batch, pick])).masked_fill_(new, inf)
+    return selected

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["EPS", "cosine_similarity", "relevance_scores", "token_norms"]
+__all__ = ["EPS", "cosine_similarity", "relevance_scores", "snap_unit", "token_norms"]
 
 EPS = 1e-12
 
@@ -29,6 +29,7 @@ def cosine_similarity(
     a_norm: Tensor | None = None,
     b_norm: Tensor | None = None,
     eps: float = EPS,
+    snap: bool = True,
 ) -> Tensor:
     """Pairwise cosine similarity of two token sets.
 
@@ -37,6 +38,7 @@ def cosine_similarity(
         b: ``(B, Q, D)``.
         a_norm, b_norm: precomputed norms ``(B, P)`` and ``(B, Q)``; computed when omitted.
         eps: lower bound of the norm product.
+        snap: snap values within a few ulp of +-1 to +-1 (see :func:`snap_unit`).
 
     Returns:
         ``(B, P, Q)``: ``a[i].b[j] / max(|a[i]| |b[j]|, eps)``.
@@ -54,10 +56,10 @@ def cosine_similarity(
         b_norm = token_norms(b)
     dots = torch.bmm(a, b.transpose(1, 2))
     sims = dots / (a_norm.unsqueeze(-1) * b_norm.unsqueeze(-2)).clamp_min(eps)
-    return _snap_unit(sims)
+    return snap_unit(sims) if snap else sims
 
 
-def _snap_unit(sims: Tensor) -> Tensor:
+def snap_unit(sims: Tensor) -> Tensor:
     """Values within a few ulp of +-1 become exactly +-1.
 
     ``v.v / (|v| |v|)`` rounds to ``1 +- 2 ulp`` depending on ``v`` and on the kernel (GEMM or
