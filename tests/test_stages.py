@@ -238,3 +238,13 @@ def test_identical_tokens_have_cosine_exactly_one():
         assert (sims[idx, idx + 50] == 1).all() and (sims[idx, idx] == 1).all()
         assert (sims[idx, idx + 100] == -1).all()
         assert (sims[:50, :50].fill_diagonal_(0).abs() < 0.9).all()  # distinct tokens are not snapped
+
+
+def test_inputs_that_require_grad_are_selected_without_a_graph():
+    """Features from a model in training mode: selection runs, returns plain indices, leaves no graph."""
+    c = make_case(batch=2, tokens=40, budget=0.25, seed=1)
+    visual, prompt = c.visual.clone().requires_grad_(), c.prompt.clone().requires_grad_()
+    for name in ("zspa", "divprune", "relevance"):
+        out = tokenprune.create_method(name)(visual, prompt=prompt, budget=0.25)
+        assert not out.requires_grad and out.grad_fn is None
+        assert torch.equal(out, tokenprune.create_method(name)(c.visual, prompt=c.prompt, budget=0.25))

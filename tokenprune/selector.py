@@ -252,6 +252,18 @@ class Selector(ABC):
             MissingInputError: a required ``prompt`` or ``scores`` is missing.
             BudgetError: the budget cannot be met.
         """
+        with torch.no_grad():  # indices have no gradient; inputs may come from a model being trained
+            return self._select(visual, prompt, budget, visual_mask, prompt_mask, scores)
+
+    def _select(
+        self,
+        visual: Tensor,
+        prompt: Tensor | None,
+        budget: Budget,
+        visual_mask: Tensor | None,
+        prompt_mask: Tensor | None,
+        scores: Tensor | None,
+    ) -> Tensor:
         tokens = TokenBatch.from_inputs(
             visual, prompt=prompt, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
         )

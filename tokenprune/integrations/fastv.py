@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tokenprune.budget import Budget
+from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import TokenPruneError
 from tokenprune.integrations.base import Layout, ModelAdapter, PrunedSequence, PruneStats, _sync, select_per_image
 from tokenprune.selector import Selector
@@ -157,6 +157,12 @@ class LayerPruner:
                 f"{type(cache).__name__} cannot hold them. Use the default DynamicCache (no cache_implementation)."
             )
         layout = self.layout
+        protected = self.protected or [None] * len(layout.sizes)
+        prunable = [n if p is None else n - int(p.sum()) for n, p in zip(layout.sizes, protected, strict=True)]
+        if resolve_budget(self.budget, prunable) == tuple(prunable):  # keeps everything: nothing to score
+            kept = [torch.ones(n, dtype=torch.bool, device=hidden.device) for n in layout.sizes]
+            self.stats = layout.stats(kept, layout.keep_mask(kept), 0.0)
+            return
         _sync(hidden.device)
         start = time.perf_counter()
         positions = torch.arange(self.length, device=hidden.device)
