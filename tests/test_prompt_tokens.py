@@ -5,43 +5,13 @@ import torch
 
 import tokenprune
 from tokenprune.integrations.prompt import question_tokens
-from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs
-
-LLAVA_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}{% endif %}{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
-)
+from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     """A word-level tokenizer built offline, with a LLaVA-1.5-style chat template."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = [
-        "USER",
-        ":",
-        "ASSISTANT",
-        "what",
-        "colour",
-        "is",
-        "the",
-        "cube",
-        "?",
-        "\n",
-        " ",
-        "tokenprunequestionmarker",
-    ]
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": IMAGE_TOKEN}
-    vocab.update({w: i + 10 for i, w in enumerate(words)})
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"<image>|\n| |[:?]"), behavior="isolated")
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tok.chat_template = LLAVA_TEMPLATE
-    return tok
+    return tiny_tokenizer()
 
 
 def ids_of(tokenizer, text):

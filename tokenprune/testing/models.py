@@ -11,9 +11,73 @@ from typing import Any
 
 import torch
 
-__all__ = ["IMAGE_TOKEN", "lm_input_lengths", "record_calls", "tiny_llava", "tiny_llava_inputs"]
+__all__ = [
+    "IMAGE_TOKEN",
+    "LLAVA_CHAT_TEMPLATE",
+    "lm_input_lengths",
+    "record_calls",
+    "tiny_llava",
+    "tiny_llava_inputs",
+    "tiny_llava_processor",
+    "tiny_tokenizer",
+]
 
 IMAGE_TOKEN = 100  # placeholder id in the tiny vocabularies (BOS 1, EOS 2, PAD 0)
+
+
+LLAVA_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endif %}{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+"""A LLaVA-1.5-style chat template: ``USER: <image>\n{question} ASSISTANT:``."""
+
+_WORDS = ["USER", ":", "ASSISTANT", "what", "colour", "is", "the", "cube", "?", "\n", " ", "tokenprunequestionmarker"]
+
+
+def tiny_tokenizer() -> Any:
+    """A word-level fast tokenizer built offline (``tokenizers``), with :data:`LLAVA_CHAT_TEMPLATE`.
+
+    Its vocabulary: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<image>`` :data:`IMAGE_TOKEN`, and a
+    few words from 10 on.
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": IMAGE_TOKEN}
+    vocab.update({word: i + 10 for i, word in enumerate(_WORDS)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"<image>|\n| |[:?]"), behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llava_processor(model: Any) -> Any:
+    """A real ``LlavaProcessor`` for :func:`tiny_llava`: the PIL CLIP image processor and :func:`tiny_tokenizer`.
+
+    Needs Pillow (no torchvision).
+    """
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    vision = model.config.vision_config
+    size = vision.image_size
+    images = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    tokenizer = tiny_tokenizer()
+    tokenizer.padding_side = "left"
+    return LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
 
 
 def _tiny_llama(hidden: int, layers: int, **extra: Any) -> Any:
