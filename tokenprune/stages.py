@@ -248,31 +248,48 @@ class MaxMin(Selector):
         add = selection.needed(target)
         if not any(add):
             return selection
-        unseeded = [c == 0 and a > 0 for c, a in zip(selection.counts, add, strict=True)]
+        if tokens.visual.device.type == "cuda" or tokens.batch_size == 1:
+            rows = [slice(None)]
+        else:  # CPU: one image at a time keeps its working set (and its N x N matrix) in cache
+            rows = [slice(b, b + 1) for b in range(tokens.batch_size) if add[b]]
+        mask = selection.mask.clone()
+        for row in rows:
+            mask[row] = self._fill(
+                tokens.visual[row],
+                tokens.norms[row],
+                tokens.real[row] & ~selection.mask[row],
+                selection.mask[row],
+                selection.counts[row],
+                add[row],
+            )
+        return Selection(mask, target)
+
+    def _fill(
+        self, visual: Tensor, norms: Tensor, available: Tensor, selected: Tensor, counts: tuple, add: tuple
+    ) -> Tensor:
+        """The rows' selections extended by ``add[b]`` max-min picks (DivPrune's first pick if empty)."""
+        unseeded = [c == 0 and a > 0 for c, a in zip(counts, add, strict=True)]
         sims = None
         if any(unseeded):
-            batch, n, _ = tokens.visual.shape
-            if batch * n * n * tokens.visual.element_size() <= self.matrix_bytes:
-                sims = similarity_matrix(tokens.visual, norms=tokens.norms)  # first pick and every fill step
-            first = isolated_token(tokens.visual, selection.available(tokens), norms=tokens.norms, sims=sims)
-            rows = torch.tensor(unseeded, device=first.device)
-            new = torch.zeros_like(selection.mask).index_put_(
-                (torch.arange(len(unseeded), device=first.device), first), rows
-            )
-            selection = selection.added(new, tuple(int(u) for u in unseeded))
-            add = selection.needed(target)
-        on_cuda = tokens.visual.device.type == "cuda"
-        mask = select_maxmin(
-            tokens.visual,
-            selection.mask,
-            selection.available(tokens),
-            selection.counts,
+            batch, n, _ = visual.shape
+            if batch * n * n * visual.element_size() <= self.matrix_bytes:
+                sims = similarity_matrix(visual, norms=norms)  # for the first pick and every fill step
+            first = isolated_token(visual, available, norms=norms, sims=sims)
+            picked = torch.tensor(unseeded, device=visual.device)
+            selected = selected.clone().index_put_((torch.arange(batch, device=visual.device), first), picked)
+            available = available & ~selected
+            counts = tuple(c + int(u) for c, u in zip(counts, unseeded, strict=True))
+            add = tuple(a - int(u) for a, u in zip(add, unseeded, strict=True))
+        return select_maxmin(
+            visual,
+            selected,
+            available,
+            counts,
             add,
-            norms=tokens.norms,
-            block_size=None if on_cuda or self.block_size == 0 else self.block_size,
+            norms=norms,
+            block_size=None if visual.device.type == "cuda" or self.block_size == 0 else self.block_size,
             sims=sims,
         )
-        return Selection(mask, target)
 
 
 @dataclass(frozen=True)
