@@ -112,7 +112,7 @@ def test_a_factory_returning_a_non_selector_is_reported():
 class GoodPlugin:
     @tokenprune.hookimpl
     def tokenprune_register_methods(self, register):
-        register("good-stride", Stride, summary="a plugin's method\n  wraps here.\n\nDetails dropped.")
+        register("good-stride", Stride, summary="a plugin's ``method``\n  wraps here.\n\nDetails dropped.")
 
 
 class BrokenMethodPlugin:

@@ -187,7 +187,8 @@ class MethodRegistry:
         if not isinstance(summary, str):
             raise TypeError(f"method {name!r}: summary must be a str; got {type(summary).__name__}")
         first_paragraph = inspect.cleandoc(summary).split("\n\n")[0]
-        spec = MethodSpec(name, factory, " ".join(first_paragraph.split()), plugin, params)
+        summary = " ".join(first_paragraph.replace("``", "").split())  # a listing line, not reStructuredText
+        spec = MethodSpec(name, factory, summary, plugin, params)
         with self._lock:
             existing = self._specs.get(name)
             if existing is not None and not override:
