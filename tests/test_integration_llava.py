@@ -8,7 +8,8 @@ from tokenprune import TokenPruneError
 from tokenprune.integrations import UnsupportedModelError
 from tokenprune.integrations.base import UnsupportedScoresError
 from tokenprune.stages import Stride
-from tokenprune.testing.models import IMAGE_TOKEN, lm_input_lengths, tiny_llava, tiny_llava_inputs
+from tokenprune.testing import assert_adapter_contract
+from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs
 
 GEN = {"max_new_tokens": 6, "do_sample": False}
 PROMPTS = [([5, 17, 9, 33], [41, 8, 77, 12, 6, 90]), ([23], [64, 3, 55])]
@@ -25,26 +26,9 @@ def inputs(model):
 
 
 @pytest.mark.parametrize("rows", [1, 2])
-@pytest.mark.parametrize("method", ["zspa", "divprune", "stride"])
-def test_budget_one_is_token_identical_to_stock(model, method, rows):
-    inputs = tiny_llava_inputs(model, PROMPTS[:rows])
-    stock = model.generate(**inputs, **GEN)
-    with tokenprune.apply(model, method, budget=1.0) as session:
-        pruned = model.generate(**inputs, **GEN)
-    assert torch.equal(stock, pruned)
-    assert session.last.visual_after == session.last.visual_before == [16] * rows
-
-
-def test_prefill_sees_text_plus_k_and_decoding_uses_the_short_cache(model, inputs):
-    text = inputs["attention_mask"].sum(1) - 16
-    with tokenprune.apply(model, "zspa", budget=4) as session:
-        seen, out = lm_input_lengths(model, lambda: model.generate(**inputs, **GEN))
-    assert seen[0] == int(text.max()) + 4  # the longest row: its text + 4 visual tokens
-    assert seen[1:] == [1] * (GEN["max_new_tokens"] - 1)
-    assert session.last.sequence_after == (text + 4).tolist()
-    assert session.last.visual_before == [16, 16] and session.last.visual_after == [4, 4]
-    assert out.shape == (2, inputs["input_ids"].shape[1] + GEN["max_new_tokens"])
-    assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])  # the caller's prompt
+def test_the_adapter_contract(model, inputs, rows):
+    """Budget 1.0 == stock, prefill/decode lengths, stats, forward with labels, restoring, text-only calls."""
+    assert_adapter_contract(model, inputs if rows == 2 else tiny_llava_inputs(model, PROMPTS[:1]), generate_kwargs=GEN)
 
 
 def test_pruned_generation_equals_the_lm_fed_text_plus_k_directly(model, inputs):
@@ -87,14 +71,6 @@ def test_each_row_is_pruned_by_its_own_prompt(model, inputs):
     assert not torch.equal(batched[0], batched[1])  # different prompts and images, different picks
 
 
-def test_model_is_restored_after_the_block_even_on_error(model, inputs):
-    stock = model.generate(**inputs, **GEN)
-    with pytest.raises(tokenprune.BudgetError), tokenprune.apply(model, "zspa", budget=99):
-        model.generate(**inputs, **GEN)
-    assert "generate" not in model.__dict__ and "forward" not in model.__dict__
-    assert type(model).generate is not None and torch.equal(model.generate(**inputs, **GEN), stock)
-
-
 def test_two_models_pruned_differently_in_one_process(inputs):
     a, b = tiny_llava(seed=1), tiny_llava(seed=2)
     with tokenprune.apply(a, "zspa", budget=3):
@@ -118,29 +94,12 @@ def test_nested_pruning_of_one_model_is_refused(model):
         pass
 
 
-def test_forward_with_labels_runs_on_the_pruned_sequence(model, inputs):
-    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
-    with tokenprune.apply(model, "divprune", budget=0.25) as session:
-        out = model(**inputs, labels=labels)
-    assert out.logits.shape[:2] == (2, max(session.last.sequence_after))
-    assert torch.isfinite(out.loss)
-    assert session.last.prefill_ms is not None and session.last.prefill_ms > 0
-
-
 def test_a_composed_selector_object_works_and_rejects_method_params(model, inputs):
     with tokenprune.apply(model, Stride(), budget=2) as session:
         model.generate(**inputs, **GEN)
     assert session.last.kept[0].tolist() == [4, 12]
     with pytest.raises(TypeError, match="apply to a method name"), tokenprune.apply(model, Stride(), budget=2, seed=1):
         pass
-
-
-def test_text_only_calls_pass_through(model, inputs):
-    text = {"input_ids": inputs["input_ids"][:, -5:], "attention_mask": inputs["attention_mask"][:, -5:]}
-    stock = model.generate(**text, **GEN)
-    with tokenprune.apply(model, "zspa", budget=4) as session:
-        assert torch.equal(model.generate(**text, **GEN), stock)
-    assert session.stats == []
 
 
 def test_unsupported_model_is_a_clear_error():

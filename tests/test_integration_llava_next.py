@@ -5,10 +5,10 @@ import torch
 
 import tokenprune
 from tokenprune.integrations import get_adapter
+from tokenprune.testing import assert_adapter_contract
 from tokenprune.testing.models import (
     IMAGE_TOKEN,
     llava_next_image_tokens,
-    lm_input_lengths,
     tiny_llava_next,
     tiny_llava_next_inputs,
 )
@@ -55,28 +55,10 @@ def test_the_tiny_inputs_match_the_model_packing(model, inputs):
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("method", ["zspa", "divprune", "stride", "fastervlm"])
-def test_budget_one_is_token_identical_to_stock(model, method, layout):
+def test_the_adapter_contract(model, layout):
+    """Budget 1.0 == stock, prefill sees text + K + newlines, stats, forward with labels, restoring, text-only."""
     inputs = tiny_llava_next_inputs(model, *LAYOUTS[layout])
-    stock = model.generate(**inputs, **GEN)
-    with tokenprune.apply(model, method, budget=1.0) as session:
-        pruned = model.generate(**inputs, **GEN)
-    assert torch.equal(stock, pruned)
-    tokens = [llava_next_image_tokens(model, *size)[0] for size in LAYOUTS[layout][1]]
-    assert session.last.visual_after == session.last.visual_before == tokens
-
-
-def test_prefill_sees_text_plus_k_plus_newlines(model, inputs):
-    newlines = [llava_next_image_tokens(model, *size)[1] for size in SIZES]  # 4, 8, 8
-    text = inputs["attention_mask"].sum(1) - (inputs["input_ids"] == IMAGE_TOKEN).sum(1)
-    expected = text + torch.tensor([(4 + newlines[0]) + (4 + newlines[1]), 4 + newlines[2]])
-    with tokenprune.apply(model, "zspa", budget=4) as session:
-        seen, out = lm_input_lengths(model, lambda: model.generate(**inputs, **GEN))
-    assert seen[0] == int(expected.max())  # the longest row: its text + K + newlines of each of its images
-    assert seen[1:] == [1] * (GEN["max_new_tokens"] - 1)
-    assert session.last.sequence_after == expected.tolist()
-    assert session.last.visual_after == [4 + n for n in newlines]
-    assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])  # the caller's prompt
+    assert_adapter_contract(model, inputs, generate_kwargs=GEN, methods=("zspa", "divprune", "stride", "fastervlm"))
 
 
 @pytest.mark.parametrize("method", ["zspa", "divprune", "stride", "random", "relevance", "fastervlm"])
@@ -135,23 +117,6 @@ def test_pruned_generation_equals_the_lm_fed_text_plus_kept_tokens_directly(mode
     assert mask.sum(1).tolist() == session.last.sequence_after
     ideal = model.generate(inputs_embeds=short, attention_mask=mask, **GEN)
     assert torch.equal(new_tokens, ideal)
-
-
-def test_forward_with_labels_runs_on_the_pruned_sequence(model, inputs):
-    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
-    with tokenprune.apply(model, "divprune", budget=0.25) as session:
-        out = model(**inputs, labels=labels)
-    assert out.logits.shape[:2] == (2, max(session.last.sequence_after))
-    assert torch.isfinite(out.loss)
-    assert session.last.prefill_ms is not None and session.last.prefill_ms > 0
-
-
-def test_model_is_restored_after_the_block_even_on_error(model, inputs):
-    stock = model.generate(**inputs, **GEN)
-    with pytest.raises(tokenprune.BudgetError), tokenprune.apply(model, "zspa", budget=99):
-        model.generate(**inputs, **GEN)  # 99 > 48 patch tokens of the first image
-    assert "generate" not in model.__dict__ and "forward" not in model.__dict__
-    assert torch.equal(model.generate(**inputs, **GEN), stock)
 
 
 def test_missing_image_sizes_is_a_clear_error(model, inputs):

@@ -13,12 +13,12 @@ from tokenprune.integrations import get_adapter
 from tokenprune.integrations.base import UnsupportedScoresError
 from tokenprune.integrations.qwen2_5_vl import Qwen2_5_VLAdapter
 from tokenprune.stages import Stride
+from tokenprune.testing import assert_adapter_contract
 from tokenprune.testing.models import (
     IMAGE_TOKEN,
     QWEN_VIDEO_TOKEN,
     QWEN_VISION_END,
     QWEN_VISION_START,
-    lm_input_lengths,
     record_calls,
     tiny_qwen2_5_vl,
     tiny_qwen2_5_vl_inputs,
@@ -96,22 +96,14 @@ def test_the_builtin_adapter_is_used_and_vision_markers_are_not_prompt_text(mode
 
 
 @pytest.mark.parametrize("case", ["one row", "two rows", "two images in a row"])
-@pytest.mark.parametrize("method", ["zspa", "divprune", "stride"])
-def test_budget_one_is_token_identical_to_stock(model, method, case):
+def test_the_adapter_contract(model, case):
+    """Budget 1.0 == stock (scores too), prefill/decode lengths, stats, forward with labels, restoring, text-only."""
     prompts, grids = {
         "one row": (PROMPTS[:1], GRIDS[:1]),
         "two rows": (PROMPTS, GRIDS),
         "two images in a row": (MULTI_PROMPTS, MULTI_GRIDS),
     }[case]
-    inputs = tiny_qwen2_5_vl_inputs(model, prompts, grids)
-    stock = model.generate(**inputs, **SCORED)
-    with tokenprune.apply(model, method, budget=1.0) as session:
-        pruned = model.generate(**inputs, **SCORED)
-    assert torch.equal(stock.sequences, pruned.sequences)
-    for a, b in zip(stock.scores, pruned.scores, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    sizes = [t * h * w // 4 for t, h, w in grids]
-    assert session.last.visual_after == session.last.visual_before == sizes
+    assert_adapter_contract(model, tiny_qwen2_5_vl_inputs(model, prompts, grids), generate_kwargs=GEN)
 
 
 def test_positions_come_from_explicit_position_ids_or_from_the_placeholders(model, inputs):
@@ -127,18 +119,6 @@ def test_positions_come_from_explicit_position_ids_or_from_the_placeholders(mode
         assert torch.equal(model.generate(**inputs, position_ids=positions, **GEN), stock)
         # older processors give no mm_token_type_ids: the M-RoPE positions are still the model's own
         assert torch.equal(model.generate(**no_types, **GEN), stock)
-
-
-def test_prefill_sees_text_plus_k_and_decoding_uses_the_short_cache(model, inputs):
-    text = inputs["attention_mask"].sum(1) - (inputs["input_ids"] == IMAGE_TOKEN).sum(1)
-    with tokenprune.apply(model, "zspa", budget=4) as session:
-        seen, out = lm_input_lengths(model, lambda: model.generate(**inputs, **GEN))
-    assert seen[0] == int(text.max()) + 4  # the longest row: its text + 4 visual tokens
-    assert seen[1:] == [1] * (GEN["max_new_tokens"] - 1)
-    assert session.last.sequence_after == (text + 4).tolist()
-    assert session.last.visual_before == [16, 12] and session.last.visual_after == [4, 4]
-    assert out.shape == (2, inputs["input_ids"].shape[1] + GEN["max_new_tokens"])
-    assert torch.equal(out[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])  # the caller's prompt
 
 
 @pytest.mark.parametrize("case", ["two rows", "two images in a row"])
@@ -242,19 +222,6 @@ def test_forward_at_budget_one_equals_stock(model, left):
     torch.testing.assert_close(same.loss, stock.loss)
 
 
-def test_forward_takes_labels_on_the_pruned_sequence(model, inputs):
-    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
-
-    with tokenprune.apply(model, "divprune", budget=0.25) as session:
-        out = model(**inputs, labels=labels)
-        first = model.generate(**inputs, max_new_tokens=1, do_sample=False)
-    assert out.logits.shape[:2] == (2, max(session.last.sequence_after))
-    assert session.last.visual_after == [4, 3]
-    assert torch.isfinite(out.loss)
-    assert session.stats[0].prefill_ms is not None and session.stats[0].prefill_ms > 0
-    assert torch.equal(out.logits[:, -1].argmax(-1), first[:, -1])  # forward and generate see the same prefill
-
-
 def test_manual_decoding_after_a_pruned_forward_continues_the_original_positions(model, inputs):
     """A hand-written loop (forward, then forward on the cache without position_ids) decodes at stock positions."""
     alone = tiny_qwen2_5_vl_inputs(model, PROMPTS[:1], GRIDS[:1])
@@ -270,22 +237,6 @@ def test_manual_decoding_after_a_pruned_forward_continues_the_original_positions
     assert ours[0].shape[-1] < stock[0].shape[-1]
     assert torch.equal(ours[1], stock[1])
     assert int(ours[1].max()) == int(stock[0].max()) + 1
-
-
-def test_model_is_restored_after_the_block_even_on_error(model, inputs):
-    stock = model.generate(**inputs, **GEN)
-    with pytest.raises(tokenprune.BudgetError), tokenprune.apply(model, "zspa", budget=13):
-        model.generate(**inputs, **GEN)  # the second image has only 12 tokens
-    assert "generate" not in model.__dict__ and "forward" not in model.__dict__
-    assert torch.equal(model.generate(**inputs, **GEN), stock)
-
-
-def test_text_only_calls_pass_through(model, inputs):
-    text = {"input_ids": inputs["input_ids"][:, -5:], "attention_mask": inputs["attention_mask"][:, -5:]}
-    stock = model.generate(**text, **GEN)
-    with tokenprune.apply(model, "zspa", budget=4) as session:
-        assert torch.equal(model.generate(**text, **GEN), stock)
-    assert session.stats == []
 
 
 def test_fastervlm_is_refused_because_the_encoder_has_no_cls_token(model, inputs):

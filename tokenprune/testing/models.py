@@ -125,9 +125,13 @@ def record_calls(module: Any, run: Callable[[], Any], pick: Callable[[tuple, dic
     return seen, out
 
 
-def lm_input_lengths(model: Any, run: Callable[[], Any]) -> tuple[list[int], Any]:
-    """Sequence lengths the language model's first decoder layer sees, call by call, while ``run()`` runs."""
-    layer = model.model.language_model.layers[0]
+def lm_input_lengths(model: Any, run: Callable[[], Any], *, layer: Any = None) -> tuple[list[int], Any]:
+    """Sequence lengths the language model's first decoder layer sees, call by call, while ``run()`` runs.
+
+    ``layer``: the decoder layer to watch, for a model laid out differently; by default
+    ``model.model.language_model.layers[0]``.
+    """
+    layer = model.model.language_model.layers[0] if layer is None else layer
     return record_calls(
         layer, run, lambda args, kwargs: kwargs.get("hidden_states", args[0] if args else None).shape[1]
     )

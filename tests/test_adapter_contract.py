@@ -1,0 +1,90 @@
+"""The adapter contract check itself: it passes an adapter a plugin adds, and fails on broken ones.
+
+The family test files (``test_integration_*.py``) run every built-in adapter through it.
+"""
+
+import pytest
+
+import tokenprune
+import tokenprune.plugins
+from tokenprune.integrations.base import ImageTokens
+from tokenprune.integrations.llava import LlavaAdapter
+from tokenprune.testing import assert_adapter_contract
+from tokenprune.testing.models import tiny_llava, tiny_llava_inputs
+
+PROMPTS = [([5, 17, 9], [41, 8, 77]), ([23], [64, 3])]
+
+
+class PluginLlavaAdapter(LlavaAdapter):
+    """A plugin's adapter: here the built-in one under another name."""
+
+
+class ForgetsLabels(PluginLlavaAdapter):
+    def rebuild(self, inputs, pruned, features):
+        kwargs = super().rebuild(inputs, pruned, features)
+        kwargs.pop("labels", None)
+        return kwargs
+
+
+class ShufflesFeatures(PluginLlavaAdapter):
+    def rebuild(self, inputs, pruned, features):
+        return super().rebuild(inputs, pruned, [f.flip(0) for f in features])
+
+
+class HidesProtected(PluginLlavaAdapter):  # encode_images protects a token, protected_tokens says none
+    def encode_images(self, inputs, *, scores=None):
+        images = super().encode_images(inputs, scores=scores)
+        protected = [f.new_zeros(f.shape[0], dtype=bool) for f in images.features]
+        for mask in protected:
+            mask[0] = True
+        return ImageTokens(images.features, protected, images.scores)
+
+
+class Plugin:
+    def __init__(self, adapter, model):
+        self.adapter, self.model = adapter, model
+
+    @tokenprune.hookimpl
+    def tokenprune_model_adapter(self, model):
+        return self.adapter(model) if model is self.model else None
+
+
+@pytest.fixture
+def adapted(fresh_registry):
+    """``adapted(adapter_class)``: a tiny LLaVA that a plugin adapts with ``adapter_class``; and its inputs."""
+
+    def make(adapter):
+        model = tiny_llava(seed=0)
+        tokenprune.plugins.get_plugin_manager().register(Plugin(adapter, model))
+        return model, tiny_llava_inputs(model, PROMPTS)
+
+    return make
+
+
+def test_a_plugin_adapter_is_checked_like_a_builtin(adapted):
+    model, inputs = adapted(PluginLlavaAdapter)
+    assert tokenprune.integrations.get_adapter(model).name == "PluginLlavaAdapter"
+    assert_adapter_contract(model, inputs, methods=("zspa",))
+
+
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [
+        (ForgetsLabels, r"\(ForgetsLabels\) with 'zspa', budget=1.0: forward loss"),
+        (ShufflesFeatures, r"\(ShufflesFeatures\) with 'zspa', budget=1.0: generate differs from stock"),
+        (HidesProtected, r"protected_tokens\(inputs\) and encode_images\(inputs\).protected disagree"),
+    ],
+)
+def test_the_check_catches_a_broken_adapter(adapted, adapter, message):
+    model, inputs = adapted(adapter)
+    with pytest.raises(AssertionError, match=message):
+        assert_adapter_contract(model, inputs, methods=("zspa",))
+
+
+def test_unusable_arguments_are_refused(adapted):
+    model, inputs = adapted(PluginLlavaAdapter)
+    with pytest.raises(ValueError, match="prunes inside the language model"):
+        assert_adapter_contract(model, inputs, methods=("fastv",))
+    text = {"input_ids": inputs["input_ids"][:, -2:], "attention_mask": inputs["attention_mask"][:, -2:]}
+    with pytest.raises(ValueError, match="no image placeholder"):
+        assert_adapter_contract(model, text)
