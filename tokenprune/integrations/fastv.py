@@ -193,7 +193,6 @@ class LayerPruner:
             position_ids = kwargs.get("position_ids")
             if isinstance(position_ids, Tensor) and position_ids.dim() == 2 and position_ids.shape[1] == self.length:
                 kwargs["position_ids"] = _take_positions(position_ids, pruned.index)
-        if prefill:
             kwargs["attention_mask"] = self._prefill_mask(kwargs.get("attention_mask"), hidden)
         else:
             kwargs["attention_mask"] = self._decode_mask(kwargs.get("attention_mask"), hidden, index, kwargs)
