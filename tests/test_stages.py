@@ -248,3 +248,13 @@ def test_inputs_that_require_grad_are_selected_without_a_graph():
         out = tokenprune.create_method(name)(visual, prompt=prompt, budget=0.25)
         assert not out.requires_grad and out.grad_fn is None
         assert torch.equal(out, tokenprune.create_method(name)(c.visual, prompt=c.prompt, budget=0.25))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_divprune_matrix_fill_batched_and_per_row_agree(seed):
+    """DivPrune fills from its N x N matrix: the batched (CUDA) loop and the per-row CPU loop agree."""
+    c = make_case(batch=3, tokens=60, dim=8, budget=0.3, seed=seed, real_counts=[60, 17, 41], duplicates=6, zeros=2)
+    per_row = call(MaxMin(), c)
+    batched = call(MaxMin(block_size=0), c)
+    chunked = call(MaxMin(matrix_bytes=0), c)  # no matrix: chunked first pick, blocked fill
+    assert torch.equal(per_row, batched) and torch.equal(per_row, chunked)

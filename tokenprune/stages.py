@@ -231,8 +231,8 @@ class MaxMin(Selector):
 
     Args:
         block_size: candidates evaluated per matrix product on CPU (see
-            :func:`tokenprune.functional.select_maxmin`); ``0`` forces the one-mat-vec-per-step loop,
-            which CUDA always uses. Both give the same picks.
+            :func:`tokenprune.functional.select_maxmin`); ``0`` forces the batched, sync-free loop
+            that CUDA always uses (on any device, so CPU tests cover it). Both give the same picks.
         matrix_bytes: the largest ``B x N x N`` similarity matrix kept for the fill (512 MiB);
             ``0`` never keeps it (the first pick is then computed in chunks).
     """

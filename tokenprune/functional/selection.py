@@ -265,7 +265,7 @@ def select_maxmin(
     inf = float("inf")
     selected = selected.clone()
     if sims is not None:
-        return _fill_from_matrix(sims, selected, available, seed_counts, add)
+        return _fill_from_matrix(sims, selected, available, seed_counts, add, batched=block_size is None)
     maxsim = max_similarity(visual, selected, seed_counts, norms=norms).masked_fill(~available, inf)
     if block_size is None:
         remaining = _count_tensor(add, visual.device)
@@ -318,15 +318,25 @@ def _fill_row_blocked(visual: Tensor, norms: Tensor, maxsim: Tensor, count: int,
 
 
 def _fill_from_matrix(
-    sims: Tensor, selected: Tensor, available: Tensor, seed_counts: Sequence[int], add: Sequence[int]
+    sims: Tensor,
+    selected: Tensor,
+    available: Tensor,
+    seed_counts: Sequence[int],
+    add: Sequence[int],
+    *,
+    batched: bool,
 ) -> Tensor:
-    """The max-min fill with every similarity already in ``sims`` ``(B, N, N)``: one row lookup a step."""
+    """The max-min fill with every similarity already in ``sims`` ``(B, N, N)``: one row lookup a step.
+
+    ``batched``: all rows step together with no host sync (used on CUDA); otherwise one row at a
+    time with Python scalars (cheaper per step on CPU). Both make the same picks.
+    """
     inf = float("inf")
     seeds = mask_to_indices(selected, seed_counts)  # (B, S), -1 padded
     rows = sims.gather(1, seeds.clamp_min(0).unsqueeze(-1).expand(-1, -1, sims.shape[2]))
     rows = rows.masked_fill((seeds < 0).unsqueeze(-1), -inf)
     maxsim = snap_unit(rows.amax(dim=1)).masked_fill(~available, inf)
-    if sims.device.type != "cuda":
+    if not batched:
         for row, count in enumerate(add):
             row_sims, row_max = sims[row], maxsim[row]
             picks = []
