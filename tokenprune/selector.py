@@ -200,7 +200,7 @@ class Selection:
 class Selector(ABC):
     """A visual-token selector. Subclasses implement :meth:`extend`; calling one does the rest.
 
-    Class attributes a subclass may override:
+    Attributes:
         requires: the optional inputs it needs (``"prompt"``, ``"scores"``).
         batch_invariant: whether each row's result is independent of the rest of the batch.
         score_source: where ``scores`` come from inside a model (see :data:`SCORE_SOURCES`), or None.
