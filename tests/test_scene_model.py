@@ -1,0 +1,199 @@
+"""The shipped scene-llava: vocabulary and tokenizer, processor, training pieces, and the trained weights.
+
+The last group needs the trained model in the package (``tokenprune/assets/scene-llava``); it loads it
+offline with ``from_pretrained`` and checks that it answers held-out questions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tokenprune.errors import InputError
+from tokenprune.scenes import FAMILIES, Scene, SceneObject, TextItem, make_dataset, render_scene
+from tokenprune.scenes.model import (
+    CONCEPTS,
+    GRID,
+    MODEL_DIR,
+    PATCH_SIZE,
+    build_model,
+    build_processor,
+    build_tokenizer,
+    load_scene_model,
+    model_config,
+    vocabulary,
+)
+from tokenprune.scenes.train import Batches, TrainConfig, concept_targets, evaluate, losses
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_processor()
+
+
+@dataclass
+class HandSample:
+    """What :func:`evaluate` reads of a sample, for a hand-made scene."""
+
+    image: Any
+    text: str
+    answer: str
+    family: str = "existence"
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return (self.answer,)
+
+
+def user_prompt(processor, question: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+class TestVocabulary:
+    def test_specials_first_and_unique(self):
+        vocab = vocabulary()
+        assert vocab[:5] == ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+        assert len(vocab) == len(set(vocab))
+
+    def test_every_generated_question_and_answer_tokenises_without_unk(self):
+        tokenizer = build_tokenizer()
+        unk = tokenizer.unk_token_id
+        for split in ("train", "test"):
+            for sample in make_dataset(600, seed=3, split=split):
+                for text in (sample.text, sample.answer):
+                    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+                    assert unk not in ids, (text, tokenizer.convert_ids_to_tokens(ids))
+
+    def test_answers_round_trip_through_decode(self):
+        tokenizer = build_tokenizer()
+        for sample in make_dataset(120, seed=4, split="val"):
+            ids = tokenizer(sample.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            assert tokenizer.decode(ids, skip_special_tokens=True) == sample.answer
+
+    def test_concepts_are_single_tokens(self):
+        tokenizer = build_tokenizer()
+        for concept in CONCEPTS:
+            assert tokenizer(concept, add_special_tokens=False)["input_ids"] == [
+                tokenizer.convert_tokens_to_ids(concept)
+            ]
+
+
+class TestProcessor:
+    def test_chat_template_is_llava_1_5(self, processor):
+        assert user_prompt(processor, "What colour is the star?") == (
+            "USER: <image>\nWhat colour is the star? ASSISTANT:"
+        )
+
+    def test_576_image_tokens_and_336_pixels(self, processor):
+        sample = make_dataset(1, seed=0, split="test")[0]
+        inputs = processor(images=[sample.image], text=[user_prompt(processor, sample.text)], return_tensors="pt")
+        assert inputs["pixel_values"].shape == (1, 3, 336, 336)
+        assert int((inputs["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<image>")).sum()) == 576
+
+    def test_config_matches_the_processor(self, processor):
+        config = model_config()
+        assert config.vision_config.image_size // config.vision_config.patch_size == GRID == 24
+        assert config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
+        assert config.text_config.vocab_size == len(processor.tokenizer)
+
+    def test_missing_model_directory_says_how_to_make_one(self, tmp_path):
+        with pytest.raises(InputError, match=r"python -m tokenprune\.scenes\.train"):
+            load_scene_model(tmp_path)
+
+
+class TestTrainingPieces:
+    def test_concept_targets_mark_object_and_sign_patches(self):
+        square = SceneObject.of("square", "red", "large", (84, 84))  # radius 40: pixels 44..124
+        sign = TextItem("CAT", (250, 250), panel="yellow")
+        index = {c: i for i, c in enumerate(CONCEPTS)}
+        patch, present = concept_targets(Scene(objects=(square,), texts=(sign,)), index)
+        grid = patch.reshape(GRID, GRID, -1)
+        inside = slice(44 // PATCH_SIZE + 1, 124 // PATCH_SIZE)  # patches wholly inside the square
+        assert grid[inside, inside, index["red"]].all() and grid[inside, inside, index["square"]].all()
+        assert not grid[inside, inside, index["background"]].any()
+        row, col = 250 // PATCH_SIZE, 250 // PATCH_SIZE
+        assert {CONCEPTS[i] for i in np.flatnonzero(grid[row, col])} == {"yellow", "sign", "CAT"}
+        assert grid[0, GRID - 1, index["background"]] and grid[0, GRID - 1].sum() == 1
+        assert {CONCEPTS[i] for i in np.flatnonzero(present)} == {"red", "square", "yellow", "sign", "CAT"}
+
+    def test_batches_are_deterministic_and_label_only_answers(self, processor):
+        batches = Batches(TrainConfig(batch_size=2), processor)
+        a, b = batches(3), batches(3)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert not torch.equal(a["input_ids"], batches(4)["input_ids"][:, : a["input_ids"].shape[1]])
+        tokenizer = processor.tokenizer
+        for ids, labels in zip(a["input_ids"], a["labels"], strict=True):
+            supervised = labels != -100
+            assert torch.equal(ids[supervised], labels[supervised])
+            assert labels[supervised][-1] == tokenizer.eos_token_id
+            assert int((ids == tokenizer.convert_tokens_to_ids("<image>")).sum()) == 576
+            assert not supervised[ids == tokenizer.convert_tokens_to_ids("<image>")].any()
+
+    def test_training_forward_equals_the_models_own_forward(self, processor):
+        model = build_model(0).eval()
+        cfg = TrainConfig(batch_size=2)
+        batches = Batches(cfg, processor)
+        batch = batches(0)
+        with torch.no_grad():
+            reference = model(
+                input_ids=batch["input_ids"],
+                pixel_values=batch["pixel_values"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+            ).loss
+            parts = losses(model, batch, batches.concept_ids, cfg)
+        torch.testing.assert_close(parts["answer"], reference)
+        assert parts["align"] > 0 and parts["cls"] > 0
+
+
+@pytest.mark.skipif(not (MODEL_DIR / "config.json").is_file(), reason="the trained scene-llava is not in the package")
+class TestShippedModel:
+    @pytest.fixture(scope="class")
+    def loaded(self):
+        torch.manual_seed(0)
+        return load_scene_model()
+
+    def test_size_and_architecture(self, loaded):
+        model, _ = loaded
+        assert type(model).__name__ == "LlavaForConditionalGeneration"
+        assert sum(f.stat().st_size for f in MODEL_DIR.iterdir()) < 20 * 2**20
+        assert model.config.image_seq_length == 576
+
+    def test_answers_held_out_questions(self, loaded):
+        model, processor = loaded
+        samples = make_dataset(60, seed=11, split="test")  # 10 per family, not the README's test set
+        result = evaluate(model, processor, samples, batch_size=20)
+        assert result["overall"] >= 0.85, result["families"]
+        assert set(result["families"]) == set(FAMILIES)
+
+    def test_answers_a_hand_made_scene(self, loaded):
+        model, processor = loaded
+        scene = Scene(
+            objects=(
+                SceneObject.of("circle", "red", "large", (70, 80)),
+                SceneObject.of("square", "blue", "large", (260, 90)),
+                SceneObject.of("triangle", "green", "medium", (90, 260)),
+            ),
+            texts=(TextItem("CAT", (250, 260), panel="white"),),
+        )
+        image = render_scene(scene)
+        cases = {
+            "Is there a red circle in the image?": "yes",
+            "Is there a blue star in the image?": "no",
+            "What colour is the square?": "blue",
+            "What shape is the green object?": "triangle",
+            "How many shapes are there in the image?": "3",
+            "Is the red circle to the left of the blue square?": "yes",
+            "What is written on the sign?": "CAT",
+        }
+        samples = [HandSample(image, q, a) for q, a in cases.items()]
+        result = evaluate(model, processor, samples)
+        got = {p["question"]: p["prediction"] for p in result["predictions"]}
+        assert got == cases

@@ -1,0 +1,400 @@
+"""Train scene-llava from scratch on generated scenes (CPU is enough), evaluate it, measure its alignment.
+
+Run it from the repository root (seeded: the same command gives the same weights on the same machine)::
+
+    python -m tokenprune.scenes.train --out tokenprune/assets/scene-llava
+
+What it does, in LLaVA's terms: one stage of visual instruction tuning in which every parameter trains
+(nothing is pretrained here), on images with several question/answer turns each (LLaVA's multi-turn
+conversations; the loss is on the answers only), plus two grounding losses that play the part of LLaVA's
+caption pre-training of the projector:
+
+* **patch alignment**: each projected visual token is pulled, by an InfoNCE loss over the scene
+  :data:`~tokenprune.scenes.model.CONCEPTS`, towards the language model's input embedding of the words
+  that name what the patch shows (``red`` and ``circle`` for a patch of the red circle; ``sign``,
+  ``yellow`` and ``CAT`` for a patch of a yellow sign reading CAT; ``background`` elsewhere). This is what
+  makes prompt-aware pruning meaningful: the cosine between a question's words and the visual tokens of
+  the object it names is what ZSPAPrune's relevance stage reads (:func:`alignment_report` measures it).
+* **CLS grounding**: the projected CLS token predicts which concepts occur in the image (multi-label),
+  so the CLS attention of the last vision layer, which FasterVLM and VisionZip read, attends to objects.
+
+The checkpoint directory is a ``save_pretrained`` directory (model + processor); training resumes from
+``--out``/``train_state.pt`` when it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from tokenprune.scenes.description import Scene
+from tokenprune.scenes.generator import generate_scene, make_dataset, scene_seed
+from tokenprune.scenes.model import CONCEPTS, GRID, PATCH_SIZE, build_model, build_processor
+from tokenprune.scenes.questions import FAMILIES, ask
+from tokenprune.scenes.render import _polygon, render_scene
+
+__all__ = ["TrainConfig", "alignment_report", "concept_targets", "evaluate", "main", "train"]
+
+#: How often each family is asked in training (the hard ones more often); evaluation is balanced.
+FAMILY_WEIGHTS = {
+    "existence": 1.0,
+    "attribute": 1.0,
+    "counting": 1.6,
+    "spatial": 1.6,
+    "text": 1.4,
+    "multiple_choice": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters (the defaults are the shipped model's)."""
+
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    turns: tuple[int, int] = (1, 6)
+    text_probability: float = 0.6
+    align_weight: float = 0.5
+    cls_weight: float = 0.2
+    temperature: float = 0.07
+    seed: int = 0
+    threads: int = 2
+
+
+def concept_targets(scene: Scene, concept_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch of the 24 x 24 grid, the concepts it shows; and the concepts present in the image.
+
+    Returns ``(patch, present)``: ``patch`` is ``(576, C)`` bool (row-major patches), ``present`` ``(C,)``.
+    A patch belongs to an object or sign when at least a quarter of its pixels do.
+    """
+    size = scene.image_size
+    ids = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(ids)
+    names: list[list[str]] = []
+    for obj in scene.objects:
+        names.append([obj.colour, obj.shape] + ([obj.label] if obj.label else []))
+        fill = len(names)
+        if obj.shape == "circle":
+            draw.ellipse(obj.bbox, fill=fill)
+        else:
+            draw.polygon(_polygon(obj), fill=fill)
+    for item in scene.texts:
+        names.append([item.panel, "sign", item.text])
+        draw.rectangle(item.bbox, fill=len(names))
+    grid = size // PATCH_SIZE
+    pixels = np.asarray(ids)[: grid * PATCH_SIZE, : grid * PATCH_SIZE]
+    blocks = pixels.reshape(grid, PATCH_SIZE, grid, PATCH_SIZE).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    patch = np.zeros((grid * grid, len(concept_index)), dtype=bool)
+    present = np.zeros(len(concept_index), dtype=bool)
+    owner = np.zeros(grid * grid, dtype=np.int64)
+    for k, words in enumerate(names, start=1):
+        share = (blocks == k).mean(axis=1)
+        hit = share >= 0.25
+        owner[hit] = k
+        for word in words:
+            patch[hit, concept_index[word]] = True
+            present[concept_index[word]] = True
+    patch[owner == 0, concept_index["background"]] = True
+    return patch, present
+
+
+def _turns(scene: Scene, rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
+    families = list(FAMILY_WEIGHTS)
+    p = np.array([FAMILY_WEIGHTS[f] for f in families])
+    seen, out = set(), []
+    for _ in range(count * 3):
+        family = families[int(rng.choice(len(families), p=p / p.sum()))]
+        question = ask(scene, family, rng)
+        if question is None or question.text in seen:
+            continue
+        seen.add(question.text)
+        out.append((question.text, question.answer))
+        if len(out) == count:
+            break
+    return out
+
+
+class Batches:
+    """The deterministic training stream: batch ``step`` holds images ``step * B ... step * B + B - 1``."""
+
+    def __init__(self, config: TrainConfig, processor: Any) -> None:
+        self.config = config
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.concept_index = {c: i for i, c in enumerate(CONCEPTS)}
+        self.concept_ids = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(CONCEPTS)))
+        self.image_id = self.tokenizer.convert_tokens_to_ids("<image>")
+        self.eos = self.tokenizer.eos_token_id
+        self._cache: dict[str, list[int]] = {}
+
+    def _ids(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._cache[text]
+
+    def example(self, index: int) -> tuple[Image.Image, list[int], list[int], np.ndarray, np.ndarray]:
+        cfg = self.config
+        s_seed = scene_seed(cfg.seed, "train", index)
+        rng = np.random.default_rng([s_seed, 7])
+        scene = generate_scene(s_seed, text=bool(rng.random() < cfg.text_probability))
+        turns = _turns(scene, rng, int(rng.integers(cfg.turns[0], cfg.turns[1] + 1)))
+        ids = self._ids("USER:") + [self.image_id] * (GRID * GRID)
+        labels = [-100] * len(ids)
+        for k, (question, answer) in enumerate(turns):
+            prompt = self._ids(("\n" if k == 0 else "USER: ") + question + " ASSISTANT:")
+            reply = [*self._ids(answer), self.eos]
+            ids += prompt + reply
+            labels += [-100] * len(prompt) + reply
+        patch, present = concept_targets(scene, self.concept_index)
+        return render_scene(scene), ids, labels, patch, present
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        B = self.config.batch_size
+        examples = [self.example(step * B + j) for j in range(B)]
+        pixels = self.processor.image_processor([e[0] for e in examples], return_tensors="pt")["pixel_values"]
+        width = max(len(e[1]) for e in examples)
+        ids = torch.zeros(B, width, dtype=torch.long)
+        labels = torch.full((B, width), -100, dtype=torch.long)
+        mask = torch.zeros(B, width, dtype=torch.long)
+        for j, (_, row, lab, _, _) in enumerate(examples):
+            ids[j, : len(row)], labels[j, : len(row)], mask[j, : len(row)] = torch.tensor(row), torch.tensor(lab), 1
+        return {
+            "pixel_values": pixels,
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": mask,
+            "patch_concepts": torch.from_numpy(np.stack([e[3] for e in examples])),
+            "present": torch.from_numpy(np.stack([e[4] for e in examples])).float(),
+        }
+
+
+def losses(model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor, cfg: TrainConfig) -> dict:
+    """The answer loss and the two grounding losses of one batch (see the module docstring)."""
+    inner = model.model
+    hidden = inner.vision_tower(batch["pixel_values"]).last_hidden_state  # == hidden_states[-1]
+    projected = inner.multi_modal_projector(hidden)  # (B, 577, H): CLS + 576 patches
+    patches, cls = projected[:, 1:], projected[:, 0]
+    embed = inner.get_input_embeddings()
+    ids = batch["input_ids"]
+    image = ids == model.config.image_token_id
+    embeds = embed(ids).masked_scatter(image.unsqueeze(-1), patches.reshape(-1, patches.shape[-1]))
+    out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+
+    concepts = F.normalize(embed.weight[concept_ids], dim=-1)  # (C, H)
+    logits = F.normalize(patches, dim=-1) @ concepts.T / cfg.temperature  # (B, 576, C)
+    targets = batch["patch_concepts"]
+    logp = logits.log_softmax(-1)
+    align = -(logp * targets).sum(-1) / targets.sum(-1).clamp(min=1)
+    cls_logits = F.normalize(cls, dim=-1) @ concepts.T / cfg.temperature
+    grounding = F.binary_cross_entropy_with_logits(cls_logits, batch["present"])
+    total = out.loss + cfg.align_weight * align.mean() + cfg.cls_weight * grounding
+    return {"total": total, "answer": out.loss, "align": align.mean(), "cls": grounding}
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(out: Path, cfg: TrainConfig, *, log_every: int = 20, save_every: int = 200) -> Any:
+    """Train (or resume) into ``out``; returns the model in eval mode."""
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    processor = build_processor()
+    model = build_model(cfg.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    state_file = out / "train_state.pt"
+    start, log = 0, []
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, log = state["step"], state["log"]
+        print(f"resumed at step {start}", flush=True)
+    batches = Batches(cfg, processor)
+    model.train()
+    t0, window = time.perf_counter(), defaultdict(float)
+    for step in range(start, cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, cfg)
+        batch = batches(step)
+        parts = losses(model, batch, batches.concept_ids, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        for k, v in parts.items():
+            window[k] += float(v.detach())
+        if (step + 1) % log_every == 0:
+            entry = {"step": step + 1, "seconds": round(time.perf_counter() - t0, 1)}
+            entry.update({k: round(v / log_every, 4) for k, v in window.items()})
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+            window.clear()
+        if (step + 1) % save_every == 0 or step + 1 == cfg.steps:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1, "log": log}
+            torch.save(state, state_file.with_suffix(".tmp"))
+            state_file.with_suffix(".tmp").replace(state_file)
+    model.eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "train_log.json").write_text(json.dumps({"config": cfg.__dict__, "log": log}, indent=1))
+    return model
+
+
+def _exact(prediction: str, answers: tuple[str, ...]) -> float:
+    from tokenprune.evaluation.metrics import exact_match
+
+    return max(exact_match(prediction, a) for a in answers)
+
+
+@torch.no_grad()
+def evaluate(model: Any, processor: Any, samples: list, *, batch_size: int = 32) -> dict[str, Any]:
+    """Greedy answers of ``model`` on scene ``samples`` through the processor, scored by exact match.
+
+    Returns ``{"overall": acc, "families": {family: acc}, "predictions": [...]}``.
+    """
+    scores: dict[str, list[float]] = defaultdict(list)
+    predictions = []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i : i + batch_size]
+        texts = [
+            processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.text}]}],
+                add_generation_prompt=True,
+            )
+            for s in chunk
+        ]
+        inputs = processor(images=[s.image for s in chunk], text=texts, return_tensors="pt", padding=True)
+        out = model.generate(**inputs.to(model.device), max_new_tokens=4, do_sample=False)
+        answers = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        for s, a in zip(chunk, answers, strict=True):
+            score = _exact(a.strip(), s.answers)
+            scores[s.family].append(score)
+            predictions.append({"family": s.family, "question": s.text, "answer": s.answer, "prediction": a.strip()})
+    families = {f: float(np.mean(scores[f])) for f in FAMILIES if scores[f]}
+    overall = float(np.mean([x for f in scores for x in scores[f]]))
+    return {"overall": overall, "families": families, "n": len(samples), "predictions": predictions}
+
+
+@torch.no_grad()
+def alignment_report(model: Any, processor: Any, n: int = 60, *, seed: int = 0) -> dict[str, float]:
+    """How close the projected visual tokens of an object are to the words that name it.
+
+    Over ``n`` test scenes: the mean cosine between an object's patch tokens and the input embeddings of
+    its own colour and shape words (``named``), of the other colour and shape words (``other``), and
+    between background patches and the object's words (``background``); and ``question_auc``: for
+    "Is there a <colour> <shape>?" about a present object, the probability that a patch of that object
+    outranks a patch elsewhere by cosine to the mean-pooled question embedding (ZSPAPrune's relevance;
+    0.5 = chance).
+    """
+    from tokenprune.scenes.description import PALETTE, SHAPES
+
+    tokenizer = processor.tokenizer
+    embed = model.get_input_embeddings().weight
+    index = {c: i for i, c in enumerate(CONCEPTS)}
+    named, other, background, aucs = [], [], [], []
+    for sample in make_dataset(n, seed, split="test", families=("existence",)):
+        scene = sample.scene
+        pixels = processor.image_processor([sample.image], return_tensors="pt")["pixel_values"].to(model.device)
+        hidden = model.model.vision_tower(pixels).last_hidden_state
+        tokens = F.normalize(model.model.multi_modal_projector(hidden)[0, 1:], dim=-1)  # (576, H)
+        patch, _ = concept_targets(scene, index)
+        bg = patch[:, index["background"]]
+        for obj in scene.objects:
+            own = torch.from_numpy(patch[:, index[obj.colour]] & patch[:, index[obj.shape]])
+            if not own.any():
+                continue
+            words = tokenizer.convert_tokens_to_ids([obj.colour, obj.shape])
+            others = [w for w in [*PALETTE, *SHAPES] if w not in (obj.colour, obj.shape)]
+            e_own = F.normalize(embed[words], dim=-1)
+            e_other = F.normalize(embed[tokenizer.convert_tokens_to_ids(others)], dim=-1)
+            named.append(float((tokens[own] @ e_own.T).mean()))
+            other.append(float((tokens[own] @ e_other.T).mean()))
+            if bg.any():
+                background.append(float((tokens[torch.from_numpy(bg)] @ e_own.T).mean()))
+        if sample.answer == "yes":
+            colour, shape = sample.question.target.split()
+            own = torch.from_numpy(patch[:, index[colour]] & patch[:, index[shape]])
+            ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
+            query = F.normalize(embed[ids].mean(0), dim=-1)
+            score = tokens @ query
+            pos, neg = score[own], score[~own]
+            if len(pos) and len(neg):
+                aucs.append(float((pos[:, None] > neg[None, :]).float().mean()))
+    return {
+        "named": float(np.mean(named)),
+        "other": float(np.mean(other)),
+        "background": float(np.mean(background)),
+        "question_auc": float(np.mean(aucs)),
+        "objects": len(named),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tokenprune.scenes.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint / output directory")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--align-weight", type=float, default=TrainConfig.align_weight)
+    parser.add_argument("--cls-weight", type=float, default=TrainConfig.cls_weight)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--threads", type=int, default=TrainConfig.threads)
+    parser.add_argument("--eval", type=int, default=600, help="held-out test questions to evaluate (0: none)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the model saved in --out")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        align_weight=args.align_weight,
+        cls_weight=args.cls_weight,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    start = time.perf_counter()
+    if args.eval_only:
+        from tokenprune.scenes.model import load_scene_model
+
+        torch.set_num_threads(cfg.threads)
+        model, processor = load_scene_model(args.out)
+    else:
+        model = train(args.out, cfg)
+        processor = build_processor()
+    report: dict[str, Any] = {"train_seconds": round(time.perf_counter() - start, 1)}
+    if args.eval:
+        result = evaluate(model, processor, make_dataset(args.eval, seed=0, split="test"))
+        report["accuracy"] = {"overall": result["overall"], **result["families"], "n": result["n"]}
+        report["alignment"] = alignment_report(model, processor)
+        wrong = [p for p in result["predictions"] if p["prediction"] != p["answer"]][:20]
+        print(json.dumps({"examples_wrong": wrong}, indent=1))
+    print(json.dumps(report, indent=1))
+    (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
