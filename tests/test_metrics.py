@@ -532,6 +532,7 @@ def test_metric_registry_names_and_binary_flags():
     assert {name: spec.binary for name, spec in METRICS.items()} == {
         "vqa_accuracy": False,
         "exact_match": True,
+        "exact_match_any": True,
         "multiple_choice": True,
         "relaxed_accuracy": True,
         "pope_f1": False,

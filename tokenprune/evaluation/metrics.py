@@ -8,6 +8,7 @@ metric               benchmarks          per-sample score                       
 ==================== =================== ======================================== ======
 ``vqa_accuracy``     VQAv2, TextVQA      leave-one-out accuracy against 10 humans no
 ``exact_match``      GQA                 normalised answer equals the reference   yes
+``exact_match_any``  scenes (generated)  equals any of the references             yes
 ``multiple_choice``  MMMU, AI2D          parsed choice equals the answer          yes
 ``relaxed_accuracy`` ChartQA             within 5 % (numbers) or exact (text)     yes
 ``pope_f1``          POPE                a (prediction, label) pair; F1 over all  no
@@ -46,6 +47,7 @@ __all__ = [
     "MetricSpec",
     "aggregate",
     "exact_match",
+    "exact_match_any",
     "get_metric",
     "mean_statistic",
     "multiple_choice",
@@ -263,6 +265,35 @@ def exact_match(prediction: str, answer: str) -> float:
     """
     predicted = normalize_answer(_check_str(prediction, "prediction"))
     return float(predicted == normalize_answer(_check_str(answer, "answer")))
+
+
+def exact_match_any(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 when the prediction matches any of the reference answers, else 0.0 (the generated scenes benchmark).
+
+    A reference matches when both normalise (:func:`normalize_answer`) to the same non-empty text, or when
+    both are equal after lower-casing, trimming whitespace and dropping one trailing period. The second
+    rule is what lets a one-letter answer match: ``normalize_answer`` deletes the article ``"a"``, so
+    ``"A"`` normalises to the empty string, and an empty prediction must not match it.
+
+    Example:
+        >>> exact_match_any("Two", ["2", "two"]), exact_match_any("A.", ["A", "6"]), exact_match_any("", ["A"])
+        (1.0, 1.0, 0.0)
+        >>> exact_match_any("the blue hexagon", ["blue hexagon", "hexagon"]), exact_match_any("B", ["A", "6"])
+        (1.0, 0.0)
+    """
+    prediction = _check_str(prediction, "prediction")
+    references = _check_str_list(answers, "answers")
+    predicted, plain = normalize_answer(prediction), _plain(prediction)
+    for reference in references:
+        normalised = normalize_answer(reference)
+        if (normalised and normalised == predicted) or (plain and _plain(reference) == plain):
+            return 1.0
+    return 0.0
+
+
+def _plain(text: str) -> str:
+    text = " ".join(text.lower().split())
+    return text[:-1].rstrip() if text.endswith(".") else text
 
 
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -670,6 +701,7 @@ METRICS: dict[str, MetricSpec] = {
     for spec in (
         _score_metric("vqa_accuracy", False, "VQAv2/TextVQA accuracy against 10 human answers", vqa_accuracy),
         _score_metric("exact_match", True, "GQA: normalised answer equals the reference", exact_match),
+        _score_metric("exact_match_any", True, "scenes: equals any of the references", exact_match_any),
         _score_metric("multiple_choice", True, "MMMU/AI2D: the parsed choice is the answer", multiple_choice),
         _score_metric("relaxed_accuracy", True, "ChartQA: numbers within 5 %, text exact", relaxed_accuracy),
         MetricSpec(

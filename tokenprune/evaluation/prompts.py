@@ -19,9 +19,12 @@ ChartQA  ``{q}\n{SHORT}``                         ``chartqa/chartqa.yaml`` (post
 AI2D     ``{q}\n{opts}\n{MC}``                    ``ai2d/ai2d.yaml`` (``prompt_format: mcq``), ``ai2d/utils.py``
 MMMU     choice: ``{q}\n{opts}\n\n{MC}``          ``mmmu/mmmu_val.yaml`` (multiple_choice_prompt, open_ended_prompt),
          open: ``{q}\n\n{SHORT}``                 ``mmmu/utils.py`` (``construct_prompt``)
+scenes   ``{q}`` as generated [2]_                none: tokenprune's generated benchmark (:mod:`tokenprune.scenes`)
 ======== ======================================== ==============================================================
 
 .. [1] ``str.capitalize`` also lower-cases the rest of the question, as lmms-eval does.
+.. [2] the generator writes multiple-choice questions with their options and instruction; the shipped model
+   was trained on these texts as they are.
 
 Families. lmms-eval picks prompt kwargs by model name, with ``default`` as the fall-back; the only
 non-default entries in these yamls are for Qwen-VL (v1: ``qwen_vl``, e.g. ``" Answer:"``) and PLM, not for
@@ -133,7 +136,9 @@ def build_prompt(sample: Sample, family: str = "llava") -> str:
         return mc_prompt(question, choices, "\n" + MC_POST_PROMPT)
     if sample.benchmark == "mmmu":
         return mmmu_prompt(question, choices)
+    if sample.benchmark == "scenes":
+        return question
     raise InputError(
         f"no prompt convention for benchmark {sample.benchmark!r}; expected one of ai2d, chartqa, gqa, mmmu, pope, "
-        "textvqa"
+        "scenes, textvqa"
     )
