@@ -209,6 +209,7 @@ def apply(
     *,
     budget: Budget,
     prompt_tokens: str | Callable[[Tensor, Tensor], Tensor] = "text",
+    adapter: ModelAdapter | None = None,
     **method_params: Any,
 ) -> Iterator[PruningSession]:
     """Prune the visual tokens of ``model`` inside the block.
@@ -225,6 +226,9 @@ def apply(
             ``(input_ids, attention_mask) -> (B, L) bool`` such as
             :func:`tokenprune.integrations.question_tokens(processor) <tokenprune.integrations.prompt.question_tokens>`,
             which keeps only the user's question when a chat template adds system and role tokens.
+        adapter: the :class:`~tokenprune.integrations.ModelAdapter` to use instead of the one the
+            ``tokenprune_model_adapter`` hook gives (:func:`get_adapter`); e.g. one whose ``encode_images``
+            reuses the image features of a batch across several blocks, as ``tokenprune compare`` does.
         **method_params: parameters of a named method, e.g. ``core_ratio=0.2``.
 
     Yields:
@@ -242,7 +246,11 @@ def apply(
         selector = method
     else:
         selector = create_method(method, **method_params)
-    session = PruningSession(model, get_adapter(model), selector, budget, prompt_tokens=prompt_tokens)
+    if adapter is None:
+        adapter = get_adapter(model)
+    elif not isinstance(adapter, ModelAdapter) or adapter.model is not model:
+        raise TypeError(f"adapter must be a tokenprune.integrations.ModelAdapter of this model; got {adapter!r}")
+    session = PruningSession(model, adapter, selector, budget, prompt_tokens=prompt_tokens)
     session.install()
     try:
         yield session

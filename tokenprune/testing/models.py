@@ -36,17 +36,20 @@ LLAVA_CHAT_TEMPLATE = (
 _WORDS = ["USER", ":", "ASSISTANT", "what", "colour", "is", "the", "cube", "?", "\n", " ", "tokenprunequestionmarker"]
 
 
-def tiny_tokenizer() -> Any:
+def tiny_tokenizer(vocab_size: int | None = None) -> Any:
     """A word-level fast tokenizer built offline (``tokenizers``), with :data:`LLAVA_CHAT_TEMPLATE`.
 
     Its vocabulary: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<image>`` :data:`IMAGE_TOKEN`, and a
-    few words from 10 on.
+    few words from 10 on. ``vocab_size``: also give every other id below it a word (``t<id>``), so that
+    whatever a tiny model generates decodes to visible text.
     """
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": IMAGE_TOKEN}
     vocab.update({word: i + 10 for i, word in enumerate(_WORDS)})
+    used = set(vocab.values())
+    vocab.update({f"t{i}": i for i in range(vocab_size or 0) if i not in used})
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"<image>|\n| |[:?]"), behavior="isolated")
     tokenizer = PreTrainedTokenizerFast(
@@ -57,10 +60,10 @@ def tiny_tokenizer() -> Any:
     return tokenizer
 
 
-def tiny_llava_processor(model: Any) -> Any:
+def tiny_llava_processor(model: Any, *, full_vocab: bool = False) -> Any:
     """A real ``LlavaProcessor`` for :func:`tiny_llava`: the PIL CLIP image processor and :func:`tiny_tokenizer`.
 
-    Needs Pillow (no torchvision).
+    Needs Pillow (no torchvision). ``full_vocab``: every id of the model's vocabulary decodes to a word.
     """
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -68,7 +71,7 @@ def tiny_llava_processor(model: Any) -> Any:
     vision = model.config.vision_config
     size = vision.image_size
     images = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(model.config.text_config.vocab_size if full_vocab else None)
     tokenizer.padding_side = "left"
     return LlavaProcessor(
         image_processor=images,
