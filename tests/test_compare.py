@@ -1,0 +1,320 @@
+"""The comparison runner end to end on a tiny random LLaVA saved to disk: records, harness, resume, summary.
+
+The model is ``tiny_llava`` with a real ``LlavaProcessor`` whose tokenizer gives every id a word, so that the
+predictions of different configurations differ visibly; the benchmark is ``scenes`` (generated offline).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tokenprune.evaluation import aggregate, compare_metric, mcnemar_exact, paired_bootstrap, pope_f1_statistic
+from tokenprune.evaluation.datasets import Sample, load_benchmark
+from tokenprune.evaluation.report import summarize
+from tokenprune.evaluation.runner import (
+    BenchmarkRun,
+    Comparison,
+    RunConfig,
+    read_records,
+    run_comparison,
+    score_sample,
+)
+from tokenprune.evaluation.specs import MethodConfig
+from tokenprune.testing.models import tiny_llava, tiny_llava_processor
+
+pytest.importorskip("PIL")
+
+METHODS = "zspa,zspa:core_ratio=0.5,pooling=max,divprune"
+RUN = {"methods": METHODS, "keeps": (0.25, 0.5), "limit": 6, "seed": 0}
+N_CONFIGS = 1 + 3 * 2  # none, then three methods at two keep ratios
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model = tiny_llava(seed=0)
+    path = tmp_path_factory.mktemp("tiny-llava")
+    model.save_pretrained(path)
+    tiny_llava_processor(model, full_vocab=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def baseline(model_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp("baseline")
+    return run_comparison(**RUN, model=model_dir, batch_size=3, output=output)
+
+
+def _predictions(comparison):
+    return {key: record["prediction"] for key, record in comparison.records.items()}
+
+
+def test_every_configuration_gets_a_record_per_sample(baseline):
+    assert [(c.label, c.keep) for c in baseline.configs] == [
+        ("none", 1.0),
+        ("zspa", 0.25),
+        ("zspa", 0.5),
+        ("zspa:core_ratio=0.5,pooling=max", 0.25),
+        ("zspa:core_ratio=0.5,pooling=max", 0.5),
+        ("divprune", 0.25),
+        ("divprune", 0.5),
+    ]
+    (run,) = baseline.benchmarks
+    assert run.name == "scenes" and len(run.samples) == 6 and run.max_new_tokens == 8
+    assert baseline.computed == len(baseline.records) == 6 * N_CONFIGS and baseline.reused == 0
+    for config in baseline.configs:
+        records = baseline.records_for(config, run)
+        assert [r["sample_id"] for r in records] == [s.id for s in run.samples]
+        assert {r["visual_before"] for r in records} == {16}  # tiny_llava: 16 visual tokens per image
+        assert {r["visual_after"] for r in records} == {round(16 * config.keep)}
+        assert all(r["prefill_ms"] > 0 and r["peak_mem_mb"] is None for r in records)  # no allocator stats on CPU
+        reference = config.method.is_reference
+        assert all((r["selection_ms"] == 0) == reference for r in records)
+        for record, sample in zip(records, run.samples, strict=True):
+            assert record["score"] == score_sample(sample, record["prediction"])[0]
+            assert record["family"] == sample.extra["family"]
+    # the predictions are not all alike: the configurations really differ
+    assert len({r["prediction"] for r in baseline.records.values()}) > 6
+
+
+def test_the_none_row_is_the_stock_model_one_sample_at_a_time(model_dir, baseline):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    expected = []
+    for sample in load_benchmark("scenes", limit=6, seed=0):
+        chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.question}]}]
+        text = processor.apply_chat_template(chat, add_generation_prompt=True)
+        inputs = processor(images=list(sample.images), text=[text], return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        expected.append(processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+    (run,) = baseline.benchmarks
+    assert [r["prediction"] for r in baseline.records_for(baseline.configs[0], run)] == expected
+
+
+def test_predictions_do_not_depend_on_the_batch_size(model_dir, baseline):
+    one = run_comparison(**RUN, model=model_dir, batch_size=1, output=None)
+    assert _predictions(one) == _predictions(baseline)
+    assert one.computed == 6 * N_CONFIGS
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(model_dir, baseline, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_batch(number):
+        if number == 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_comparison(**RUN, model=model_dir, batch_size=3, output=tmp_path, after_batch=stop_after_first_batch)
+    on_disk = read_records(tmp_path)
+    assert len(on_disk) == 3 * N_CONFIGS  # the first batch of 3 samples, every configuration, flushed
+    with (tmp_path / "predictions.rank0.jsonl").open("a") as handle:
+        handle.write('{"key": "cut short by a ki')  # a kill in the middle of a write
+
+    seen = []
+    resumed = run_comparison(
+        **RUN, model=model_dir, batch_size=3, output=tmp_path, progress=lambda done, total: seen.append((done, total))
+    )
+    assert (resumed.computed, resumed.reused) == (3 * N_CONFIGS, 3 * N_CONFIGS)
+    assert seen[0] == (0, 3 * N_CONFIGS) and seen[-1] == (3 * N_CONFIGS, 3 * N_CONFIGS)
+    assert _predictions(resumed) == _predictions(baseline)
+    summary, expected = summarize(resumed), summarize(baseline)
+    for row, want in zip(summary["results"], expected["results"], strict=True):
+        assert (row["label"], row["keep"], row["score"], row["p_value_vs_none"]) == (
+            want["label"],
+            want["keep"],
+            want["score"],
+            want["p_value_vs_none"],
+        )
+    assert len(read_records(tmp_path)) == 6 * N_CONFIGS  # the cut line was skipped, nothing duplicated
+
+    again = run_comparison(**RUN, model=model_dir, batch_size=2, output=tmp_path)  # batch size is not in the key
+    assert (again.computed, again.reused) == (0, 6 * N_CONFIGS)
+
+
+def test_records_are_keyed_by_method_parameters_keep_and_seed(model_dir, baseline, tmp_path):
+    import shutil
+
+    output = shutil.copytree(baseline.metadata["output"], tmp_path / "records")
+    more = run_comparison(
+        "zspa:core_ratio=0.2,random", keeps=(0.25,), limit=6, seed=0, model=model_dir, batch_size=3, output=output
+    )
+    # none and zspa (core_ratio=0.2 is its default) at 25% are reused; only random is new
+    assert (more.computed, more.reused) == (6, 12)
+    other_seed = run_comparison("zspa", keeps=(0.25,), limit=2, seed=1, model=model_dir, output=output)
+    assert other_seed.computed == 2 * 2
+    no_resume = run_comparison("zspa", keeps=(0.25,), limit=2, seed=0, model=model_dir, output=output, resume=False)
+    assert no_resume.computed == 2 * 2
+
+
+def test_the_summary_matches_significance_py_on_the_same_records(baseline):
+    summary = summarize(baseline, n_resamples=200)
+    (run,) = baseline.benchmarks
+    results = summary["results"]
+    assert [(r["method"], r["keep"]) for r in results] == [(c.method.name, c.keep) for c in baseline.configs]
+    scores = {c.id: [r["score"] for r in baseline.records_for(c, run)] for c in baseline.configs}
+    none = scores[baseline.configs[0].id]
+    for row, config in zip(results, baseline.configs, strict=True):
+        mine = scores[config.id]
+        assert row["score"] == aggregate("exact_match_any", mine) and row["n"] == 6
+        assert row["relative"] == (row["score"] / aggregate("exact_match_any", none) if any(none) else None)
+        assert row["params"] == dict(config.method.params)
+        if config.method.is_reference:
+            assert row["p_value_vs_none"] is None and row["vs_none"] is None
+        else:
+            assert row["p_value_vs_none"] == mcnemar_exact(mine, none).p_value
+            assert row["test_vs_none"] == "mcnemar_exact"
+        assert list(row["families"]) == ["existence", "attribute", "counting", "spatial", "text", "multiple_choice"]
+        assert all(entry["n"] == 1 for entry in row["families"].values())
+    pairs = summary["pairwise"]
+    assert [(p["label_a"], p["label_b"], p["keep"]) for p in pairs] == [
+        ("zspa", "zspa:core_ratio=0.5,pooling=max", 0.25),
+        ("zspa", "divprune", 0.25),
+        ("zspa:core_ratio=0.5,pooling=max", "divprune", 0.25),
+        ("zspa", "zspa:core_ratio=0.5,pooling=max", 0.5),
+        ("zspa", "divprune", 0.5),
+        ("zspa:core_ratio=0.5,pooling=max", "divprune", 0.5),
+    ]
+    by_label = {(c.label, c.keep): scores[c.id] for c in baseline.configs}
+    for pair in pairs:
+        a, b = by_label[pair["label_a"], pair["keep"]], by_label[pair["label_b"], pair["keep"]]
+        assert pair["p_value"] == compare_metric("exact_match_any", a, b).p_value
+    json.dumps(summary, allow_nan=False)  # strictly JSON
+
+
+def _synthetic(metric, rows, *, families=None):
+    """A Comparison built by hand: ``rows`` maps a method name to its per-sample (score, pope) values."""
+    n = len(next(iter(rows.values())))
+    samples = tuple(
+        Sample(
+            id=f"s{i}",
+            benchmark="pope" if metric == "pope_f1" else "scenes",
+            question="?",
+            prompt="?",
+            answers=("yes",),
+            metric=metric,
+            extra={} if families is None else {"family": families[i]},
+        )
+        for i in range(n)
+    )
+    run = BenchmarkRun("bench", metric, "synthetic", samples, 8)
+    configs = [RunConfig(MethodConfig(name), 1.0 if name == "none" else 0.1) for name in rows]
+    records = {}
+    for config in configs:
+        for sample, value in zip(samples, rows[config.method.name], strict=True):
+            score, pope = value if isinstance(value, tuple) else (value, None)
+            record = {"score": score, "selection_ms": 1.0, "prefill_ms": 2.0, "peak_mem_mb": None}
+            record |= {"visual_before": 16, "visual_after": 2, "pope": pope}
+            records[run.name, sample.id, config.id] = record
+    return Comparison(configs, [run], records, {"seed": 0})
+
+
+def test_relative_scores_and_mcnemar_on_hand_made_records():
+    none = [1] * 8 + [0] * 2
+    better = [1] * 10
+    worse = [1] * 4 + [0] * 6
+    families = ["a", "b"] * 5
+    summary = summarize(_synthetic("exact_match", {"none": none, "x": better, "y": worse}, families=families))
+    rows = {row["method"]: row for row in summary["results"]}
+    assert rows["none"]["score"] == 0.8 and rows["none"]["relative"] == 1.0
+    assert rows["x"]["relative"] == pytest.approx(1.25) and rows["y"]["relative"] == pytest.approx(0.5)
+    assert rows["y"]["vs_none"] == mcnemar_exact(worse, none).as_dict()
+    assert rows["y"]["p_value_vs_none"] == pytest.approx(2 * 0.5**4)  # 4 discordant samples, all for none
+    assert rows["y"]["families"]["a"] == {
+        "score": 0.4,
+        "relative": pytest.approx(0.4 / 0.8),
+        "n": 5,
+        "p_value_vs_none": mcnemar_exact(worse[::2], none[::2]).p_value,
+    }
+    (pair,) = summary["pairwise"]
+    assert pair["difference"] == pytest.approx(0.6) and pair["p_value"] == mcnemar_exact(better, worse).p_value
+
+
+def test_pope_f1_is_bootstrapped_as_a_corpus_statistic():
+    labels = [1, 0] * 10
+    none = [(1.0, [label, label]) for label in labels]
+    yes_always = [(float(label == 1), [1, label]) for label in labels]
+    summary = summarize(_synthetic("pope_f1", {"none": none, "yes": yes_always}), n_resamples=500)
+    rows = {row["method"]: row for row in summary["results"]}
+    assert rows["none"]["score"] == 1.0 and rows["yes"]["score"] == pytest.approx(2 / 3)
+    expected = paired_bootstrap(
+        np.asarray([p for _, p in yes_always]),
+        np.asarray([p for _, p in none]),
+        statistic=pope_f1_statistic,
+        n_resamples=500,
+        seed=0,
+    )
+    assert rows["yes"]["test_vs_none"] == "paired_bootstrap"
+    assert rows["yes"]["vs_none"] == expected.as_dict()
+
+
+# --- the command line --------------------------------------------------------------------------
+
+CLI_RUN = ["--methods", METHODS, "--keep", "0.25,0.5", "--limit", "6", "--seed", "0"]
+
+
+def test_the_cli_prints_the_tables_and_writes_the_json(capsys, model_dir, baseline, tmp_path):
+    from tokenprune.cli import main
+
+    path = tmp_path / "out" / "results.json"
+    argv = ["compare", *CLI_RUN, "--model", str(model_dir), "--output", baseline.metadata["output"]]
+    code = main([*argv, "--batch-size", "2", "--json", str(path)])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")  # no progress bar off a terminal; transformers' logs silenced
+    lines = out.splitlines()
+    assert any([c.strip() for c in line.split("│")[1:3]] == ["none", "100%"] for line in lines)
+    assert sum("zspa:core_ratio=0.5,pooling=max" in line for line in lines) == 2 + 2 + 4  # main, families, pairs
+    assert "existence (1)" in out and "A - B" in out and "0 records computed, 42 reused" in out
+
+    data = json.loads(path.read_text())
+    assert set(data) == {"metadata", "results", "pairwise"}
+    meta = data["metadata"]
+    for key in ("model", "benchmarks", "seed", "torch", "transformers", "device", "git_commit", "date", "keeps"):
+        assert key in meta
+    assert meta["benchmarks"] == {
+        "scenes": {"source": "tokenprune.scenes split=test seed=0", "metric": "exact_match_any", "n": 6}
+    }
+    assert (meta["computed"], meta["reused"], meta["device"], meta["world_size"]) == (0, 42, "cpu", 1)
+    # the same records give the same document (bootstrap and McNemar alike are deterministic)
+    expected = json.loads(json.dumps(summarize(baseline)))
+    assert data["results"] == expected["results"] and data["pairwise"] == expected["pairwise"]
+    row = data["results"][1]
+    for key in ("method", "params", "keep", "benchmark", "metric", "score", "relative", "selection_ms",
+                "prefill_ms", "peak_mem_mb", "n", "p_value_vs_none", "families"):  # fmt: skip
+        assert key in row
+
+    code = main([*argv, "--json", "-"])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out)["results"] == expected["results"]
+
+
+def test_torchrun_shards_the_samples_and_rank_0_merges(model_dir, baseline, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    output, path = tmp_path / "records", tmp_path / "results.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "tokenprune", "compare", *CLI_RUN, "--model", str(model_dir), "--batch-size", "2"]
+    command += ["--output", str(output), "--json", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in output.iterdir()) == ["predictions.rank0.jsonl", "predictions.rank1.jsonl"]
+    records = read_records(output)
+    assert {key: r["prediction"] for key, r in records.items()} == {
+        r["key"]: r["prediction"] for r in baseline.records.values()
+    }
+    assert all(r["rank"] == r["index"] % 2 for r in records.values())
+    data = json.loads(path.read_text())
+    assert data["metadata"]["world_size"] == 2 and data["metadata"]["computed"] == 42
+    expected = summarize(baseline)
+    assert [(r["label"], r["keep"], r["score"], r["p_value_vs_none"]) for r in data["results"]] == [
+        (r["label"], r["keep"], r["score"], r["p_value_vs_none"]) for r in expected["results"]
+    ]
+    assert done.stdout.count("┃ method") == 2  # one main table and one family table, printed once (rank 0)
