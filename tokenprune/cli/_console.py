@@ -15,6 +15,8 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.text import Text
 
+from tokenprune._json import jsonable
+
 __all__ = [
     "PIPE_WIDTH",
     "UsageError",
@@ -100,15 +102,6 @@ def print_error(message: str) -> None:
 def print_warning(message: str) -> None:
     """``tokenprune: warning: <message>`` as one line on stderr."""
     _print_labelled("warning", "yellow", message)
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` if it is strictly JSON-serializable (no NaN/inf), else its ``repr``."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
 
 
 def print_json(console: Console, data: Any) -> None:

@@ -22,13 +22,13 @@ Benchmarks are names, or ``NAME=PATH`` for a local copy (:func:`parse_benchmarks
 from __future__ import annotations
 
 import ast
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from tokenprune._json import jsonable
 from tokenprune.errors import InputError
 
 __all__ = ["REFERENCE", "MethodConfig", "parse_benchmarks", "parse_keeps", "parse_methods", "parse_value"]
@@ -67,7 +67,7 @@ class MethodConfig:
 
     def json_params(self) -> dict[str, Any]:
         """``params`` with every value JSON-serializable (others as their ``repr``)."""
-        return {key: _jsonable(value) for key, value in self.params.items()}
+        return {key: jsonable(value) for key, value in self.params.items()}
 
     def __str__(self) -> str:
         if not self.given:
@@ -79,14 +79,6 @@ class MethodConfig:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MethodConfig) and self.identity == other.identity
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
 
 
 def _format(value: Any) -> str:
