@@ -22,6 +22,7 @@ def run_cli(capsys, *argv):
         ),
         (["--methods", "zspa,ratio=0.1"], "method 'zspa' has no parameter 'ratio'"),
         (["--methods", "core_ratio=0.1"], "comes before any method"),
+        (["--methods", "zspa,attention"], "method 'attention' ranks tokens by scores passed by the caller"),
         (["--benchmark", "popee"], "unknown benchmark 'popee'. Did you mean 'pope'? Available: ai2d, chartqa, gqa, "),
         (["--benchmark", "scenes,nope"], "Available: ai2d, chartqa, gqa, mmmu, pope, scenes, textvqa"),
         (["--keep", "0.1,2"], "keep ratios must be numbers in (0, 1]"),

@@ -340,10 +340,12 @@ def _settings(threads: int | None, *, quiet: bool) -> Iterator[None]:
 
 def _parse(args: argparse.Namespace) -> tuple[Any, tuple[float, ...], list[tuple[str, str | None]]]:
     from tokenprune.evaluation.datasets import UnknownBenchmarkError
+    from tokenprune.evaluation.runner import check_in_model
     from tokenprune.evaluation.specs import parse_benchmarks, parse_keeps, parse_methods
 
     try:
         methods = parse_methods(args.methods)
+        check_in_model(methods)
         keeps = parse_keeps(args.keep)
         benchmarks = parse_benchmarks(args.benchmark)
     except (UnknownBenchmarkError, InputError) as exc:

@@ -75,6 +75,7 @@ __all__ = [
     "Comparison",
     "DefaultModelMissingError",
     "RunConfig",
+    "check_in_model",
     "default_model_path",
     "default_output_dir",
     "load_model",
@@ -525,6 +526,7 @@ def run_comparison(
     configs_methods = parse_methods(methods) if isinstance(methods, str) else _method_configs(methods)
     keeps = parse_keeps(keeps) if isinstance(keeps, str) else parse_keeps(",".join(map(str, keeps)))
     chosen = parse_benchmarks(benchmarks) if isinstance(benchmarks, str) else _benchmark_choices(benchmarks)
+    check_in_model(configs_methods)
     _check_int(limit, "limit", 1, optional=True)
     _check_int(seed, "seed", 0)
     _check_int(batch_size, "batch_size", 1)
@@ -572,6 +574,19 @@ def run_comparison(
             output=None if directory is None else str(directory),
         )
         return Comparison(configs, runs, records, metadata, computed=total, reused=len(records) - total)
+
+
+def check_in_model(methods: Sequence[MethodConfig]) -> None:
+    """Raise :class:`InputError` for a method that cannot run inside a model (its scores come from the caller)."""
+    from tokenprune.registry import create_method
+
+    for method in methods:
+        selector = create_method(method.name, **method.given)
+        if "scores" in selector.requires and selector.score_source == "external":
+            raise InputError(
+                f"method {str(method)!r} ranks tokens by scores passed by the caller, which compare cannot pass: "
+                f"expected a method whose scores the model provides (fastervlm, fastv) or one that needs none"
+            )
 
 
 def _method_configs(methods: Sequence[MethodConfig | str]) -> list[MethodConfig]:
