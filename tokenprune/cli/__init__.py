@@ -21,12 +21,12 @@ from collections.abc import Iterator, Sequence
 from types import ModuleType
 
 from tokenprune import __version__
-from tokenprune.cli import _console, compare_cmd, list_cmd, plugins_cmd
+from tokenprune.cli import _console, compare_cmd, list_cmd, plugins_cmd, show_cmd
 from tokenprune.errors import BudgetError, MethodParameterError, PluginWarning, TokenPruneError, UnknownMethodError
 
 __all__ = ["COMMANDS", "USAGE_ERRORS", "build_parser", "main"]
 
-COMMANDS: list[ModuleType] = [list_cmd, compare_cmd, plugins_cmd]
+COMMANDS: list[ModuleType] = [list_cmd, compare_cmd, plugins_cmd, show_cmd]
 """The subcommand modules, in the order ``tokenprune --help`` lists them."""
 
 USAGE_ERRORS: tuple[type[BaseException], ...] = (

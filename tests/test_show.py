@@ -1,0 +1,395 @@
+"""``tokenprune show`` and :mod:`tokenprune.evaluation.visualize`: token boxes, kept indices, the figure, the CLI.
+
+Token boxes are checked against the real image processors: on a gradient image (red grows with x,
+green with y) the mean colour of each processed patch gives the centre, in original pixels, of the
+image region the patch came from, whatever the processor's resize, pad and crop did.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tokenprune
+from tokenprune.cli import main, show_cmd
+from tokenprune.evaluation.visualize import (
+    KeptTokens,
+    TokenLayout,
+    TokenView,
+    UnsupportedLayoutError,
+    grid_boxes,
+    grid_layout,
+    kept_tokens,
+    render_kept,
+    show_tokens,
+    token_layout,
+)
+from tokenprune.integrations import question_tokens
+from tokenprune.testing.models import (
+    LLAVA_CHAT_TEMPLATE,
+    LLAVA_NEXT_PINPOINTS,
+    tiny_llava,
+    tiny_llava_next,
+    tiny_llava_processor,
+    tiny_qwen2_5_vl,
+    tiny_qwen2_5_vl_inputs,
+    tiny_tokenizer,
+)
+
+Image = pytest.importorskip("PIL.Image")
+QUESTION = "what colour is the cube?"
+CLIP_MEAN, CLIP_STD = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
+
+
+def gradient(width: int, height: int) -> Image.Image:
+    """Red = x / width, green = y / height at pixel centres, blue constant."""
+    x, y = (np.arange(width) + 0.5) / width, (np.arange(height) + 0.5) / height
+    rgb = np.zeros((height, width, 3))
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = x[None, :], y[:, None], 0.5
+    return Image.fromarray((rgb * 255).round().astype(np.uint8))
+
+
+def centres(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+
+
+def llava_next_processor(model):
+    from transformers import LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tile = model.config.vision_config.image_size
+    images = LlavaNextImageProcessorPil(
+        size={"shortest_edge": tile},
+        crop_size={"height": tile, "width": tile},
+        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+    )
+    tokenizer = tiny_tokenizer()
+    return LlavaNextProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=model.config.vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS, which "default" drops
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return tiny_llava(image_size=56, patch_size=7)  # 8 x 8 = 64 tokens
+
+
+# --- token boxes ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pad", [False, True], ids=["crop", "pad-to-square"])
+@pytest.mark.parametrize("size", [(100, 60), (60, 100), (56, 56), (83, 41), (300, 200)])
+def test_llava_boxes_are_where_the_processor_took_each_patch_from(llava, size, pad):
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    processor = tiny_llava_processor(llava)
+    if pad:  # LLaVA's own pad-to-square, before the resize and crop
+        edge = llava.config.vision_config.image_size
+        processor.image_processor = LlavaImageProcessorPil(
+            do_pad=True, size={"shortest_edge": edge}, crop_size={"height": edge, "width": edge}
+        )
+    width, height = size
+    inputs = processor(images=[gradient(width, height)], text=["USER: <image>\nwhat ASSISTANT:"], return_tensors="pt")
+    layout = token_layout(llava, processor, inputs, size, num_tokens=64)
+    [view] = layout.views
+    assert layout.num_tokens == 64 and view.indices.tolist() == list(range(64))
+
+    pixels = inputs["pixel_values"][0].numpy() * CLIP_STD[:, None, None] + CLIP_MEAN[:, None, None]
+    means = pixels[:2].reshape(2, 8, 7, 8, 7).mean(axis=(2, 4)).reshape(2, 64)
+    box_w, box_h = view.boxes[:, 2] - view.boxes[:, 0], view.boxes[:, 3] - view.boxes[:, 1]
+    whole = np.isclose(box_w, box_w.max()) & np.isclose(box_h, box_h.max())  # not clipped by the image edge
+    assert whole.sum() >= 16
+    cx, cy = centres(view.boxes)
+    pixel = (max if pad else min)(width, height) / 56  # one processed pixel, in original pixels
+    assert np.abs(cx - means[0] * width)[whole].max() < 0.25 * pixel
+    assert np.abs(cy - means[1] * height)[whole].max() < 0.25 * pixel
+    assert (view.boxes[:, 0::2] >= 0).all() and (view.boxes[:, 0::2] <= width).all()
+    assert (view.boxes[:, 1::2] >= 0).all() and (view.boxes[:, 1::2] <= height).all()
+
+
+def test_llava_crop_leaves_the_sides_of_a_wide_image_uncovered(llava):
+    processor = tiny_llava_processor(llava)
+    inputs = processor(images=[gradient(100, 60)], text=["USER: <image>\nwhat ASSISTANT:"], return_tensors="pt")
+    boxes = token_layout(llava, processor, inputs, (100, 60), num_tokens=64).views[0].boxes
+    # the short side 60 -> 56; the long side 100 -> int(56 * 100 / 60) = 93 (x scale 0.93), then cropped by 37 // 2
+    assert boxes[:, 0].min() == pytest.approx(18 / 0.93)
+    assert boxes[:, 2].max() == pytest.approx((18 + 56) / 0.93)
+    assert (boxes[:, 1].min(), boxes[:, 3].max()) == (0, 60)
+
+
+def test_qwen_boxes_follow_image_grid_thw_in_raster_order():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    model = tiny_qwen2_5_vl()
+    processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+    for width, height in [(100, 60), (60, 130), (301, 97)]:
+        out = processor(images=[gradient(width, height)], return_tensors="pt")
+        t, h, w = out["image_grid_thw"][0].tolist()
+        layout = token_layout(model, None, out, (width, height), num_tokens=t * h * w // 4)
+        # pixel_values: per merged token its 2 x 2 patches, each (channels, frames, 14, 14)
+        patches = out["pixel_values"].numpy().reshape(-1, 4, 3, 2, 14, 14)
+        std, mean = np.array(processor.image_std), np.array(processor.image_mean)
+        red = patches[:, :, 0].mean(axis=(1, 2, 3, 4)) * std[0] + mean[0]
+        green = patches[:, :, 1].mean(axis=(1, 2, 3, 4)) * std[1] + mean[1]
+        cx, cy = centres(layout.views[0].boxes)
+        assert np.abs(cx - red * width).max() < 0.1 * width / w
+        assert np.abs(cy - green * height).max() < 0.1 * height / h
+
+
+def test_llava_next_has_a_base_view_and_an_anyres_view_without_newlines():
+    model = tiny_llava_next()
+    processor = llava_next_processor(model)
+    width, height = 100, 60
+    inputs = processor(images=[gradient(width, height)], text=["USER: <image>\nwhat ASSISTANT:"], return_tensors="pt")
+    num_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    layout = token_layout(model, processor, inputs, (width, height), num_tokens=num_tokens)
+    base, tiles = layout.views
+    assert (base.name, tiles.name) == ("base tile", "anyres tiles")
+    np.testing.assert_allclose(base.boxes, grid_boxes(4, 4, width, height))
+    assert base.indices.tolist() == list(range(16))
+
+    from tokenprune.integrations import get_adapter
+
+    newlines = get_adapter(model).protected_tokens(inputs)[0].nonzero()[:, 0].tolist()
+    assert sorted(set(range(num_tokens)) - set(layout.drawn.tolist())) == newlines
+    assert "image_newline" in layout.note
+
+    # each anyres token's box centre is where the processor took its tile patch from
+    tile_pixels = inputs["pixel_values"][0, 1:].numpy() * CLIP_STD[None, :, None, None] + CLIP_MEAN[None, :, None, None]
+    tile_count = tile_pixels.shape[0]
+    means = tile_pixels[:, :2].reshape(tile_count, 2, 4, 14, 4, 14).mean(axis=(3, 5))  # (tiles, 2, 4, 4)
+    per_patch = torch.tensor(means.transpose(0, 2, 3, 1).reshape(tile_count, 16, 2), dtype=torch.float32)
+    base_means = torch.zeros(1, 16, 2)
+    packed, _ = model.model.pack_image_features(
+        [torch.cat([base_means, per_patch])], inputs["image_sizes"], "default", image_newline=torch.full((2,), -1.0)
+    )
+    expected = packed[0][torch.as_tensor(tiles.indices)].numpy()
+    cx, cy = centres(tiles.boxes)
+    inside = (tiles.boxes[:, 1] > 0) & (tiles.boxes[:, 3] < height)  # rows not clipped by the image edge
+    assert np.abs(cx - expected[:, 0] * width)[inside].max() < 0.5
+    assert np.abs(cy - expected[:, 1] * height)[inside].max() < 0.5
+
+
+def test_a_family_without_a_known_layout_is_refused_with_a_clear_error(monkeypatch):
+    from tokenprune.integrations import ModelAdapter, session
+
+    class PluginAdapter(ModelAdapter):  # a family a plugin adapts for pruning, which show cannot draw
+        image_token_id = 5
+
+        def encode_images(self, inputs, *, scores=None):
+            raise NotImplementedError
+
+    monkeypatch.setattr(session, "get_adapter", PluginAdapter)
+    with pytest.raises(UnsupportedLayoutError, match=r"Linear's visual tokens .* supported: LLaVA-1\.5"):
+        token_layout(torch.nn.Linear(2, 2), None, {}, (10, 10), num_tokens=4)
+
+
+# --- kept indices -----------------------------------------------------------------------------------------
+
+
+def test_show_tokens_keeps_what_tokenprune_apply_keeps(llava):
+    processor = tiny_llava_processor(llava)
+    image = gradient(90, 70)
+    result = show_tokens(
+        llava, processor, image, QUESTION, ["zspa", ("zspa", {"core_ratio": 0.5}), "divprune"], keep=0.1
+    )
+    assert [k.label for k in result.kept] == ["zspa", "zspa:core_ratio=0.5", "divprune"]
+
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    text = processor.apply_chat_template(chat, add_generation_prompt=True)
+    inputs = processor(images=[image], text=[text], return_tensors="pt")
+    for entry, (name, params) in zip(
+        result.kept, [("zspa", {}), ("zspa", {"core_ratio": 0.5}), ("divprune", {})], strict=True
+    ):
+        with tokenprune.apply(llava, name, budget=0.1, prompt_tokens=question_tokens(processor), **params) as session:
+            llava.generate(**inputs, max_new_tokens=1, do_sample=False)
+        assert entry.indices.tolist() == session.last.kept[0].tolist()
+        assert entry.num_tokens == 64 and len(entry.indices) == 6
+    assert result.layout.count(result.kept[0].indices) == (6, 64)
+
+
+def test_kept_tokens_of_qwen_and_llava_next_match_apply():
+    qwen = tiny_qwen2_5_vl()
+    inputs = tiny_qwen2_5_vl_inputs(qwen, [[[5, 6], [7, 8]]], [(1, 4, 6)])
+    [entry] = kept_tokens(qwen, inputs, ["divprune"], budget=3)
+    with torch.no_grad(), tokenprune.apply(qwen, "divprune", budget=3) as session:
+        qwen(**inputs)
+    assert entry.indices.tolist() == session.last.kept[0].tolist() and entry.num_tokens == 6
+    assert token_layout(qwen, None, inputs, (60, 40), num_tokens=6).count(entry.indices) == (3, 6)
+
+
+# --- rendering --------------------------------------------------------------------------------------------
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    rgb = np.random.default_rng(seed).integers(60, 256, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(rgb)
+
+
+def panel_spans(figure: Image.Image, y: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` of the non-white runs along row ``y`` (the panels, frames included)."""
+    row = np.asarray(figure)[y].astype(int)
+    ink = (row != 255).any(axis=1)
+    spans, start = [], None
+    for x, on in enumerate([*ink.tolist(), False]):
+        if on and start is None:
+            start = x
+        elif not on and start is not None:
+            spans.append((start, x))
+            start = None
+    return spans
+
+
+def find_panels(figure: Image.Image, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Top-left corners of the panels of ``size``: runs of exactly that width (plus the 1-px frame)."""
+    array = np.asarray(figure)
+    for y in range(array.shape[0]):
+        spans = [(a, b) for a, b in panel_spans(figure, y) if b - a == size[0] + 2]
+        if spans:
+            return [(a + 1, y + 1) for a, _ in spans]  # inside the frame
+    raise AssertionError("no panel found")
+
+
+def test_render_keeps_kept_pixels_and_dims_pruned_ones():
+    image = noise(64, 48)
+    layout = grid_layout(image.size, rows=6, cols=8)  # 8 x 8 px tokens
+    kept = [KeptTokens("a", [0, 9, 20, 47], num_tokens=48), KeptTokens("b:k=1", [3, 4, 5], num_tokens=48)]
+    figure = render_kept(image, layout, kept, panel_size=None, caption="Q: a question")
+    corners = find_panels(figure, image.size)
+    assert len(corners) == 2
+    original = np.asarray(image).astype(int)
+    brightest = original.max(axis=2)
+    for (x, y), entry in zip(corners, kept, strict=True):
+        panel = np.asarray(figure.crop((x, y, x + 64, y + 48))).astype(int)
+        for token, (x0, y0, x1, y1) in enumerate(layout.views[0].boxes.astype(int).tolist()):
+            inner = (slice(y0 + 2, y1 - 2), slice(x0 + 2, x1 - 2))  # inside the outline
+            if token in entry.indices:
+                np.testing.assert_array_equal(panel[inner], original[inner])
+            else:
+                spread = panel[inner].max(axis=2) - panel[inner].min(axis=2)
+                assert spread.max() <= 1, "pruned tokens are grey"
+                assert (panel[inner].mean(axis=2) < 0.5 * brightest[inner]).all(), "pruned tokens are dimmed"
+
+
+def test_render_lays_out_one_panel_per_method_and_view_at_the_panel_size():
+    image = noise(120, 60)
+    views = (
+        TokenView("base tile", np.arange(4), grid_boxes(2, 2, 120, 60)),
+        TokenView("anyres tiles", np.arange(4, 12), grid_boxes(2, 4, 120, 60)),
+    )
+    layout = TokenLayout((120, 60), 14, views, note="image_newline tokens")
+    kept = [KeptTokens(name, [0, 5, 6], num_tokens=14) for name in ("zspa", "divprune", "relevance")]
+    figure = render_kept(image, layout, kept, panel_size=200)
+    assert figure.mode == "RGB"
+    rows = {y for x, y in find_panels(figure, (200, 100))}
+    assert len(find_panels(figure, (200, 100))) == 3
+    # a second row of panels below the first (the anyres view)
+    below = max(rows) + 100 + 4
+    assert any(len([s for s in panel_spans(figure, y) if s[1] - s[0] == 202]) == 3 for y in range(below, figure.height))
+    assert figure.width >= 3 * 200 and figure.height >= 2 * 100
+
+
+def test_render_refuses_a_layout_of_another_size_and_no_methods():
+    layout = grid_layout((10, 10), 2, 2)
+    with pytest.raises(ValueError, match="at least one"):
+        render_kept(noise(10, 10), layout, [])
+    with pytest.raises(ValueError, match="20x10"):
+        render_kept(noise(20, 10), layout, [KeptTokens("a", [0], num_tokens=4)])
+
+
+# --- the command line -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_llava(tmp_path_factory, llava):
+    """The tiny LLaVA and its real processor, save_pretrained to a directory (loaded by path, as a user would)."""
+    path = tmp_path_factory.mktemp("tiny-llava")
+    llava.save_pretrained(path)
+    tiny_llava_processor(llava).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory):
+    from tokenprune.scenes import generate_scene, render_scene
+
+    path = tmp_path_factory.mktemp("images") / "scene.png"
+    render_scene(generate_scene(3)).crop((0, 30, 336, 260)).save(path)  # non-square
+    return path
+
+
+def test_cli_writes_a_png_with_every_method(capsys, saved_llava, scene_png, tmp_path):
+    out = tmp_path / "figure.png"
+    argv = ["show", "--model", str(saved_llava), "--device", "cpu", "--methods", "zspa:core_ratio=0.5,divprune"]
+    code = main([*argv, "--keep", "0.1", "--panel-size", "160", str(scene_png), QUESTION, "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    with Image.open(out) as figure:
+        assert figure.format == "PNG"
+        figure.verify()
+    with Image.open(out) as figure:
+        assert figure.width > 2 * 160 and figure.height > 160
+    assert "zspa:core_ratio=0.5" in captured.out and "divprune" in captured.out
+    assert captured.out.count("6/64") == 2  # 10% of the 64 tokens
+    assert str(out) in captured.out
+
+
+def test_cli_without_model_uses_the_shipped_one_or_says_how_to_pass_one(capsys, monkeypatch, scene_png, tmp_path):
+    from tokenprune.evaluation import runner
+
+    monkeypatch.setattr(runner, "default_model_path", lambda: tmp_path / "missing")
+    code = main(["show", str(scene_png), QUESTION, "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--model" in err and "missing" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--keep", "abc"], "--keep expects"),
+        (["--keep", "0"], "--keep expects"),
+        (["--keep", "1.5"], "--keep expects"),
+        (["--keep", "-3"], "--keep expects"),
+        (["--methods", "zpsa"], "Did you mean 'zspa'"),
+        (["--methods", "zspa:core=0.5"], "no parameter 'core'"),
+        (["--methods", "core_ratio=0.5"], "comes before any method"),
+        (["--methods", "zspa,attention"], "scores passed by the caller"),
+        (["--methods", "none"], "names no method"),
+        (["--panel-size", "4"], "--panel-size"),
+    ],
+)
+def test_cli_usage_errors_exit_2_with_one_line(capsys, saved_llava, scene_png, tmp_path, args, message):
+    code = main(["show", "--model", str(saved_llava), *args, str(scene_png), QUESTION, "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1 and "Traceback" not in err
+
+
+def test_cli_image_errors_exit_2(capsys, saved_llava, tmp_path):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a png")
+    for image, message in [(tmp_path / "nope.png", "image file not found"), (not_an_image, "cannot read")]:
+        code = main(["show", "--model", str(saved_llava), str(image), QUESTION, "-o", str(tmp_path / "x.png")])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert message in err and str(image) in err
+
+
+def test_cli_unloadable_model_is_a_runtime_failure(capsys, scene_png, tmp_path):
+    code = main(["show", "--model", str(tmp_path), str(scene_png), QUESTION, "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "cannot load model" in err
+
+
+def test_parse_keep():
+    assert show_cmd.parse_keep("58") == 58 and show_cmd.parse_keep("0.25") == 0.25
+    assert isinstance(show_cmd.parse_keep("1.0"), float)
