@@ -31,6 +31,15 @@ RUN = {"methods": METHODS, "keeps": (0.25, 0.5), "limit": 6, "seed": 0}
 N_CONFIGS = 1 + 3 * 2  # none, then three methods at two keep ratios
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as compare uses on CPU: a tiny model gains nothing from more and loses a lot when busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     model = tiny_llava(seed=0)
