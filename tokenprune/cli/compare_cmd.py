@@ -91,7 +91,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="compare methods and keep ratios against the unpruned model, with significance",
         description="Run a VLM on benchmark samples with each method at each keep ratio and without pruning "
         "(the 'none' row), under one harness (same samples, prompts, batches, greedy decoding), and print "
-        "scores, %% of unpruned, selection and prefill time, peak memory and paired significance.",
+        "scores, % of unpruned, selection and prefill time, peak memory and paired significance.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
