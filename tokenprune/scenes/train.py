@@ -15,6 +15,9 @@ caption pre-training of the projector:
   ``yellow`` and ``CAT`` for a patch of a yellow sign reading CAT; ``background`` elsewhere). This is what
   makes prompt-aware pruning meaningful: the cosine between a question's words and the visual tokens of
   the object it names is what ZSPAPrune's relevance stage reads (:func:`alignment_report` measures it).
+  A second term keeps every token *orthogonal* to the words that name nothing visual (``Is``, ``the``,
+  ``?``, ...): without it, InfoNCE alone made object tokens anti-aligned with those words (cosine about
+  -0.2 each), so a mean-pooled question pointed away from the very object it names.
 * **CLS grounding**: the projected CLS token predicts which concepts occur in the image (multi-label),
   so the CLS attention of the last vision layer, which FasterVLM and VisionZip read, attends to objects.
 
@@ -69,6 +72,7 @@ class TrainConfig:
     turns: tuple[int, int] = (1, 6)
     text_probability: float = 0.6
     align_weight: float = 0.5
+    orthogonal_weight: float = 10.0
     cls_weight: float = 0.2
     temperature: float = 0.07
     seed: int = 0
@@ -194,15 +198,21 @@ def losses(model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor
     embeds = embed(ids).masked_scatter(image.unsqueeze(-1), patches.reshape(-1, patches.shape[-1]))
     out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
 
-    concepts = F.normalize(embed.weight[concept_ids], dim=-1)  # (C, H)
-    logits = F.normalize(patches, dim=-1) @ concepts.T / cfg.temperature  # (B, 576, C)
+    words = F.normalize(embed.weight, dim=-1)  # (V, H)
+    unit = F.normalize(patches, dim=-1)
+    cosines = unit @ words.T  # (B, 576, V)
+    logp = (cosines[..., concept_ids] / cfg.temperature).log_softmax(-1)  # (B, 576, C)
     targets = batch["patch_concepts"]
-    logp = logits.log_softmax(-1)
     align = -(logp * targets).sum(-1) / targets.sum(-1).clamp(min=1)
-    cls_logits = F.normalize(cls, dim=-1) @ concepts.T / cfg.temperature
+    other = torch.ones(words.shape[0], dtype=torch.bool, device=words.device)
+    other[concept_ids] = False
+    orthogonal = cosines[..., other].pow(2).mean()  # words that name nothing visual: cosine 0, not negative
+    cls_logits = F.normalize(cls, dim=-1) @ words[concept_ids].T / cfg.temperature
     grounding = F.binary_cross_entropy_with_logits(cls_logits, batch["present"])
-    total = out.loss + cfg.align_weight * align.mean() + cfg.cls_weight * grounding
-    return {"total": total, "answer": out.loss, "align": align.mean(), "cls": grounding}
+    total = (
+        out.loss + cfg.align_weight * (align.mean() + cfg.orthogonal_weight * orthogonal) + cfg.cls_weight * grounding
+    )
+    return {"total": total, "answer": out.loss, "align": align.mean(), "orthogonal": orthogonal, "cls": grounding}
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
