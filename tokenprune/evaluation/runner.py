@@ -275,17 +275,16 @@ class _RecordFile:
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":  # the previous run was killed mid-line
-                data = b"\n" + data
+        with open(self.path, "a+b", buffering=0) as handle:  # appends go to the end whatever the position
+            size = handle.seek(0, os.SEEK_END)
+            if size:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":  # the previous run was killed mid-line
+                    data = b"\n" + data
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+                view = view[handle.write(view) :]
+            os.fsync(handle.fileno())
 
 
 # --- model and inputs ---------------------------------------------------------------------------
