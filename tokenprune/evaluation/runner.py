@@ -57,7 +57,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,9 @@ def default_model_path() -> Path:
     The one place the default model is named. The directory is a ``save_pretrained`` directory of a
     ``LlavaForConditionalGeneration`` and its ``LlavaProcessor`` (tokenizer and chat template included).
     """
-    return Path(str(resources.files("tokenprune") / "assets" / "scene-llava"))
+    from tokenprune.scenes.model import MODEL_DIR
+
+    return MODEL_DIR
 
 
 def default_output_dir() -> Path:

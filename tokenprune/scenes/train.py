@@ -274,18 +274,15 @@ def train(out: Path, cfg: TrainConfig, *, log_every: int = 20, save_every: int =
     return model
 
 
-def _exact(prediction: str, answers: tuple[str, ...]) -> float:
-    from tokenprune.evaluation.metrics import exact_match
-
-    return max(exact_match(prediction, a) for a in answers)
-
-
 @torch.no_grad()
 def evaluate(model: Any, processor: Any, samples: list, *, batch_size: int = 32) -> dict[str, Any]:
     """Greedy answers of ``model`` on scene ``samples`` through the processor, scored by exact match.
 
-    Returns ``{"overall": acc, "families": {family: acc}, "predictions": [...]}``.
+    Returns ``{"overall": acc, "families": {family: acc}, "predictions": [...]}``. Scored as
+    ``tokenprune compare`` scores the ``scenes`` benchmark (:func:`~tokenprune.evaluation.metrics.exact_match_any`).
     """
+    from tokenprune.evaluation.metrics import exact_match_any
+
     scores: dict[str, list[float]] = defaultdict(list)
     predictions = []
     for i in range(0, len(samples), batch_size):
@@ -301,7 +298,7 @@ def evaluate(model: Any, processor: Any, samples: list, *, batch_size: int = 32)
         out = model.generate(**inputs.to(model.device), max_new_tokens=4, do_sample=False)
         answers = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         for s, a in zip(chunk, answers, strict=True):
-            score = _exact(a.strip(), s.answers)
+            score = exact_match_any(a.strip(), s.answers)
             scores[s.family].append(score)
             predictions.append({"family": s.family, "question": s.text, "answer": s.answer, "prediction": a.strip()})
     families = {f: float(np.mean(scores[f])) for f in FAMILIES if scores[f]}
