@@ -94,6 +94,7 @@ def _stem_words() -> list[str]:
         "USER : ASSISTANT yes no",
         MC_INSTRUCTION,
         "Answer the question using a single word or phrase .",  # lmms-eval's short-answer prompt
+        "Describe the image , listing each object .",  # the caption turn of training
     ]
     return [w for stem in stems for w in _pre_split(stem)]
 

@@ -69,7 +69,8 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 200
     weight_decay: float = 0.01
-    turns: tuple[int, int] = (1, 6)
+    turns: tuple[int, int] = (3, 12)
+    caption_probability: float = 0.5
     text_probability: float = 0.6
     align_weight: float = 0.5
     orthogonal_weight: float = 10.0
@@ -116,6 +117,24 @@ def concept_targets(scene: Scene, concept_index: dict[str, int]) -> tuple[np.nda
     return patch, present
 
 
+CAPTION_QUESTION = "Describe the image , listing each object ."
+
+
+def caption(scene: Scene) -> str:
+    """What the caption turn answers: every object and sign, in the order their first patch comes in the
+    visual token sequence (row-major), e.g. ``"red circle , yellow sign CAT , orange hexagon L"``.
+
+    >>> from tokenprune.scenes import Scene, SceneObject
+    >>> caption(Scene(objects=(SceneObject.of("star", "red", "small", (200, 40)),
+    ...                        SceneObject.of("circle", "blue", "small", (40, 200)))))
+    'red star , blue circle'
+    """
+    items = [(o.bbox, " ".join([o.colour, o.shape] + ([o.label] if o.label else []))) for o in scene.objects]
+    items += [(t.bbox, f"{t.panel} sign {t.text}") for t in scene.texts]
+    items.sort(key=lambda item: (item[0][1] // PATCH_SIZE, item[0][0] // PATCH_SIZE))
+    return " , ".join(name for _, name in items)
+
+
 def _turns(scene: Scene, rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
     families = list(FAMILY_WEIGHTS)
     p = np.array([FAMILY_WEIGHTS[f] for f in families])
@@ -156,6 +175,8 @@ class Batches:
         rng = np.random.default_rng([s_seed, 7])
         scene = generate_scene(s_seed, text=bool(rng.random() < cfg.text_probability))
         turns = _turns(scene, rng, int(rng.integers(cfg.turns[0], cfg.turns[1] + 1)))
+        if rng.random() < cfg.caption_probability:  # last, so no question can be answered from its text
+            turns.append((CAPTION_QUESTION, caption(scene)))
         ids = self._ids("USER:") + [self.image_id] * (GRID * GRID)
         labels = [-100] * len(ids)
         for k, (question, answer) in enumerate(turns):
