@@ -212,6 +212,27 @@ def model_config(vocab_size: int | None = None) -> Any:
     )
 
 
+def sincos_positions(grid: int, dim: int, *, scale: float = 0.5) -> Any:
+    """``(1 + grid * grid, dim)`` 2-D sine-cosine position embeddings: a zero row for CLS, then the patches
+    row-major; half the channels encode the row, half the column, at ``dim / 4`` frequencies each.
+
+    >>> table = sincos_positions(24, 128)
+    >>> tuple(table.shape), float(table[0].abs().sum())
+    ((577, 128), 0.0)
+    """
+    import torch
+
+    quarter = dim // 4
+    frequencies = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    parts = []
+    for coordinate in (rows.reshape(-1), cols.reshape(-1)):
+        angle = coordinate[:, None].double() * frequencies[None, :]
+        parts += [angle.sin(), angle.cos()]
+    table = torch.cat(parts, dim=1) * scale
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()
+
+
 def build_model(seed: int = 0) -> Any:
     """A freshly initialised scene-llava (random weights drawn from ``seed``), in train mode."""
     import torch
@@ -219,6 +240,8 @@ def build_model(seed: int = 0) -> Any:
 
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(model_config())
+    with torch.no_grad():  # 2-D sin-cos positions (as MAE), still trained: patch neighbourhoods are easy to find
+        model.model.vision_tower.embeddings.position_embedding.weight.copy_(sincos_positions(GRID, 128))
     config = model.generation_config
     config.pad_token_id, config.eos_token_id, config.bos_token_id = 0, 2, 1
     config.do_sample, config.max_new_tokens = False, 8
