@@ -6,6 +6,7 @@ offline with ``from_pretrained`` and checks that it answers held-out questions.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from tokenprune.scenes.model import (
     model_config,
     vocabulary,
 )
-from tokenprune.scenes.train import Batches, TrainConfig, concept_targets, evaluate, losses
+from tokenprune.scenes.train import Batches, TrainConfig, concept_targets, evaluate, losses, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -197,3 +198,14 @@ class TestShippedModel:
         result = evaluate(model, processor, samples)
         got = {p["question"]: p["prediction"] for p in result["predictions"]}
         assert got == cases
+
+
+def test_training_resumes_exactly_and_workers_do_not_change_the_stream(tmp_path):
+    cfg = TrainConfig(steps=2, batch_size=1, warmup=1, threads=1)
+    straight = train(tmp_path / "straight", cfg, save_every=1, log_every=1)
+    train(tmp_path / "resumed", TrainConfig(**{**cfg.__dict__, "steps": 1}), save_every=1, log_every=1)
+    resumed = train(tmp_path / "resumed", cfg, save_every=1, log_every=1, workers=1)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name, rtol=0, atol=0)
+    log = json.loads((tmp_path / "resumed" / "train_log.json").read_text())["log"]
+    assert [entry["step"] for entry in log] == [1, 2]

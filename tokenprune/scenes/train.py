@@ -243,12 +243,37 @@ def _lr(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train(out: Path, cfg: TrainConfig, *, log_every: int = 20, save_every: int = 200) -> Any:
-    """Train (or resume) into ``out``; returns the model in eval mode."""
+class _Steps(torch.utils.data.Dataset):
+    """Batch ``step`` of the stream, for a ``DataLoader`` whose workers build batches ahead."""
+
+    def __init__(self, batches: Batches, steps: int) -> None:
+        self.batches, self.steps = batches, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        return self.batches(step)
+
+
+def train(
+    out: Path,
+    cfg: TrainConfig,
+    *,
+    device: str = "cpu",
+    workers: int = 0,
+    log_every: int = 20,
+    save_every: int = 200,
+) -> Any:
+    """Train (or resume) into ``out`` on ``device``; returns the model in eval mode.
+
+    ``workers`` > 0 builds batches in that many ``DataLoader`` processes (on a GPU the scenes are the
+    bottleneck); the stream is the same whatever the number of workers.
+    """
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     processor = build_processor()
-    model = build_model(cfg.seed)
+    model = build_model(cfg.seed).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     rest = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -259,19 +284,27 @@ def train(out: Path, cfg: TrainConfig, *, log_every: int = 20, save_every: int =
     state_file = out / "train_state.pt"
     start, log = 0, []
     if state_file.exists():
-        state = torch.load(state_file, weights_only=False)
+        state = torch.load(state_file, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, log = state["step"], state["log"]
         print(f"resumed at step {start}", flush=True)
     batches = Batches(cfg, processor)
+    concept_ids = batches.concept_ids.to(device)
+    loader = torch.utils.data.DataLoader(
+        _Steps(batches, cfg.steps),
+        batch_size=None,
+        sampler=range(start, cfg.steps),
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+    )
     model.train()
     t0, window = time.perf_counter(), defaultdict(float)
-    for step in range(start, cfg.steps):
+    for step, batch in zip(range(start, cfg.steps), loader, strict=True):
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, cfg)
-        batch = batches(step)
-        parts = losses(model, batch, batches.concept_ids, cfg)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        parts = losses(model, batch, concept_ids, cfg)
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -352,7 +385,7 @@ def alignment_report(model: Any, processor: Any, n: int = 60, *, seed: int = 0) 
         patch, _ = concept_targets(scene, index)
         bg = patch[:, index["background"]]
         for obj in scene.objects:
-            own = torch.from_numpy(patch[:, index[obj.colour]] & patch[:, index[obj.shape]])
+            own = torch.from_numpy(patch[:, index[obj.colour]] & patch[:, index[obj.shape]]).to(tokens.device)
             if not own.any():
                 continue
             words = tokenizer.convert_tokens_to_ids([obj.colour, obj.shape])
@@ -362,10 +395,10 @@ def alignment_report(model: Any, processor: Any, n: int = 60, *, seed: int = 0) 
             named.append(float((tokens[own] @ e_own.T).mean()))
             other.append(float((tokens[own] @ e_other.T).mean()))
             if bg.any():
-                background.append(float((tokens[torch.from_numpy(bg)] @ e_own.T).mean()))
+                background.append(float((tokens[torch.from_numpy(bg).to(tokens.device)] @ e_own.T).mean()))
         if sample.answer == "yes":
             colour, shape = sample.question.target.split()
-            own = torch.from_numpy(patch[:, index[colour]] & patch[:, index[shape]])
+            own = torch.from_numpy(patch[:, index[colour]] & patch[:, index[shape]]).to(tokens.device)
             ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
             query = F.normalize(embed[ids].mean(0), dim=-1)
             score = tokens @ query
@@ -391,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cls-weight", type=float, default=TrainConfig.cls_weight)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes building batches (default 0)")
     parser.add_argument("--eval", type=int, default=600, help="held-out test questions to evaluate (0: none)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the model saved in --out")
     args = parser.parse_args(argv)
@@ -408,9 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         from tokenprune.scenes.model import load_scene_model
 
         torch.set_num_threads(cfg.threads)
-        model, processor = load_scene_model(args.out)
+        model, processor = load_scene_model(args.out, device=args.device)
     else:
-        model = train(args.out, cfg)
+        model = train(args.out, cfg, device=args.device, workers=args.workers)
         processor = build_processor()
     report: dict[str, Any] = {"train_seconds": round(time.perf_counter() - start, 1)}
     if args.eval:
