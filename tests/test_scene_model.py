@@ -209,3 +209,21 @@ def test_training_resumes_exactly_and_workers_do_not_change_the_stream(tmp_path)
         torch.testing.assert_close(a, b, msg=name, rtol=0, atol=0)
     log = json.loads((tmp_path / "resumed" / "train_log.json").read_text())["log"]
     assert [entry["step"] for entry in log] == [1, 2]
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    cfg = TrainConfig(steps=1, batch_size=1, warmup=1, threads=1)
+    train(tmp_path, cfg)
+    with pytest.raises(InputError, match=r"balance_patches.*new --out"):
+        train(tmp_path, TrainConfig(**{**cfg.__dict__, "steps": 2, "balance_patches": True}))
+
+
+def test_balanced_alignment_weighs_object_and_background_patches_equally(processor):
+    model = build_model(0).eval()
+    batches = Batches(TrainConfig(batch_size=2), processor)
+    batch = batches(0)
+    plain, balanced = TrainConfig(), TrainConfig(balance_patches=True)
+    with torch.no_grad():
+        a = losses(model, batch, batches.concept_ids, plain)["align"]
+        b = losses(model, batch, batches.concept_ids, balanced)["align"]
+    assert not torch.isclose(a, b)

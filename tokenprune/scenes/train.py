@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from tokenprune.errors import InputError
 from tokenprune.scenes.description import Scene
 from tokenprune.scenes.generator import generate_scene, make_dataset, scene_seed
 from tokenprune.scenes.model import CONCEPTS, GRID, PATCH_SIZE, build_model, build_processor
@@ -73,6 +74,7 @@ class TrainConfig:
     caption_probability: float = 0.5
     text_probability: float = 0.6
     align_weight: float = 0.5
+    balance_patches: bool = False
     orthogonal_weight: float = 10.0
     cls_weight: float = 0.2
     temperature: float = 0.07
@@ -224,7 +226,10 @@ def losses(model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor
     cosines = unit @ words.T  # (B, 576, V)
     logp = (cosines[..., concept_ids] / cfg.temperature).log_softmax(-1)  # (B, 576, C)
     targets = batch["patch_concepts"]
-    align = -(logp * targets).sum(-1) / targets.sum(-1).clamp(min=1)
+    align = -(logp * targets).sum(-1) / targets.sum(-1).clamp(min=1)  # (B, 576)
+    if cfg.balance_patches:  # object/sign patches and background patches weigh the same
+        background = targets[..., CONCEPTS.index("background")]
+        align = 0.5 * (align[background].mean() + align[~background].mean()) if (~background).any() else align
     other = torch.ones(words.shape[0], dtype=torch.bool, device=words.device)
     other[concept_ids] = False
     orthogonal = cosines[..., other].pow(2).mean()  # words that name nothing visual: cosine 0, not negative
@@ -285,6 +290,14 @@ def train(
     start, log = 0, []
     if state_file.exists():
         state = torch.load(state_file, weights_only=False, map_location=device)
+        saved = state.get("config", cfg.__dict__)
+        free = ("threads", "steps")  # a longer or shorter run re-stretches the cosine from here on
+        changed = {k: (saved.get(k), v) for k, v in cfg.__dict__.items() if k not in free and saved.get(k) != v}
+        if changed:
+            raise InputError(
+                f"{state_file} was trained with other settings; expected the same config to resume, received "
+                f"changes {changed} (saved, given): train into a new --out instead"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, log = state["step"], state["log"]
@@ -318,7 +331,13 @@ def train(
             print(json.dumps(entry), flush=True)
             window.clear()
         if (step + 1) % save_every == 0 or step + 1 == cfg.steps:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1, "log": log}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step + 1,
+                "log": log,
+                "config": cfg.__dict__,
+            }
             torch.save(state, state_file.with_suffix(".tmp"))
             state_file.with_suffix(".tmp").replace(state_file)
     model.eval()
@@ -423,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--align-weight", type=float, default=TrainConfig.align_weight)
     parser.add_argument("--cls-weight", type=float, default=TrainConfig.cls_weight)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument(
+        "--balance-patches", action="store_true", help="weigh object and background patches equally in the alignment"
+    )
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes building batches (default 0)")
@@ -437,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         cls_weight=args.cls_weight,
         seed=args.seed,
         threads=args.threads,
+        balance_patches=args.balance_patches,
     )
     start = time.perf_counter()
     if args.eval_only:
