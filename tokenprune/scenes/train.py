@@ -63,9 +63,9 @@ FAMILY_WEIGHTS = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters (the defaults are the shipped model's)."""
+    """Hyper-parameters (the defaults are the recipe of the run in progress, see docs/scene-model.md)."""
 
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 16
     lr: float = 1e-3
     warmup: int = 200
@@ -210,7 +210,7 @@ class Batches:
 
 
 def losses(model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor, cfg: TrainConfig) -> dict:
-    """The answer loss and the two grounding losses of one batch (see the module docstring)."""
+    """The answer loss and the grounding losses (alignment, orthogonality, CLS) of one batch (module docstring)."""
     inner = model.model
     hidden = inner.vision_tower(batch["pixel_values"]).last_hidden_state  # == hidden_states[-1]
     projected = inner.multi_modal_projector(hidden)  # (B, 577, H): CLS + 576 patches
