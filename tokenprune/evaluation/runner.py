@@ -74,6 +74,7 @@ __all__ = [
     "Comparison",
     "DefaultModelMissingError",
     "RunConfig",
+    "chat_inputs",
     "check_in_model",
     "default_model_path",
     "default_output_dir",
@@ -331,19 +332,27 @@ def _family(model_type: str) -> str:
     return "qwen2_5_vl" if model_type.startswith("qwen") else "llava"
 
 
-def _chat_text(processor: Any, sample: Sample) -> str:
-    content = [{"type": "image"} for _ in sample.images] + [{"type": "text", "text": sample.prompt}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-
-
-def _encode_batch(processor: Any, samples: Sequence[Sample], device: torch.device, dtype: torch.dtype) -> dict:
-    texts = [_chat_text(processor, s) for s in samples]
-    images = [image for s in samples for image in s.images]
+def chat_inputs(
+    processor: Any,
+    rows: Sequence[tuple[Sequence[Any], str]],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """Processor inputs for ``rows`` of ``(images, user text)``: one user turn per row, the images before
+    the text, through the processor's chat template with the generation prompt; padded (on the
+    processor's padding side). Tensors go to ``device``, floating ones also to ``dtype``, when given.
+    """
+    texts = []
+    for images, text in rows:
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True))
+    images = [image for row_images, _ in rows for image in row_images]
     batch = processor(images=images or None, text=texts, padding=True, return_tensors="pt")
     inputs = {}
     for name, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
+        if isinstance(value, torch.Tensor) and device is not None:
+            value = value.to(device, dtype=dtype) if value.is_floating_point() and dtype else value.to(device)
         inputs[name] = value
     return inputs
 
@@ -733,7 +742,8 @@ class _Runner:
         for indices in by_benchmark.values():  # a batch holds one benchmark, except at a boundary
             part = [rows[i] for i in indices]
             run = part[0][0]
-            inputs = _encode_batch(self.processor, [samples[i] for i in indices], self.device, self.dtype)
+            rows = [(samples[i].images, samples[i].prompt) for i in indices]
+            inputs = chat_inputs(self.processor, rows, device=self.device, dtype=self.dtype)
             self.encodings.clear()
             with torch.inference_mode():
                 self.encodings.adapter.encode_images(inputs)  # once per batch, outside every timed config

@@ -431,12 +431,11 @@ def kept_tokens(
 
 def build_inputs(processor: Any, image: PILImage.Image, question: str) -> dict[str, Any]:
     """Processor inputs for one image and question, through the processor's chat template when it has one."""
-    template = getattr(processor, "chat_template", None)
-    if template:
-        chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        text = processor.apply_chat_template(chat, add_generation_prompt=True)
-    else:
-        text = f"{getattr(processor, 'image_token', '<image>')}\n{question}"
+    if getattr(processor, "chat_template", None):
+        from tokenprune.evaluation.runner import chat_inputs
+
+        return chat_inputs(processor, [([image], question)])
+    text = f"{getattr(processor, 'image_token', '<image>')}\n{question}"
     return dict(processor(images=[image], text=[text], return_tensors="pt"))
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tokenprune.scenes.description import PALETTE, PANEL_COLOURS, Background, Scene, SceneObject, TextItem
 
-__all__ = ["image_to_array", "render_background", "render_scene", "text_panel_box"]
+__all__ = ["draw_shape", "image_to_array", "render_background", "render_scene", "text_panel_box"]
 
 _PANEL_MARGIN = 0.3  # of the font size, around the measured text
 
@@ -101,12 +102,23 @@ def _polygon(obj: SceneObject) -> list[tuple[float, float]]:
     raise AssertionError(obj.shape)  # circle is drawn as an ellipse
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, outline: int) -> None:
-    fill = PALETTE[obj.colour]
+def draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, fill: Any, outline: Any = None, width: int = 0) -> None:
+    """Draw ``obj``'s shape (no label) in ``fill``: the object itself, or its mask on an ``"L"`` image.
+
+    >>> from tokenprune.scenes import SceneObject
+    >>> mask = Image.new("L", (40, 40))
+    >>> draw_shape(ImageDraw.Draw(mask), SceneObject.of("square", "red", "small", (20, 20)), 1)
+    >>> int(np.asarray(mask).sum()), int(np.asarray(mask).max())
+    (1225, 1)
+    """
     if obj.shape == "circle":
-        draw.ellipse(obj.bbox, fill=fill, outline=(0, 0, 0), width=outline)
+        draw.ellipse(obj.bbox, fill=fill, outline=outline, width=width)
     else:
-        draw.polygon(_polygon(obj), fill=fill, outline=(0, 0, 0), width=outline)
+        draw.polygon(_polygon(obj), fill=fill, outline=outline, width=width)
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, outline: int) -> None:
+    draw_shape(draw, obj, PALETTE[obj.colour], (0, 0, 0), outline)
     if obj.label is not None:
         size = max(8, round(obj.radius * 1.1))
         draw.text(

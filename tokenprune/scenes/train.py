@@ -46,7 +46,7 @@ from tokenprune.scenes.description import Scene
 from tokenprune.scenes.generator import generate_scene, make_dataset, scene_seed
 from tokenprune.scenes.model import CONCEPTS, GRID, PATCH_SIZE, build_model, build_processor
 from tokenprune.scenes.questions import FAMILIES, ask
-from tokenprune.scenes.render import _polygon, render_scene
+from tokenprune.scenes.render import draw_shape, render_scene
 
 __all__ = ["TrainConfig", "alignment_report", "concept_targets", "evaluate", "main", "train"]
 
@@ -94,11 +94,7 @@ def concept_targets(scene: Scene, concept_index: dict[str, int]) -> tuple[np.nda
     names: list[list[str]] = []
     for obj in scene.objects:
         names.append([obj.colour, obj.shape] + ([obj.label] if obj.label else []))
-        fill = len(names)
-        if obj.shape == "circle":
-            draw.ellipse(obj.bbox, fill=fill)
-        else:
-            draw.polygon(_polygon(obj), fill=fill)
+        draw_shape(draw, obj, len(names))
     for item in scene.texts:
         names.append([item.panel, "sign", item.text])
         draw.rectangle(item.bbox, fill=len(names))
@@ -355,20 +351,14 @@ def evaluate(model: Any, processor: Any, samples: list, *, batch_size: int = 32)
     ``tokenprune compare`` scores the ``scenes`` benchmark (:func:`~tokenprune.evaluation.metrics.exact_match_any`).
     """
     from tokenprune.evaluation.metrics import exact_match_any
+    from tokenprune.evaluation.runner import chat_inputs
 
     scores: dict[str, list[float]] = defaultdict(list)
     predictions = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
-        texts = [
-            processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.text}]}],
-                add_generation_prompt=True,
-            )
-            for s in chunk
-        ]
-        inputs = processor(images=[s.image for s in chunk], text=texts, return_tensors="pt", padding=True)
-        out = model.generate(**inputs.to(model.device), max_new_tokens=4, do_sample=False)
+        inputs = chat_inputs(processor, [([s.image], s.text) for s in chunk], device=model.device)
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         answers = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         for s, a in zip(chunk, answers, strict=True):
             score = exact_match_any(a.strip(), s.answers)
