@@ -28,7 +28,7 @@ from tokenprune.scenes.model import (
     model_config,
     vocabulary,
 )
-from tokenprune.scenes.train import Batches, TrainConfig, concept_targets, evaluate, losses, train
+from tokenprune.scenes.train import CAPTION_QUESTION, Batches, TrainConfig, concept_targets, evaluate, losses, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -125,7 +125,7 @@ class TestTrainingPieces:
         assert {CONCEPTS[i] for i in np.flatnonzero(present)} == {"red", "square", "yellow", "sign", "CAT"}
 
     def test_batches_are_deterministic_and_label_only_answers(self, processor):
-        batches = Batches(TrainConfig(batch_size=2), processor)
+        batches = Batches(TrainConfig(batch_size=2, steps=4), processor)  # step 3: past the curriculum
         a, b = batches(3), batches(3)
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert not torch.equal(a["input_ids"], batches(4)["input_ids"][:, : a["input_ids"].shape[1]])
@@ -137,11 +137,41 @@ class TestTrainingPieces:
             assert int((ids == tokenizer.convert_tokens_to_ids("<image>")).sum()) == 576
             assert not supervised[ids == tokenizer.convert_tokens_to_ids("<image>")].any()
 
+    def test_curriculum_starts_with_one_object_captions_and_no_background(self, processor):
+        cfg = TrainConfig(batch_size=2, steps=100)
+        batches = Batches(cfg, processor)
+        image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+        caption_ids = processor.tokenizer(CAPTION_QUESTION, add_special_tokens=False)["input_ids"]
+        first = batches(0)
+        index = {c: i for i, c in enumerate(CONCEPTS)}
+        background = first["patch_concepts"][..., index["background"]]
+        assert torch.equal(first["keep"], ~background)  # object patches only
+        assert cfg.stage(0)["objects"] == 1 and cfg.stage(0)["text"] == 0.0
+        for j in range(2):
+            ids, positions = first["input_ids"][j], first["position_ids"][j]
+            image = ids == image_id
+            n = int(image.sum())
+            assert n == int(first["keep"][j].sum()) < 576
+            # the kept patches keep their place in the full sequence; the text after them continues at 2 + 576
+            start = int(image.nonzero()[0])
+            assert torch.equal(positions[image], start + first["keep"][j].nonzero()[:, 0])
+            real = first["attention_mask"][j].bool()
+            after = positions[real][start + n :]
+            assert int(after[0]) == start + 576 and torch.equal(after, after[0] + torch.arange(len(after)))
+            text = ids[real].tolist()
+            assert any(text[i : i + len(caption_ids)] == caption_ids for i in range(len(text)))
+        middle = batches(cfg.steps // 4)  # background ramping in: some, not all
+        kept_background = (middle["keep"] & middle["patch_concepts"][..., index["background"]]).sum()
+        assert 0 < int(kept_background) < int(middle["patch_concepts"][..., index["background"]].sum())
+        last = batches(cfg.steps - 1)
+        assert last["keep"].all()
+        assert torch.equal(last["position_ids"][0], torch.arange(last["input_ids"].shape[1]))
+
     def test_training_forward_equals_the_models_own_forward(self, processor):
         model = build_model(0).eval()
-        cfg = TrainConfig(batch_size=2)
+        cfg = TrainConfig(batch_size=2, steps=100)
         batches = Batches(cfg, processor)
-        batch = batches(0)
+        batch = batches(60)  # past the background ramp: every patch, positions 0..L-1
         with torch.no_grad():
             reference = model(
                 input_ids=batch["input_ids"],
@@ -150,6 +180,7 @@ class TestTrainingPieces:
                 labels=batch["labels"],
             ).loss
             parts = losses(model, batch, batches.concept_ids, cfg)
+        assert batch["keep"].all()
         torch.testing.assert_close(parts["answer"], reference)
         assert parts["align"] > 0 and parts["cls"] > 0
 
@@ -215,14 +246,14 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     cfg = TrainConfig(steps=1, batch_size=1, warmup=1, threads=1)
     train(tmp_path, cfg)
     with pytest.raises(InputError, match=r"balance_patches.*new --out"):
-        train(tmp_path, TrainConfig(**{**cfg.__dict__, "steps": 2, "balance_patches": True}))
+        train(tmp_path, TrainConfig(**{**cfg.__dict__, "steps": 2, "balance_patches": False}))
 
 
 def test_balanced_alignment_weighs_object_and_background_patches_equally(processor):
     model = build_model(0).eval()
     batches = Batches(TrainConfig(batch_size=2), processor)
     batch = batches(0)
-    plain, balanced = TrainConfig(), TrainConfig(balance_patches=True)
+    plain, balanced = TrainConfig(balance_patches=False), TrainConfig(balance_patches=True)
     with torch.no_grad():
         a = losses(model, batch, batches.concept_ids, plain)["align"]
         b = losses(model, batch, batches.concept_ids, balanced)["align"]
