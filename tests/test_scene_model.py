@@ -38,6 +38,10 @@ def processor():
     return build_processor()
 
 
+#: The full task from step 0 (every patch in the language model's input, 2-6 objects).
+NO_CURRICULUM = {"one_object_steps": 0, "few_objects_steps": 0, "background_steps": 0}
+
+
 @dataclass
 class HandSample:
     """What :func:`evaluate` reads of a sample, for a hand-made scene."""
@@ -125,7 +129,7 @@ class TestTrainingPieces:
         assert {CONCEPTS[i] for i in np.flatnonzero(present)} == {"red", "square", "yellow", "sign", "CAT"}
 
     def test_batches_are_deterministic_and_label_only_answers(self, processor):
-        batches = Batches(TrainConfig(batch_size=2, steps=4), processor)  # step 3: past the curriculum
+        batches = Batches(TrainConfig(batch_size=2, **NO_CURRICULUM), processor)
         a, b = batches(3), batches(3)
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert not torch.equal(a["input_ids"], batches(4)["input_ids"][:, : a["input_ids"].shape[1]])
@@ -138,7 +142,7 @@ class TestTrainingPieces:
             assert not supervised[ids == tokenizer.convert_tokens_to_ids("<image>")].any()
 
     def test_curriculum_starts_with_one_object_captions_and_no_background(self, processor):
-        cfg = TrainConfig(batch_size=2, steps=100)
+        cfg = TrainConfig(batch_size=2, one_object_steps=2, few_objects_steps=6, background_steps=10)
         batches = Batches(cfg, processor)
         image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
         caption_ids = processor.tokenizer(CAPTION_QUESTION, add_special_tokens=False)["input_ids"]
@@ -160,18 +164,19 @@ class TestTrainingPieces:
             assert int(after[0]) == start + 576 and torch.equal(after, after[0] + torch.arange(len(after)))
             text = ids[real].tolist()
             assert any(text[i : i + len(caption_ids)] == caption_ids for i in range(len(text)))
-        middle = batches(cfg.steps // 4)  # background ramping in: some, not all
+        assert cfg.stage(4)["objects"] == (1, 3) and cfg.stage(6)["objects"] == (2, 6)
+        middle = batches(5)  # background ramping in: some, not all
         kept_background = (middle["keep"] & middle["patch_concepts"][..., index["background"]]).sum()
         assert 0 < int(kept_background) < int(middle["patch_concepts"][..., index["background"]].sum())
-        last = batches(cfg.steps - 1)
+        last = batches(10)
         assert last["keep"].all()
         assert torch.equal(last["position_ids"][0], torch.arange(last["input_ids"].shape[1]))
 
     def test_training_forward_equals_the_models_own_forward(self, processor):
         model = build_model(0).eval()
-        cfg = TrainConfig(batch_size=2, steps=100)
+        cfg = TrainConfig(batch_size=2, **NO_CURRICULUM)
         batches = Batches(cfg, processor)
-        batch = batches(60)  # past the background ramp: every patch, positions 0..L-1
+        batch = batches(0)  # every patch, positions 0..L-1
         with torch.no_grad():
             reference = model(
                 input_ids=batch["input_ids"],

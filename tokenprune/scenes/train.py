@@ -27,11 +27,12 @@ fed perfect visual features (each patch's true concepts) a language model traine
 full task matched, for the 450 steps we ran it, the loss of one shown no image at all (the text-only
 answer prior). Our reading: the gradient that would teach a question to attend to its object is spread
 over 576 mostly-background tokens and many question kinds; on one object with a caption to produce, the
-same model learned to read its features in under 100 steps. So the first tenth of the steps show one
-object per image with a caption turn every time and only the object's patches in the language model's
-input (background patches dropped, the kept ones at their original positions); the next fifth 1-3
-objects; and the background patches come back linearly until half-way, after which every batch is the
-full task with all 576 tokens, as at inference.
+same model learned to read its features in under 100 steps. So the first 200 steps show one object
+per image with a caption turn every time and only the object's patches in the language model's input
+(background patches dropped, the kept ones at their original positions); steps 200-600 show 1-3 objects;
+the background patches come back linearly until step 1000, after which every batch is the full task
+with all 576 tokens, as at inference. (Step counts, not fractions of ``--steps``, so that a run can be
+extended with a larger ``--steps`` without going back to an earlier stage.)
 
 The checkpoint directory is a ``save_pretrained`` directory (model + processor); training resumes from
 ``--out``/``train_state.pt`` when it exists.
@@ -90,23 +91,22 @@ class TrainConfig:
     orthogonal_weight: float = 10.0
     cls_weight: float = 0.2
     temperature: float = 0.07
-    one_object: float = 0.1
-    few_objects: float = 0.3
-    background_ramp: float = 0.5
+    one_object_steps: int = 200
+    few_objects_steps: int = 600
+    background_steps: int = 1000
     seed: int = 0
     threads: int = 2
 
     def stage(self, step: int) -> dict[str, Any]:
         """The curriculum at ``step`` (module docstring): objects per image, sign probability, caption
         probability and the share of background patches the language model sees."""
-        progress = step / max(1, self.steps)
-        if progress < self.one_object:
+        if step < self.one_object_steps:
             objects, text, caption = 1, 0.0, 1.0
-        elif progress < self.few_objects:
+        elif step < self.few_objects_steps:
             objects, text, caption = (1, 3), self.text_probability, 1.0
         else:
             objects, text, caption = (2, 6), self.text_probability, self.caption_probability
-        background = 1.0 if progress >= self.background_ramp else progress / self.background_ramp
+        background = 1.0 if step >= self.background_steps else step / self.background_steps
         return {"objects": objects, "text": text, "caption": caption, "background": background}
 
 
