@@ -127,6 +127,39 @@ class TestTrainingPieces:
         assert {CONCEPTS[i] for i in np.flatnonzero(grid[row, col])} == {"yellow", "sign", "CAT"}
         assert grid[0, GRID - 1, index["background"]] and grid[0, GRID - 1].sum() == 1
         assert {CONCEPTS[i] for i in np.flatnonzero(present)} == {"red", "square", "yellow", "sign", "CAT"}
+        again, _, owner, named = concept_targets(Scene(objects=(square,), texts=(sign,)), index, items=True)
+        assert np.array_equal(again, patch)
+        assert np.array_equal(owner == 0, patch[:, index["background"]])
+        assert np.array_equal(owner == 1, patch[:, index["square"]]) and np.array_equal(
+            owner == 2, patch[:, index["CAT"]]
+        )
+        assert [{CONCEPTS[i] for i in np.flatnonzero(row)} for row in named] == [
+            {"red", "square"},
+            {"yellow", "sign", "CAT"},
+        ]
+
+    def test_object_alignment_is_the_mean_of_each_items_patches(self, processor):
+        model = build_model(0).eval()
+        cfg = TrainConfig(batch_size=3, **NO_CURRICULUM)
+        batches = Batches(cfg, processor)
+        batch = batches(1)
+        with torch.no_grad():
+            got = losses(model, batch, batches.concept_ids, cfg)["objects"]
+            patches = model.model.multi_modal_projector(
+                model.model.vision_tower(batch["pixel_values"]).last_hidden_state
+            )
+            words = torch.nn.functional.normalize(model.get_input_embeddings().weight[batches.concept_ids], dim=-1)
+            terms = []
+            for j in range(3):
+                for k in range(1, int(batch["owner"][j].max()) + 1):
+                    mine = batch["owner"][j] == k
+                    if not mine.any():
+                        continue
+                    mean = torch.nn.functional.normalize(patches[j, 1:][mine].mean(0), dim=-1)
+                    logp = (words @ mean / cfg.temperature).log_softmax(-1)
+                    target = batch["item_concepts"][j, k - 1]
+                    terms.append(-logp[target].mean())
+        torch.testing.assert_close(got, torch.stack(terms).mean())
 
     def test_batches_are_deterministic_and_label_only_answers(self, processor):
         batches = Batches(TrainConfig(batch_size=2, **NO_CURRICULUM), processor)

@@ -6,7 +6,7 @@ Run it from the repository root (seeded: the same command gives the same weights
 
 What it does, in LLaVA's terms: visual instruction tuning in which every parameter trains
 (nothing is pretrained here), on images with several question/answer turns each (LLaVA's multi-turn
-conversations; the loss is on the answers only), plus two grounding losses that play the part of LLaVA's
+conversations; the loss is on the answers only), plus grounding losses that play the part of LLaVA's
 caption pre-training of the projector:
 
 * **patch alignment**: each projected visual token is pulled, by an InfoNCE loss over the scene
@@ -18,6 +18,11 @@ caption pre-training of the projector:
   A second term keeps every token *orthogonal* to the words that name nothing visual (``Is``, ``the``,
   ``?``, ...): without it, InfoNCE alone made object tokens anti-aligned with those words (cosine about
   -0.2 each), so a mean-pooled question pointed away from the very object it names.
+* **object alignment**: the mean of an object's (or sign's) patch tokens is pulled the same way towards
+  its words. Per patch, an interior patch of a square looks like one of a circle and must learn the shape
+  from its neighbours, which a ViT trained from scratch does slowly; the mean over the object's patches
+  includes the edge patches that see its outline (in a vision-only probe of 150 steps this doubled the
+  share of objects whose mean token is nearest their own shape word, 0.15 to 0.28).
 * **CLS grounding**: the projected CLS token predicts which concepts occur in the image (multi-label),
   so the CLS attention of the last vision layer, which FasterVLM and VisionZip read, attends to objects.
 
@@ -88,6 +93,7 @@ class TrainConfig:
     text_probability: float = 0.6
     align_weight: float = 0.5
     balance_patches: bool = True
+    object_weight: float = 0.5
     orthogonal_weight: float = 10.0
     cls_weight: float = 0.2
     temperature: float = 0.07
@@ -110,11 +116,14 @@ class TrainConfig:
         return {"objects": objects, "text": text, "caption": caption, "background": background}
 
 
-def concept_targets(scene: Scene, concept_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+def concept_targets(scene: Scene, concept_index: dict[str, int], *, items: bool = False) -> tuple[np.ndarray, ...]:
     """Per patch of the 24 x 24 grid, the concepts it shows; and the concepts present in the image.
 
     Returns ``(patch, present)``: ``patch`` is ``(576, C)`` bool (row-major patches), ``present`` ``(C,)``.
-    A patch belongs to an object or sign when at least a quarter of its pixels do.
+    A patch belongs to an object or sign when at least a quarter of its pixels do (to the last drawn
+    when two overlap). With ``items=True`` also ``(owner, named)``: ``owner`` ``(576,)`` int, 0 for
+    background and ``k`` for the k-th object (objects first, then signs), and ``named`` ``(K, C)`` bool,
+    the concepts of item ``k`` in row ``k - 1``.
     """
     size = scene.image_size
     ids = Image.new("L", (size, size), 0)
@@ -140,7 +149,12 @@ def concept_targets(scene: Scene, concept_index: dict[str, int]) -> tuple[np.nda
             patch[hit, concept_index[word]] = True
             present[concept_index[word]] = True
     patch[owner == 0, concept_index["background"]] = True
-    return patch, present
+    if not items:
+        return patch, present
+    named = np.zeros((len(names), len(concept_index)), dtype=bool)
+    for k, words in enumerate(names):
+        named[k, [concept_index[w] for w in words]] = True
+    return patch, present, owner, named
 
 
 CAPTION_QUESTION = "Describe the image , listing each object ."
@@ -205,7 +219,7 @@ class Batches:
         turns = _turns(scene, rng, int(rng.integers(cfg.turns[0], cfg.turns[1] + 1)))
         if rng.random() < stage["caption"]:  # last, so no question can be answered from its text
             turns.append((CAPTION_QUESTION, caption(scene)))
-        patch, present = concept_targets(scene, self.concept_index)
+        patch, present, owner, named = concept_targets(scene, self.concept_index, items=True)
         background = patch[:, self.concept_index["background"]]
         keep = ~background | (rng.random(GRID * GRID) < stage["background"])
         head = self._ids("USER:")
@@ -226,6 +240,8 @@ class Batches:
             "keep": keep,
             "patch": patch,
             "present": present,
+            "owner": owner,
+            "named": named,
         }
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
@@ -237,7 +253,9 @@ class Batches:
         labels = torch.full((B, width), -100, dtype=torch.long)
         mask = torch.zeros(B, width, dtype=torch.long)
         positions = torch.zeros(B, width, dtype=torch.long)
+        named = torch.zeros(B, max(len(e["named"]) for e in examples), len(self.concept_index), dtype=torch.bool)
         for j, e in enumerate(examples):
+            named[j, : len(e["named"])] = torch.from_numpy(e["named"])
             n = len(e["ids"])
             ids[j, :n], labels[j, :n], mask[j, :n] = torch.tensor(e["ids"]), torch.tensor(e["labels"]), 1
             positions[j, :n] = torch.tensor(e["positions"])
@@ -250,6 +268,8 @@ class Batches:
             "keep": torch.from_numpy(np.stack([e["keep"] for e in examples])),
             "patch_concepts": torch.from_numpy(np.stack([e["patch"] for e in examples])),
             "present": torch.from_numpy(np.stack([e["present"] for e in examples])).float(),
+            "owner": torch.from_numpy(np.stack([e["owner"] for e in examples])),
+            "item_concepts": named,
         }
 
 
@@ -279,15 +299,35 @@ def losses(model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor
     if cfg.balance_patches:  # object/sign patches and background patches weigh the same
         background = targets[..., CONCEPTS.index("background")]
         align = 0.5 * (align[background].mean() + align[~background].mean()) if (~background).any() else align
+    # object alignment: the mean of an object's (or sign's) patch tokens names it, so edge patches that see
+    # its outline can carry its shape without every interior patch having to
+    items = batch["item_concepts"]  # (B, K, C)
+    member = F.one_hot(batch["owner"], items.shape[1] + 1)[..., 1:].to(patches.dtype)  # (B, 576, K)
+    counts = member.sum(1)  # (B, K)
+    pooled = torch.einsum("bnk,bnh->bkh", member, patches) / counts.clamp(min=1)[..., None]
+    item_logp = (F.normalize(pooled, dim=-1) @ words[concept_ids].T / cfg.temperature).log_softmax(-1)
+    real = counts > 0
+    item_loss = -(item_logp * items).sum(-1) / items.sum(-1).clamp(min=1)  # (B, K)
+    objects = item_loss[real].mean() if real.any() else patches.sum() * 0
     other = torch.ones(words.shape[0], dtype=torch.bool, device=words.device)
     other[concept_ids] = False
     orthogonal = cosines[..., other].pow(2).mean()  # words that name nothing visual: cosine 0, not negative
     cls_logits = F.normalize(cls, dim=-1) @ words[concept_ids].T / cfg.temperature
     grounding = F.binary_cross_entropy_with_logits(cls_logits, batch["present"])
     total = (
-        out.loss + cfg.align_weight * (align.mean() + cfg.orthogonal_weight * orthogonal) + cfg.cls_weight * grounding
+        out.loss
+        + cfg.align_weight * (align.mean() + cfg.orthogonal_weight * orthogonal)
+        + cfg.object_weight * objects
+        + cfg.cls_weight * grounding
     )
-    return {"total": total, "answer": out.loss, "align": align.mean(), "orthogonal": orthogonal, "cls": grounding}
+    return {
+        "total": total,
+        "answer": out.loss,
+        "align": align.mean(),
+        "objects": objects,
+        "orthogonal": orthogonal,
+        "cls": grounding,
+    }
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
