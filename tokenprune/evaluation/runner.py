@@ -444,6 +444,9 @@ def _distributed(device: str | torch.device) -> Iterator[_Shard]:
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
         yield _Shard(dist.get_rank(), dist.get_world_size(), local_rank, owned=True)
+        # leave together, after rank 0 has merged: once, on a loaded machine, rank 1 aborted while tearing
+        # gloo down early (SIGABRT, "terminate called without an active exception"); not reproduced since
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
