@@ -274,7 +274,7 @@ class Batches:
 
 
 def losses(model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor, cfg: TrainConfig) -> dict:
-    """The answer loss and the grounding losses (alignment, orthogonality, CLS) of one batch (module docstring)."""
+    """The answer loss and the grounding losses (patch and object alignment, orthogonality, CLS) of one batch."""
     inner = model.model
     hidden = inner.vision_tower(batch["pixel_values"]).last_hidden_state  # == hidden_states[-1]
     projected = inner.multi_modal_projector(hidden)  # (B, 577, H): CLS + 576 patches
