@@ -306,9 +306,9 @@ def losses(model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor
     counts = member.sum(1)  # (B, K)
     pooled = torch.einsum("bnk,bnh->bkh", member, patches) / counts.clamp(min=1)[..., None]
     item_logp = (F.normalize(pooled, dim=-1) @ words[concept_ids].T / cfg.temperature).log_softmax(-1)
-    real = counts > 0
-    item_loss = -(item_logp * items).sum(-1) / items.sum(-1).clamp(min=1)  # (B, K)
-    objects = item_loss[real].mean() if real.any() else patches.sum() * 0
+    real = (counts > 0).to(patches.dtype)  # padded item rows and items with no patch of their own: 0
+    item_loss = -(item_logp * items).sum(-1) / items.sum(-1).clamp(min=1)  # (B, K), finite everywhere
+    objects = (item_loss * real).sum() / real.sum().clamp(min=1)
     other = torch.ones(words.shape[0], dtype=torch.bool, device=words.device)
     other[concept_ids] = False
     orthogonal = cosines[..., other].pow(2).mean()  # words that name nothing visual: cosine 0, not negative
