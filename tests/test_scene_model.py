@@ -28,7 +28,19 @@ from tokenprune.scenes.model import (
     model_config,
     vocabulary,
 )
-from tokenprune.scenes.train import CAPTION_QUESTION, Batches, TrainConfig, concept_targets, evaluate, losses, train
+from tokenprune.scenes.questions import Question
+from tokenprune.scenes.train import (
+    ATTENTION_SLOTS,
+    CAPTION_QUESTION,
+    Batches,
+    TrainConfig,
+    attention_rows,
+    attention_targets,
+    concept_targets,
+    evaluate,
+    losses,
+    train,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -221,6 +233,103 @@ class TestTrainingPieces:
         assert batch["keep"].all()
         torch.testing.assert_close(parts["answer"], reference)
         assert parts["align"] > 0 and parts["cls"] > 0
+
+
+class TestAttentionSupervision:
+    SCENE = Scene(
+        objects=(
+            SceneObject.of("circle", "red", "medium", (60, 60)),
+            SceneObject.of("circle", "blue", "small", (260, 60)),
+            SceneObject.of("star", "green", "large", (80, 250)),
+        ),
+        texts=(TextItem("CAT", (250, 260), panel="white"),),
+    )
+
+    @pytest.mark.parametrize(
+        ("question", "family", "target", "answer", "object_items", "sink"),
+        [
+            ("Is there a red circle in the image?", "existence", "red circle", "yes", {1: 1.0}, 0.0),
+            ("Is there a red star in the image?", "existence", "red star", "no", {}, 1.0),
+            ("What colour is the star?", "attribute", "green star", "green", {3: 1.0}, 0.0),
+            ("How many circles are there in the image?", "counting", "circle", "2", {1: 1 / 3, 2: 1 / 3}, 1 / 3),
+            ("How many shapes are there in the image?", "counting", None, "3", {1: 0.25, 2: 0.25, 3: 0.25}, 0.25),
+            ("How many crosses are there in the image?", "counting", "cross", "0", {}, 1.0),
+            ("What is written on the sign?", "text", "CAT", "CAT", {4: 1.0}, 0.0),
+        ],
+    )
+    def test_the_answer_attends_to_what_the_question_is_about(
+        self, question, family, target, answer, object_items, sink
+    ):
+        got = attention_targets(self.SCENE, Question(question, answer, family, (answer,), target=target))
+        items, share = got["object"]
+        assert items == pytest.approx(object_items) and share == pytest.approx(sink)
+        assert "second" not in got
+
+    def test_spatial_questions_attend_to_both_objects(self):
+        yes_no = Question(
+            "Is the red circle to the left of the blue circle?", "yes", "spatial", ("yes",),
+            target="red circle|to the left of|blue circle",
+        )  # fmt: skip
+        assert attention_targets(self.SCENE, yes_no) == {"object": ({1: 1.0}, 0.0), "second": ({2: 1.0}, 0.0)}
+        what = Question(
+            "What is below the red circle?", "green star", "spatial", ("green star", "star"),
+            target="?|below|red circle",
+        )  # fmt: skip
+        assert attention_targets(self.SCENE, what) == {"object": ({3: 1.0}, 0.0), "second": ({1: 1.0}, 0.0)}
+
+    def test_every_generated_question_has_a_target_distribution(self):
+        from tokenprune.scenes.train import _turns
+
+        for seed in range(40):
+            scene = make_dataset(1, seed=seed, split="train")[0].scene
+            for question in _turns(scene, np.random.default_rng(seed), 12):
+                for items, sink in attention_targets(scene, question).values():
+                    assert sum(items.values()) + sink == pytest.approx(1.0)
+                    assert all(1 <= k <= len(scene.objects) + len(scene.texts) for k in items)
+                if question.family == "existence":
+                    assert (attention_targets(scene, question)["object"][1] == 1.0) == (question.answer == "no")
+
+    def test_batch_rows_point_at_kept_patches_of_the_item_or_the_option(self, processor):
+        batches = Batches(TrainConfig(batch_size=2), processor)
+        batch = batches(900)
+        tokenizer = processor.tokenizer
+        image = batch["input_ids"] == batches.image_id
+        assert (batch["slots"] >= 0).any()
+        for j in range(2):
+            for r in torch.nonzero(batch["slots"][j] >= 0).flatten().tolist():
+                row, query = batch["attention"][j, r], int(batch["queries"][j, r])
+                assert row.sum() == pytest.approx(1.0)
+                assert not row[query + 1 :].any()  # causal: nothing after the query position
+                assert tokenizer.convert_ids_to_tokens(int(batch["labels"][j, query + 1])) != "<pad>"
+                where = torch.nonzero(row).flatten()
+                if int(batch["slots"][j, r]) == list(ATTENTION_SLOTS).index("option"):
+                    assert len(where) == 1 and not image[j, where[0]]
+                else:
+                    assert all(int(w) == 0 or bool(image[j, w]) for w in where)  # the sink or visual tokens
+
+    def test_attention_rows_equal_the_models_eager_attention(self, processor):
+        model = build_model(0).eval()
+        model.config.text_config._attn_implementation = "eager"
+        batch = Batches(TrainConfig(batch_size=2), processor)(700)
+        layer, head = ATTENTION_SLOTS["object"]
+        attn = model.model.language_model.layers[layer].self_attn
+        captured = {}
+        hook = attn.register_forward_pre_hook(lambda m, a, k: captured.update(k), with_kwargs=True)
+        with torch.no_grad():
+            out = model.model.language_model(
+                inputs_embeds=model.get_input_embeddings()(batch["input_ids"]),
+                attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"],
+                output_attentions=True,
+            )
+        hook.remove()
+        queries = batch["queries"]
+        mine = attention_rows(
+            attn, captured["hidden_states"], captured["position_embeddings"], head, queries, batch["attention_mask"]
+        ).exp()
+        eager = out.attentions[layer][:, head]
+        expected = eager.gather(1, queries[..., None].expand(-1, -1, eager.shape[-1]))
+        torch.testing.assert_close(mine, expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.skipif(not (MODEL_DIR / "config.json").is_file(), reason="the trained scene-llava is not in the package")

@@ -60,10 +60,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from tokenprune.errors import InputError
-from tokenprune.scenes.description import Scene
+from tokenprune.scenes.description import SHAPES, Scene
 from tokenprune.scenes.generator import generate_scene, make_dataset, scene_seed
 from tokenprune.scenes.model import CONCEPTS, GRID, PATCH_SIZE, build_model, build_processor
-from tokenprune.scenes.questions import FAMILIES, ask
+from tokenprune.scenes.questions import _RELATIONS, FAMILIES, Question, ask
 from tokenprune.scenes.render import draw_shape, render_scene
 
 __all__ = ["TrainConfig", "alignment_report", "concept_targets", "evaluate", "main", "train"]
@@ -96,6 +96,9 @@ class TrainConfig:
     object_weight: float = 0.5
     orthogonal_weight: float = 10.0
     cls_weight: float = 0.2
+    attention_weight: float = 0.5
+    position_weight: float = 1.0
+    bf16: bool = True
     temperature: float = 0.07
     one_object_steps: int = 200
     few_objects_steps: int = 600
@@ -175,7 +178,78 @@ def caption(scene: Scene) -> str:
     return " , ".join(name for _, name in items)
 
 
-def _turns(scene: Scene, rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
+#: The attention heads whose attention, at the positions that predict an answer, is supervised
+#: (:func:`attention_targets`): ``slot -> (decoder layer, head)``.
+ATTENTION_SLOTS: dict[str, tuple[int, int]] = {"object": (2, 0), "second": (1, 0), "option": (3, 0)}
+SLOT_INDEX = {slot: i for i, slot in enumerate(ATTENTION_SLOTS)}
+
+
+def attention_targets(scene: Scene, question: Question) -> dict[str, tuple[dict[int, float], float]]:
+    """Where the answer's attention should go, per supervised head (:data:`ATTENTION_SLOTS`).
+
+    Returns ``{slot: (items, sink)}``: ``items`` maps an item of :func:`concept_targets`'s owner map
+    (``k`` = the k-th object, objects first, then signs) to the share of attention its patches should get
+    together, and ``sink`` the share of the first token (the "nothing here" place): all of it when an
+    existence question names an absent object; one share beside one per counted object, so that the
+    sink's share, ``1 / (n + 1)``, tells the count. ``"object"`` is what the question asks about (the
+    named object, the counted ones, the sign to read, the option that is right; ``X`` of "What is left of
+    B?"), ``"second"`` the reference object ``B`` of a spatial question. (The ``"option"`` slot of a
+    multiple-choice question points at a text token; :class:`Batches` places it.)
+
+    >>> from tokenprune.scenes import Scene, SceneObject
+    >>> scene = Scene(objects=(SceneObject.of("circle", "red", "small", (60, 60)),
+    ...                        SceneObject.of("circle", "blue", "small", (250, 60))))
+    >>> attention_targets(scene, Question("How many circles are there in the image?", "2", "counting",
+    ...                                   ("2",), target="circle"))["object"]
+    ({1: 0.333..., 2: 0.333...}, 0.333...)
+    """
+    objects = scene.objects
+
+    def match(colour: str | None = None, shape: str | None = None) -> list[int]:
+        return [
+            k
+            for k, o in enumerate(objects, start=1)
+            if (colour is None or o.colour == colour) and (shape is None or o.shape == shape)
+        ]
+
+    def named(name: str) -> list[int]:
+        colour, shape = name.split(" ", 1)
+        return match(colour, shape)
+
+    def spread(items: list[int], count: bool = False) -> tuple[dict[int, float], float]:
+        n = len(items) + int(count)
+        return ({k: 1.0 / n for k in items}, 1.0 / n if count else 0.0) if n else ({}, 1.0)
+
+    family, target = question.family, question.target
+    if family == "existence" or family == "attribute":
+        return {"object": spread(named(target))}
+    if family == "counting":
+        if target is None:
+            return {"object": spread(match(), count=True)}
+        return {"object": spread(match(shape=target) if target in SHAPES else match(colour=target), count=True)}
+    if family == "spatial":
+        a, relation, b = target.split("|")
+        second = named(b)
+        if a != "?":
+            return {"object": spread(named(a)), "second": spread(second)}
+        true = _RELATIONS[relation][0]
+        box = objects[second[0] - 1].bbox
+        hits = [k for k in named(question.answer) if true(objects[k - 1].bbox, box)]
+        return {"object": spread(hits), "second": spread(second)}
+    if family == "text":
+        signs = [len(objects) + k for k, t in enumerate(scene.texts, start=1) if t.text == target]
+        return {"object": spread(signs or named(target))}
+    stem, correct = question.text.split("\n", 1)[0], question.target  # multiple choice
+    if stem.startswith("Which of these shapes"):
+        return {"object": spread(match(shape=correct))}
+    if stem.startswith("Which of these colours"):
+        return {"object": spread(match(colour=correct))}
+    if stem.startswith("What colour is the "):
+        return {"object": spread(match(shape=stem[len("What colour is the ") : -1]))}
+    return {"object": spread(match(), count=True)}  # "How many shapes are there in the image?"
+
+
+def _turns(scene: Scene, rng: np.random.Generator, count: int) -> list[Question]:
     families = list(FAMILY_WEIGHTS)
     p = np.array([FAMILY_WEIGHTS[f] for f in families])
     seen, out = set(), []
@@ -185,7 +259,7 @@ def _turns(scene: Scene, rng: np.random.Generator, count: int) -> list[tuple[str
         if question is None or question.text in seen:
             continue
         seen.add(question.text)
-        out.append((question.text, question.answer))
+        out.append(question)
         if len(out) == count:
             break
     return out
@@ -216,7 +290,8 @@ class Batches:
         rng = np.random.default_rng([s_seed, 7])
         with_text = bool(rng.random() < stage["text"])
         scene = generate_scene(s_seed, text=with_text, n_objects=stage["objects"])
-        turns = _turns(scene, rng, int(rng.integers(cfg.turns[0], cfg.turns[1] + 1)))
+        questions = _turns(scene, rng, int(rng.integers(cfg.turns[0], cfg.turns[1] + 1)))
+        turns = [(q.text, q.answer) for q in questions]
         if rng.random() < stage["caption"]:  # last, so no question can be answered from its text
             turns.append((CAPTION_QUESTION, caption(scene)))
         patch, present, owner, named = concept_targets(scene, self.concept_index, items=True)
@@ -226,12 +301,37 @@ class Batches:
         ids = head + [self.image_id] * int(keep.sum())
         positions = list(range(len(head))) + [len(head) + int(i) for i in np.flatnonzero(keep)]
         labels = [-100] * len(ids)
+        kept_owner = owner[keep]  # the item of each visual token the language model sees, in order
+        rows: list[tuple[int, int, dict[int, float], float]] = []  # (query position, slot, items, sink)
         for k, (question, answer) in enumerate(turns):
             prompt = self._ids(("\n" if k == 0 else "USER: ") + question + " ASSISTANT:")
             reply = [*self._ids(answer), self.eos]
+            if k < len(questions):  # the positions that predict the answer's words (not its </s>)
+                queries = range(len(ids) + len(prompt) - 1, len(ids) + len(prompt) + len(reply) - 2)
+                targets = attention_targets(scene, questions[k])
+                for slot, (items, sink) in targets.items():
+                    rows += [(q, SLOT_INDEX[slot], items, sink) for q in queries]
+                if questions[k].family == "multiple_choice":
+                    option = self._option_position(prompt, questions[k])
+                    rows += [(q, SLOT_INDEX["option"], {-1 - (len(ids) + option): 1.0}, 0.0) for q in queries]
             ids += prompt + reply
             labels += [-100] * len(prompt) + reply
         positions += range(len(head) + GRID * GRID, len(head) + GRID * GRID + len(ids) - len(positions))
+        attention = np.zeros((len(rows), len(ids)), dtype=np.float32)
+        slots = np.zeros(len(rows), dtype=np.int64)
+        for r, (_, slot, items, sink) in enumerate(rows):
+            slots[r] = slot
+            attention[r, 0] = sink
+            for item, share in items.items():
+                if item < 0:  # a text position (the right option of a multiple-choice question)
+                    attention[r, -1 - item] = share
+                    continue
+                where = np.flatnonzero(kept_owner == item)
+                if len(where):
+                    attention[r, len(head) + where] = share / len(where)
+            attention[r] /= max(attention[r].sum(), 1e-9)  # an item with no kept patch: the rest renormalised
+        queries_at = np.array([r[0] for r in rows], dtype=np.int64)
+        valid = attention.sum(1) > 0.5
         return {
             "image": render_scene(scene),
             "ids": ids,
@@ -242,7 +342,19 @@ class Batches:
             "present": present,
             "owner": owner,
             "named": named,
+            "queries": queries_at[valid],
+            "slots": slots[valid],
+            "attention": attention[valid],
         }
+
+    def _option_position(self, prompt: list[int], question: Question) -> int:
+        """Index in ``prompt`` of the right option's word (``circle`` in ``B . circle``)."""
+        letter = "ABCD"[question.choices.index(question.target)]
+        want = self.tokenizer.convert_tokens_to_ids(["\n", letter, "."])
+        for i in range(len(prompt) - 3):
+            if prompt[i : i + 3] == want:
+                return i + 3
+        raise AssertionError(f"option {letter} not found in {question.text!r}")  # pragma: no cover
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
         B = self.config.batch_size
@@ -254,7 +366,14 @@ class Batches:
         mask = torch.zeros(B, width, dtype=torch.long)
         positions = torch.zeros(B, width, dtype=torch.long)
         named = torch.zeros(B, max(len(e["named"]) for e in examples), len(self.concept_index), dtype=torch.bool)
+        rows = max(len(e["queries"]) for e in examples)
+        queries = torch.zeros(B, rows, dtype=torch.long)
+        slots = torch.full((B, rows), -1, dtype=torch.long)  # -1: padding row
+        attention = torch.zeros(B, rows, width)
         for j, e in enumerate(examples):
+            r = len(e["queries"])
+            queries[j, :r], slots[j, :r] = torch.from_numpy(e["queries"]), torch.from_numpy(e["slots"])
+            attention[j, :r, : e["attention"].shape[1]] = torch.from_numpy(e["attention"])
             named[j, : len(e["named"])] = torch.from_numpy(e["named"])
             n = len(e["ids"])
             ids[j, :n], labels[j, :n], mask[j, :n] = torch.tensor(e["ids"]), torch.tensor(e["labels"]), 1
@@ -270,11 +389,51 @@ class Batches:
             "present": torch.from_numpy(np.stack([e["present"] for e in examples])).float(),
             "owner": torch.from_numpy(np.stack([e["owner"] for e in examples])),
             "item_concepts": named,
+            "queries": queries,
+            "slots": slots,
+            "attention": attention,
         }
 
 
-def losses(model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor, cfg: TrainConfig) -> dict:
-    """The answer loss and the grounding losses (patch and object alignment, orthogonality, CLS) of one batch."""
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def attention_rows(
+    attn: torch.nn.Module,
+    hidden: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    head: int,
+    queries: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Log attention probabilities of one head of a Llama attention module at ``queries``.
+
+    ``hidden`` ``(B, S, H)`` is the module's input (after the layer norm), ``rope`` its ``(cos, sin)``,
+    ``queries`` ``(B, R)`` positions, ``mask`` ``(B, S)`` the attention mask. Returns ``(B, R, S)``,
+    computed as the module computes its attention (causal, RoPE, ``head_dim ** -0.5``), for this one
+    head only, so no attention map of the whole layer is ever built.
+    """
+    dim = attn.head_dim
+    rows = slice(head * dim, (head + 1) * dim)
+    cos, sin = rope
+    gather = queries[..., None].expand(-1, -1, dim)
+    q = F.linear(hidden.gather(1, queries[..., None].expand(-1, -1, hidden.shape[-1])), attn.q_proj.weight[rows])
+    q = q * cos.gather(1, gather) + _rotate_half(q) * sin.gather(1, gather)
+    k = F.linear(hidden, attn.k_proj.weight[rows])
+    k = k * cos + _rotate_half(k) * sin
+    scores = (q @ k.transpose(1, 2)).float() * attn.scaling  # (B, R, S)
+    span = torch.arange(hidden.shape[1], device=hidden.device)
+    allowed = (span[None, None, :] <= queries[..., None]) & mask[:, None, :].bool()
+    return scores.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+
+
+def losses(
+    model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor, cfg: TrainConfig, probe: Any = None
+) -> dict:
+    """The answer loss and the grounding losses (patch and object alignment, orthogonality, CLS, answer
+    attention, positions) of one batch."""
     inner = model.model
     hidden = inner.vision_tower(batch["pixel_values"]).last_hidden_state  # == hidden_states[-1]
     projected = inner.multi_modal_projector(hidden)  # (B, 577, H): CLS + 576 patches
@@ -282,43 +441,79 @@ def losses(model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor
     embed = inner.get_input_embeddings()
     ids = batch["input_ids"]
     image = ids == model.config.image_token_id
-    embeds = embed(ids).masked_scatter(image.unsqueeze(-1), patches[batch["keep"]])  # kept patches, in order
-    out = model(
-        inputs_embeds=embeds,
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],  # those of the full sequence: dropped patches leave gaps
-        labels=batch["labels"],
-    )
+    inputs = embed(ids)
+    kept = patches[batch["keep"]].to(inputs.dtype)
+    embeds = inputs.masked_scatter(image.unsqueeze(-1), kept)  # kept patches, in order
+    captured: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+    layers = inner.language_model.layers
+    hooks = [
+        layers[i].self_attn.register_forward_pre_hook(
+            lambda module, args, kwargs, i=i: captured.__setitem__(
+                i, (kwargs["hidden_states"], kwargs["position_embeddings"])
+            ),
+            with_kwargs=True,
+        )
+        for i in sorted({layer for layer, _ in ATTENTION_SLOTS.values()})
+    ]
+    try:
+        out = model(
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],  # those of the full sequence: dropped patches leave gaps
+            labels=batch["labels"],
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    attention = torch.zeros((), device=ids.device)
+    slots, queries, wanted = batch["slots"], batch["queries"], batch["attention"]
+    for index, (layer, head) in enumerate(ATTENTION_SLOTS.values()):
+        rows = slots == index
+        if not bool(rows.any()):
+            continue
+        states, rope = captured[layer]
+        logp = attention_rows(layers[layer].self_attn, states, rope, head, queries, batch["attention_mask"])
+        nll = -(wanted * logp.clamp(min=-1e4)).sum(-1)  # (B, R); -inf where the target is 0 contributes 0
+        attention = attention + (nll * rows).sum() / rows.sum()
+    position = torch.zeros((), device=ids.device)
+    if probe is not None:  # each visual token says where it is (spatial questions compare positions)
+        grid = torch.arange(GRID, device=ids.device, dtype=torch.float32) / (GRID - 1)
+        where = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(1, GRID * GRID, 2)
+        position = F.mse_loss(probe(patches.float()), where.expand(len(patches), -1, -1))
 
-    words = F.normalize(embed.weight, dim=-1)  # (V, H)
-    unit = F.normalize(patches, dim=-1)
-    cosines = unit @ words.T  # (B, 576, V)
-    logp = (cosines[..., concept_ids] / cfg.temperature).log_softmax(-1)  # (B, 576, C)
-    targets = batch["patch_concepts"]
-    align = -(logp * targets).sum(-1) / targets.sum(-1).clamp(min=1)  # (B, 576)
-    if cfg.balance_patches:  # object/sign patches and background patches weigh the same
-        background = targets[..., CONCEPTS.index("background")]
-        align = 0.5 * (align[background].mean() + align[~background].mean()) if (~background).any() else align
-    # object alignment: the mean of an object's (or sign's) patch tokens names it, so edge patches that see
-    # its outline can carry its shape without every interior patch having to
-    items = batch["item_concepts"]  # (B, K, C)
-    member = F.one_hot(batch["owner"], items.shape[1] + 1)[..., 1:].to(patches.dtype)  # (B, 576, K)
-    counts = member.sum(1)  # (B, K)
-    pooled = torch.einsum("bnk,bnh->bkh", member, patches) / counts.clamp(min=1)[..., None]
-    item_logp = (F.normalize(pooled, dim=-1) @ words[concept_ids].T / cfg.temperature).log_softmax(-1)
-    real = (counts > 0).to(patches.dtype)  # padded item rows and items with no patch of their own: 0
-    item_loss = -(item_logp * items).sum(-1) / items.sum(-1).clamp(min=1)  # (B, K), finite everywhere
-    objects = (item_loss * real).sum() / real.sum().clamp(min=1)
-    other = torch.ones(words.shape[0], dtype=torch.bool, device=words.device)
-    other[concept_ids] = False
-    orthogonal = cosines[..., other].pow(2).mean()  # words that name nothing visual: cosine 0, not negative
-    cls_logits = F.normalize(cls, dim=-1) @ words[concept_ids].T / cfg.temperature
-    grounding = F.binary_cross_entropy_with_logits(cls_logits, batch["present"])
+    with torch.autocast(patches.device.type, enabled=False):
+        patches, cls = patches.float(), cls.float()  # the alignment terms in float32 (temperature 0.07)
+        words = F.normalize(embed.weight.float(), dim=-1)  # (V, H)
+        unit = F.normalize(patches, dim=-1)
+        cosines = unit @ words.T  # (B, 576, V)
+        logp = (cosines[..., concept_ids] / cfg.temperature).log_softmax(-1)  # (B, 576, C)
+        targets = batch["patch_concepts"]
+        align = -(logp * targets).sum(-1) / targets.sum(-1).clamp(min=1)  # (B, 576)
+        if cfg.balance_patches:  # object/sign patches and background patches weigh the same
+            background = targets[..., CONCEPTS.index("background")]
+            align = 0.5 * (align[background].mean() + align[~background].mean()) if (~background).any() else align
+        # object alignment: the mean of an object's (or sign's) patch tokens names it, so edge patches that see
+        # its outline can carry its shape without every interior patch having to
+        items = batch["item_concepts"]  # (B, K, C)
+        member = F.one_hot(batch["owner"], items.shape[1] + 1)[..., 1:].to(patches.dtype)  # (B, 576, K)
+        counts = member.sum(1)  # (B, K)
+        pooled = torch.einsum("bnk,bnh->bkh", member, patches) / counts.clamp(min=1)[..., None]
+        item_logp = (F.normalize(pooled, dim=-1) @ words[concept_ids].T / cfg.temperature).log_softmax(-1)
+        real = (counts > 0).to(patches.dtype)  # padded item rows and items with no patch of their own: 0
+        item_loss = -(item_logp * items).sum(-1) / items.sum(-1).clamp(min=1)  # (B, K), finite everywhere
+        objects = (item_loss * real).sum() / real.sum().clamp(min=1)
+        other = torch.ones(words.shape[0], dtype=torch.bool, device=words.device)
+        other[concept_ids] = False
+        orthogonal = cosines[..., other].pow(2).mean()  # words that name nothing visual: cosine 0, not negative
+        cls_logits = F.normalize(cls, dim=-1) @ words[concept_ids].T / cfg.temperature
+        grounding = F.binary_cross_entropy_with_logits(cls_logits, batch["present"])
     total = (
         out.loss
         + cfg.align_weight * (align.mean() + cfg.orthogonal_weight * orthogonal)
         + cfg.object_weight * objects
         + cfg.cls_weight * grounding
+        + cfg.attention_weight * attention
+        + cfg.position_weight * position
     )
     return {
         "total": total,
@@ -327,6 +522,8 @@ def losses(model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor
         "objects": objects,
         "orthogonal": orthogonal,
         "cls": grounding,
+        "attention": attention,
+        "position": position,
     }
 
 
@@ -368,8 +565,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     processor = build_processor()
     model = build_model(cfg.seed).to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
+    probe = torch.nn.Linear(model.config.text_config.hidden_size, 2).to(device)  # not shipped: training aid
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2] + [probe.weight]
+    rest = [p for n, p in model.named_parameters() if p.ndim < 2] + [probe.bias]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=cfg.lr,
@@ -388,6 +586,7 @@ def train(
                 f"changes {changed} (saved, given): train into a new --out instead"
             )
         model.load_state_dict(state["model"])
+        probe.load_state_dict(state["probe"])
         optimizer.load_state_dict(state["optimizer"])
         start, log = state["step"], state["log"]
         print(f"resumed at step {start}", flush=True)
@@ -406,7 +605,8 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, cfg)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        parts = losses(model, batch, concept_ids, cfg)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            parts = losses(model, batch, concept_ids, cfg, probe)
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -422,6 +622,7 @@ def train(
         if (step + 1) % save_every == 0 or step + 1 == cfg.steps:
             state = {
                 "model": model.state_dict(),
+                "probe": probe.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "step": step + 1,
                 "log": log,
