@@ -38,6 +38,7 @@ from tokenprune.scenes.train import (
     attention_targets,
     concept_targets,
     evaluate,
+    export,
     losses,
     train,
 )
@@ -387,6 +388,21 @@ def test_training_resumes_exactly_and_workers_do_not_change_the_stream(tmp_path)
         torch.testing.assert_close(a, b, msg=name, rtol=0, atol=0)
     log = json.loads((tmp_path / "resumed" / "train_log.json").read_text())["log"]
     assert [entry["step"] for entry in log] == [1, 2]
+
+
+def test_export_writes_the_trained_state_and_init_starts_from_it(tmp_path):
+    cfg = TrainConfig(steps=1, batch_size=1, warmup=1, threads=1)
+    trained = train(tmp_path / "run", cfg)
+    model, _ = load_scene_model(export(tmp_path / "run", tmp_path / "exported"))
+    for (name, a), b in zip(trained.state_dict().items(), model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name, rtol=0, atol=0)
+    tuned = TrainConfig(steps=0, batch_size=1, threads=1, init=str(tmp_path / "exported"))
+    assert tuned.stage(0) == TrainConfig().stage(10**6)  # the full task from the first step
+    again = train(tmp_path / "tuned", tuned)
+    for (name, a), b in zip(trained.state_dict().items(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name, rtol=0, atol=0)
+    with pytest.raises(InputError, match="expected a training state"):
+        export(tmp_path / "nowhere", tmp_path / "x")
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):

@@ -25,6 +25,23 @@ caption pre-training of the projector:
   share of objects whose mean token is nearest their own shape word, 0.15 to 0.28).
 * **CLS grounding**: the projected CLS token predicts which concepts occur in the image (multi-label),
   so the CLS attention of the last vision layer, which FasterVLM and VisionZip read, attends to objects.
+* **answer attention** (:func:`attention_targets`): at every position that predicts a word of an answer,
+  one head of the language model is told where to look: layer 2 head 0 at what the question is about (the
+  named object; the counted objects, one share each, plus one share on the first token, so that the
+  count can be read from the first token's share; the sign to read; the option that is right; the first
+  token alone when the object named by an existence question is absent), layer 1 head 0 at the reference
+  object ``B`` of a spatial question, and layer 3 head 0 at the right option's word of a
+  multiple-choice question. A cross-entropy between that head's attention row (recomputed from the
+  layer's input by :func:`attention_rows`, so no attention map is ever materialised) and the target.
+  Without it the language model had not found, after 2000 steps, the circuit that matches a question's
+  words against the objects it reads (every existence question got the same answer); with it, existence
+  questions were 80 % right after 400 steps and 95 % after 600.
+* **positions**: a linear probe (not shipped) reads each visual token's row and column back, so the
+  tokens keep where they are while the alignment terms pull them towards words (spatial questions compare
+  the positions that the answer-attention heads bring back).
+
+Matrix products run in bfloat16 under ``torch.autocast`` (:attr:`TrainConfig.bf16`; the alignment
+terms stay in float32): on a CPU with AMX tiles a step took 2 s instead of 5.
 
 And a **curriculum** (:meth:`TrainConfig.stage`). Without it the language model did not learn to read
 the image: after 1800 steps of the full task it still answered existence questions at chance, and even
@@ -66,7 +83,18 @@ from tokenprune.scenes.model import CONCEPTS, GRID, PATCH_SIZE, build_model, bui
 from tokenprune.scenes.questions import _RELATIONS, FAMILIES, Question, ask
 from tokenprune.scenes.render import draw_shape, render_scene
 
-__all__ = ["TrainConfig", "alignment_report", "concept_targets", "evaluate", "main", "train"]
+__all__ = [
+    "ATTENTION_SLOTS",
+    "TrainConfig",
+    "alignment_report",
+    "attention_rows",
+    "attention_targets",
+    "concept_targets",
+    "evaluate",
+    "export",
+    "main",
+    "train",
+]
 
 #: How often each family is asked in training (the hard ones more often); evaluation is balanced.
 FAMILY_WEIGHTS = {
@@ -104,11 +132,19 @@ class TrainConfig:
     few_objects_steps: int = 600
     background_steps: int = 1000
     seed: int = 0
+    init: str | None = None  # a save_pretrained directory to start from (e.g. the shipped model)
     threads: int = 2
 
     def stage(self, step: int) -> dict[str, Any]:
         """The curriculum at ``step`` (module docstring): objects per image, sign probability, caption
         probability and the share of background patches the language model sees."""
+        if self.init is not None:  # fine-tuning a trained model: the full task from the first step
+            return {
+                "objects": (2, 6),
+                "text": self.text_probability,
+                "caption": self.caption_probability,
+                "background": 1.0,
+            }
         if step < self.one_object_steps:
             objects, text, caption = 1, 0.0, 1.0
         elif step < self.few_objects_steps:
@@ -564,7 +600,12 @@ def train(
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     processor = build_processor()
-    model = build_model(cfg.seed).to(device)
+    model = build_model(cfg.seed)
+    if cfg.init is not None:
+        from transformers import LlavaForConditionalGeneration
+
+        model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(cfg.init).state_dict())
+    model = model.to(device)
     probe = torch.nn.Linear(model.config.text_config.hidden_size, 2).to(device)  # not shipped: training aid
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2] + [probe.weight]
     rest = [p for n, p in model.named_parameters() if p.ndim < 2] + [probe.bias]
@@ -717,6 +758,22 @@ def alignment_report(model: Any, processor: Any, n: int = 60, *, seed: int = 0) 
     }
 
 
+def export(out: Path, target: Path) -> Path:
+    """Write the model of ``out/train_state.pt`` (a run stopped or still going) and the processor to
+    ``target`` as a ``save_pretrained`` directory, without the training state; returns ``target``."""
+    state_file = Path(out) / "train_state.pt"
+    if not state_file.is_file():
+        raise InputError(f"--export: expected a training state at {state_file}; there is none (train into --out first)")
+    state = torch.load(state_file, weights_only=False, map_location="cpu")
+    model = build_model(state.get("config", {}).get("seed", 0))
+    model.load_state_dict(state["model"])
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(target)
+    build_processor().save_pretrained(target)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tokenprune.scenes.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="checkpoint / output directory")
@@ -732,11 +789,24 @@ def main(argv: list[str] | None = None) -> int:
         default=TrainConfig.balance_patches,
         help="weigh object and background patches equally in the alignment (default on)",
     )
+    parser.add_argument(
+        "--init",
+        metavar="DIR",
+        help="start from this save_pretrained model (e.g. tokenprune/assets/scene-llava) instead of random "
+        "weights, on the full task from the first step (no curriculum)",
+    )
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes building batches (default 0)")
     parser.add_argument("--eval", type=int, default=600, help="held-out test questions to evaluate (0: none)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the model saved in --out")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="write the model of --out's last saved training state (and the processor) to DIR as a "
+        "save_pretrained directory, e.g. tokenprune/assets/scene-llava, then evaluate it from there",
+    )
     args = parser.parse_args(argv)
     cfg = TrainConfig(
         steps=args.steps,
@@ -747,8 +817,12 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         threads=args.threads,
         balance_patches=args.balance_patches,
+        init=args.init,
     )
     start = time.perf_counter()
+    if args.export is not None:
+        export(args.out, args.export)
+        args.out, args.eval_only = args.export, True
     if args.eval_only:
         from tokenprune.scenes.model import load_scene_model
 
