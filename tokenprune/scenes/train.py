@@ -679,11 +679,16 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: Any, processor: Any, samples: list, *, batch_size: int = 32) -> dict[str, Any]:
+def evaluate(
+    model: Any, processor: Any, samples: list, *, batch_size: int = 32, other_images: bool = False
+) -> dict[str, Any]:
     """Greedy answers of ``model`` on scene ``samples`` through the processor, scored by exact match.
 
     Returns ``{"overall": acc, "families": {family: acc}, "predictions": [...]}``. Scored as
     ``tokenprune compare`` scores the ``scenes`` benchmark (:func:`~tokenprune.evaluation.metrics.exact_match_any`).
+    With ``other_images=True`` each question is asked about the image of the sample ``len(FAMILIES)``
+    places later (another scene, same question family): what a model scores from the questions alone,
+    the level that reading the image must beat.
     """
     from tokenprune.evaluation.metrics import exact_match_any
     from tokenprune.evaluation.runner import chat_inputs
@@ -692,7 +697,11 @@ def evaluate(model: Any, processor: Any, samples: list, *, batch_size: int = 32)
     predictions = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
-        inputs = chat_inputs(processor, [([s.image], s.text) for s in chunk], device=model.device)
+        shift = len(FAMILIES) if other_images else 0
+        images = [samples[(i + j + shift) % len(samples)].image for j in range(len(chunk))]
+        inputs = chat_inputs(
+            processor, [([im], s.text) for im, s in zip(images, chunk, strict=True)], device=model.device
+        )
         out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         answers = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         for s, a in zip(chunk, answers, strict=True):
@@ -835,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval:
         result = evaluate(model, processor, make_dataset(args.eval, seed=0, split="test"))
         report["accuracy"] = {"overall": result["overall"], **result["families"], "n": result["n"]}
+        blind = evaluate(model, processor, make_dataset(args.eval, seed=0, split="test"), other_images=True)
+        report["accuracy_other_images"] = {"overall": blind["overall"], **blind["families"]}
         report["alignment"] = alignment_report(model, processor)
         wrong = [p for p in result["predictions"] if p["prediction"] != p["answer"]][:20]
         print(json.dumps({"examples_wrong": wrong}, indent=1))
