@@ -235,9 +235,10 @@ def attention_targets(scene: Scene, question: Question) -> dict[str, tuple[dict[
     >>> from tokenprune.scenes import Scene, SceneObject
     >>> scene = Scene(objects=(SceneObject.of("circle", "red", "small", (60, 60)),
     ...                        SceneObject.of("circle", "blue", "small", (250, 60))))
-    >>> attention_targets(scene, Question("How many circles are there in the image?", "2", "counting",
-    ...                                   ("2",), target="circle"))["object"]
-    ({1: 0.333..., 2: 0.333...}, 0.333...)
+    >>> items, sink = attention_targets(scene, Question("How many circles are there in the image?", "2",
+    ...                                                 "counting", ("2",), target="circle"))["object"]
+    >>> {k: round(v, 3) for k, v in items.items()}, round(sink, 3)
+    ({1: 0.333, 2: 0.333}, 0.333)
     """
     objects = scene.objects
 
