@@ -220,6 +220,12 @@ class PrunedSequence:
         return values.gather(dim, index_).masked_fill(~real_, fill)
 
 
+def _cache(kwargs: dict[str, Any]) -> Any:
+    """The KV cache among forward keyword arguments: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    cache = kwargs.get("cache")
+    return kwargs.get("past_key_values") if cache is None else cache
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

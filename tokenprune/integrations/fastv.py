@@ -28,7 +28,15 @@ from torch import Tensor, nn
 
 from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import TokenPruneError
-from tokenprune.integrations.base import Layout, ModelAdapter, PrunedSequence, PruneStats, _sync, select_per_image
+from tokenprune.integrations.base import (
+    Layout,
+    ModelAdapter,
+    PrunedSequence,
+    PruneStats,
+    _cache,
+    _sync,
+    select_per_image,
+)
 from tokenprune.selector import Selector
 
 __all__ = ["LayerPruner", "last_token_attention"]
@@ -150,7 +158,7 @@ class LayerPruner:
                 f"fastv expected the prefill of all {self.length} tokens at layer {self.layer}; got "
                 f"{hidden.shape[1]} (chunked prefill is not supported)"
             )
-        cache = kwargs.get("past_key_values")
+        cache = _cache(kwargs)
         if cache is not None and "Static" in type(cache).__name__:
             raise TokenPruneError(
                 f"fastv drops tokens from layer {self.layer} on, so layers keep caches of different lengths; "
@@ -237,7 +245,7 @@ class LayerPruner:
         """
         pruned = self.pruned
         batch = hidden.shape[0]
-        cache = kwargs.get("past_key_values")
+        cache = _cache(kwargs)
         cached = cache.get_seq_length(index) if cache is not None else 0
         generated = cached + hidden.shape[1] - pruned.index.shape[1]
         ones = torch.ones((batch, generated), dtype=torch.bool, device=hidden.device)

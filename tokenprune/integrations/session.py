@@ -20,7 +20,7 @@ from torch import Tensor
 
 from tokenprune.budget import Budget
 from tokenprune.errors import TokenPruneError
-from tokenprune.integrations.base import ModelAdapter, PrunedInputs, PruneStats, _sync, prune_inputs
+from tokenprune.integrations.base import ModelAdapter, PrunedInputs, PruneStats, _cache, _sync, prune_inputs
 from tokenprune.integrations.fastv import LayerPruner
 from tokenprune.registry import create_method
 from tokenprune.selector import Selector
@@ -61,7 +61,7 @@ def _has_images(adapter: ModelAdapter, kwargs: dict[str, Any]) -> bool:
 
 
 def _is_prefill(kwargs: dict[str, Any]) -> bool:
-    cache = kwargs.get("past_key_values")
+    cache = _cache(kwargs)
     return cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0)
 
 
