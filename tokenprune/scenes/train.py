@@ -456,9 +456,14 @@ def attention_rows(
     rows = slice(head * dim, (head + 1) * dim)
     cos, sin = rope
     gather = queries[..., None].expand(-1, -1, dim)
-    q = F.linear(hidden.gather(1, queries[..., None].expand(-1, -1, hidden.shape[-1])), attn.q_proj.weight[rows])
+    q_bias, k_bias = attn.q_proj.bias, attn.k_proj.bias
+    q = F.linear(
+        hidden.gather(1, queries[..., None].expand(-1, -1, hidden.shape[-1])),
+        attn.q_proj.weight[rows],
+        None if q_bias is None else q_bias[rows],
+    )
     q = q * cos.gather(1, gather) + _rotate_half(q) * sin.gather(1, gather)
-    k = F.linear(hidden, attn.k_proj.weight[rows])
+    k = F.linear(hidden, attn.k_proj.weight[rows], None if k_bias is None else k_bias[rows])
     k = k * cos + _rotate_half(k) * sin
     scores = (q @ k.transpose(1, 2)).float() * attn.scaling  # (B, R, S)
     span = torch.arange(hidden.shape[1], device=hidden.device)
@@ -505,13 +510,11 @@ def losses(
     attention = torch.zeros((), device=ids.device)
     slots, queries, wanted = batch["slots"], batch["queries"], batch["attention"]
     for index, (layer, head) in enumerate(ATTENTION_SLOTS.values()):
-        rows = slots == index
-        if not bool(rows.any()):
-            continue
+        rows = slots == index  # no branch on it: no host sync per step on a GPU
         states, rope = captured[layer]
         logp = attention_rows(layers[layer].self_attn, states, rope, head, queries, batch["attention_mask"])
         nll = -(wanted * logp.clamp(min=-1e4)).sum(-1)  # (B, R); -inf where the target is 0 contributes 0
-        attention = attention + (nll * rows).sum() / rows.sum()
+        attention = attention + (nll * rows).sum() / rows.sum().clamp(min=1)
     position = torch.zeros((), device=ids.device)
     if probe is not None:  # each visual token says where it is (spatial questions compare positions)
         grid = torch.arange(GRID, device=ids.device, dtype=torch.float32) / (GRID - 1)
