@@ -833,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         init=args.init,
     )
     start = time.perf_counter()
+    report_dir = args.out  # an export's evaluation is written beside its training state, not into the package
     if args.export is not None:
         export(args.out, args.export)
         args.out, args.eval_only = args.export, True
@@ -844,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = train(args.out, cfg, device=args.device, workers=args.workers)
         processor = build_processor()
-    report: dict[str, Any] = {"train_seconds": round(time.perf_counter() - start, 1)}
+    report: dict[str, Any] = {} if args.eval_only else {"train_seconds": round(time.perf_counter() - start, 1)}
     if args.eval:
         result = evaluate(model, processor, make_dataset(args.eval, seed=0, split="test"))
         report["accuracy"] = {"overall": result["overall"], **result["families"], "n": result["n"]}
@@ -854,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
         wrong = [p for p in result["predictions"] if p["prediction"] != p["answer"]][:20]
         print(json.dumps({"examples_wrong": wrong}, indent=1))
     print(json.dumps(report, indent=1))
-    (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    (report_dir / "report.json").write_text(json.dumps(report, indent=1))
     return 0
 
 
