@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["capture_input", "cls_attention"]
+__all__ = ["capture_input", "cls_attention", "query_attention"]
 
 
 @contextlib.contextmanager
@@ -49,3 +49,51 @@ def cls_attention(attention: nn.Module, hidden_states: Tensor) -> Tensor:
     keys = attention.k_proj(hidden_states).view(batch, length, -1, heads_dim).transpose(1, 2)
     logits = (query.float() @ keys.float().transpose(-1, -2)) * attention.scale  # (B, H, 1, 1 + N)
     return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0, 1:]
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def _batch_first(t: Tensor, batch: int) -> Tensor:
+    return t.expand(batch, *t.shape[1:]) if t.shape[0] != batch else t
+
+
+def query_attention(
+    attention: nn.Module,
+    hidden: Tensor,
+    position_embeddings: tuple[Tensor, Tensor],
+    queries: Tensor,
+    real: Tensor,
+    head: int | None = None,
+) -> Tensor:
+    """Log attention probabilities of a rotary (Llama/Qwen-style) attention at some query positions.
+
+    Args:
+        attention: the layer's self-attention (``q_proj``, ``k_proj``, ``head_dim``, ``scaling``).
+        hidden: ``(B, L, D)``, the normed input of that attention.
+        position_embeddings: the ``(cos, sin)`` the layer receives, ``(B or 1, L, head_dim)``.
+        queries: ``(B, R)`` query positions.
+        real: ``(B, L)`` bool, real tokens.
+        head: one head only (its row of grouped-query keys), or every head when ``None``.
+
+    Returns:
+        ``(B, H, R, L)`` float32 log-softmax (``H`` = 1 with ``head``): causal, ``-inf`` at padding and
+        after each query, as the module itself computes its attention.
+    """
+    batch, length, _ = hidden.shape
+    head_dim = attention.head_dim
+    cos, sin = (_batch_first(t, batch).float() for t in position_embeddings)
+    at = queries.unsqueeze(-1).expand(-1, -1, head_dim)
+    picked = hidden.gather(1, queries.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    query = attention.q_proj(picked).float().view(batch, queries.shape[1], -1, head_dim)  # (B, R, H, hd)
+    keys = attention.k_proj(hidden).float().view(batch, length, -1, head_dim)  # (B, L, KVH, hd)
+    query = query * cos.gather(1, at).unsqueeze(2) + _rotate_half(query) * sin.gather(1, at).unsqueeze(2)
+    keys = keys * cos.unsqueeze(2) + _rotate_half(keys) * sin.unsqueeze(2)
+    keys = keys.repeat_interleave(query.shape[2] // keys.shape[2], dim=2)  # grouped-query heads
+    if head is not None:
+        query, keys = query[:, :, head : head + 1], keys[:, :, head : head + 1]
+    logits = torch.einsum("brhd,blhd->bhrl", query, keys) * attention.scaling
+    allowed = real.unsqueeze(1) & (torch.arange(length, device=hidden.device) <= queries.unsqueeze(-1))  # (B, R, L)
+    return logits.masked_fill(~allowed.unsqueeze(1), float("-inf")).log_softmax(-1)

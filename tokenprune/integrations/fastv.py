@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import TokenPruneError
+from tokenprune.integrations.attention import _batch_first, query_attention
 from tokenprune.integrations.base import (
     Layout,
     ModelAdapter,
@@ -40,15 +41,6 @@ from tokenprune.integrations.base import (
 from tokenprune.selector import Selector
 
 __all__ = ["LayerPruner", "last_token_attention"]
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def _batch_first(t: Tensor, batch: int) -> Tensor:
-    return t.expand(batch, *t.shape[1:]) if t.shape[0] != batch else t
 
 
 def _take_positions(t: Tensor, index: Tensor) -> Tensor:
@@ -77,19 +69,7 @@ def last_token_attention(
     Returns:
         ``(B, L)`` float32 softmax weights (0 at padding and after ``last``).
     """
-    batch, length, _ = hidden.shape
-    rows = torch.arange(batch, device=hidden.device)
-    head_dim = attention.head_dim
-    cos, sin = (_batch_first(t, batch).float() for t in position_embeddings)
-    query = attention.q_proj(hidden[rows, last]).float().view(batch, -1, head_dim)  # (B, H, hd)
-    keys = attention.k_proj(hidden).float().view(batch, length, -1, head_dim)  # (B, L, KVH, hd)
-    query = query * cos[rows, last].unsqueeze(1) + _rotate_half(query) * sin[rows, last].unsqueeze(1)
-    keys = keys * cos.unsqueeze(2) + _rotate_half(keys) * sin.unsqueeze(2)
-    keys = keys.repeat_interleave(query.shape[1] // keys.shape[2], dim=2)  # grouped-query heads
-    logits = torch.einsum("bhd,blhd->bhl", query, keys) * attention.scaling
-    allowed = real & (torch.arange(length, device=hidden.device) <= last.unsqueeze(1))
-    logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-    return torch.softmax(logits, dim=-1).mean(dim=1)
+    return query_attention(attention, hidden, position_embeddings, last.unsqueeze(1), real).exp().mean(dim=1)[:, 0]
 
 
 class LayerPruner:

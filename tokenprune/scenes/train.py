@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from tokenprune.errors import InputError
+from tokenprune.integrations.attention import query_attention
 from tokenprune.scenes.description import SHAPES, Scene
 from tokenprune.scenes.generator import generate_scene, make_dataset, scene_seed
 from tokenprune.scenes.model import CONCEPTS, GRID, PATCH_SIZE, build_model, build_processor
@@ -139,12 +140,7 @@ class TrainConfig:
         """The curriculum at ``step`` (module docstring): objects per image, sign probability, caption
         probability and the share of background patches the language model sees."""
         if self.init is not None:  # fine-tuning a trained model: the full task from the first step
-            return {
-                "objects": (2, 6),
-                "text": self.text_probability,
-                "caption": self.caption_probability,
-                "background": 1.0,
-            }
+            step = max(step, self.few_objects_steps, self.background_steps)
         if step < self.one_object_steps:
             objects, text, caption = 1, 0.0, 1.0
         elif step < self.few_objects_steps:
@@ -432,11 +428,6 @@ class Batches:
         }
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def attention_rows(
     attn: torch.nn.Module,
     hidden: torch.Tensor,
@@ -445,30 +436,14 @@ def attention_rows(
     queries: torch.Tensor,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Log attention probabilities of one head of a Llama attention module at ``queries``.
+    """Log attention probabilities of one head of a Llama attention module at ``queries``: ``(B, R, S)``.
 
     ``hidden`` ``(B, S, H)`` is the module's input (after the layer norm), ``rope`` its ``(cos, sin)``,
-    ``queries`` ``(B, R)`` positions, ``mask`` ``(B, S)`` the attention mask. Returns ``(B, R, S)``,
-    computed as the module computes its attention (causal, RoPE, ``head_dim ** -0.5``), for this one
-    head only, so no attention map of the whole layer is ever built.
+    ``queries`` ``(B, R)`` positions, ``mask`` ``(B, S)`` the attention mask; computed as the module
+    computes its attention by :func:`tokenprune.integrations.attention.query_attention` (FastV's scores
+    come from the same function), so no attention map of the whole layer is ever built.
     """
-    dim = attn.head_dim
-    rows = slice(head * dim, (head + 1) * dim)
-    cos, sin = rope
-    gather = queries[..., None].expand(-1, -1, dim)
-    q_bias, k_bias = attn.q_proj.bias, attn.k_proj.bias
-    q = F.linear(
-        hidden.gather(1, queries[..., None].expand(-1, -1, hidden.shape[-1])),
-        attn.q_proj.weight[rows],
-        None if q_bias is None else q_bias[rows],
-    )
-    q = q * cos.gather(1, gather) + _rotate_half(q) * sin.gather(1, gather)
-    k = F.linear(hidden, attn.k_proj.weight[rows], None if k_bias is None else k_bias[rows])
-    k = k * cos + _rotate_half(k) * sin
-    scores = (q @ k.transpose(1, 2)).float() * attn.scaling  # (B, R, S)
-    span = torch.arange(hidden.shape[1], device=hidden.device)
-    allowed = (span[None, None, :] <= queries[..., None]) & mask[:, None, :].bool()
-    return scores.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+    return query_attention(attn, hidden, rope, queries, mask.bool(), head=head)[:, 0]
 
 
 def losses(
