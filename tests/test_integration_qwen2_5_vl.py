@@ -5,6 +5,8 @@ visual token keeps its (t, h, w) position of the full sequence, and text and dec
 they would have without pruning.
 """
 
+import inspect
+
 import pytest
 import torch
 
@@ -229,7 +231,9 @@ def test_manual_decoding_after_a_pruned_forward_continues_the_original_positions
     def loop():
         out = model(**alone, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
-        return model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+        # transformers 5.24 renamed past_key_values to cache (the old name is removed in 5.40)
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        return model(input_ids=token, use_cache=True, **{name: getattr(out, name)})
 
     stock, _ = rope_positions(model, loop)
     with tokenprune.apply(model, "zspa", budget=3):
