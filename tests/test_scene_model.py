@@ -296,17 +296,24 @@ class TestAttentionSupervision:
         tokenizer = processor.tokenizer
         image = batch["input_ids"] == batches.image_id
         assert (batch["slots"] >= 0).any()
+        letters_seen = 0
         for j in range(2):
             for r in torch.nonzero(batch["slots"][j] >= 0).flatten().tolist():
                 row, query = batch["attention"][j, r], int(batch["queries"][j, r])
                 assert row.sum() == pytest.approx(1.0)
                 assert not row[query + 1 :].any()  # causal: nothing after the query position
-                assert tokenizer.convert_ids_to_tokens(int(batch["labels"][j, query + 1])) != "<pad>"
                 where = torch.nonzero(row).flatten()
+                if int(batch["slots"][j, r]) == list(ATTENTION_SLOTS).index("letter"):  # an option's word
+                    letters = tokenizer.convert_ids_to_tokens(batch["input_ids"][j, query - 2 : query].tolist())
+                    assert where.tolist() == [query - 2] and letters[0] in "ABCD" and letters[1] == "."
+                    letters_seen += 1
+                    continue
+                assert tokenizer.convert_ids_to_tokens(int(batch["labels"][j, query + 1])) != "<pad>"
                 if int(batch["slots"][j, r]) == list(ATTENTION_SLOTS).index("option"):
                     assert len(where) == 1 and not image[j, where[0]]
                 else:
                     assert all(int(w) == 0 or bool(image[j, w]) for w in where)  # the sink or visual tokens
+        assert letters_seen % 4 == 0 and letters_seen > 0  # four options per multiple-choice question
 
     def test_attention_rows_equal_the_models_eager_attention(self, processor):
         model = build_model(0).eval()
@@ -414,6 +421,12 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     train(tmp_path, cfg)
     with pytest.raises(InputError, match=r"balance_patches.*new --out"):
         train(tmp_path, TrainConfig(**{**cfg.__dict__, "steps": 2, "balance_patches": False}))
+    state = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    assert state["slots"] == ATTENTION_SLOTS
+    del state["slots"]  # a state saved before the slots were recorded: the first three slots, no "letter"
+    torch.save(state, tmp_path / "train_state.pt")
+    with pytest.raises(InputError, match=r"attention slots.*new --out"):
+        train(tmp_path, TrainConfig(**{**cfg.__dict__, "steps": 2}))
 
 
 def test_balanced_alignment_weighs_object_and_background_patches_equally(processor):

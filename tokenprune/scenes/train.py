@@ -212,7 +212,13 @@ def caption(scene: Scene) -> str:
 
 #: The attention heads whose attention, at the positions that predict an answer, is supervised
 #: (:func:`attention_targets`): ``slot -> (decoder layer, head)``.
-ATTENTION_SLOTS: dict[str, tuple[int, int]] = {"object": (2, 0), "second": (1, 0), "option": (3, 0)}
+ATTENTION_SLOTS: dict[str, tuple[int, int]] = {
+    "object": (2, 0),
+    "second": (1, 0),
+    "option": (3, 0),
+    "letter": (0, 1),
+}
+_FIRST_SLOTS = {"object": (2, 0), "second": (1, 0), "option": (3, 0)}  # before "letter" (session 5)
 SLOT_INDEX = {slot: i for i, slot in enumerate(ATTENTION_SLOTS)}
 
 
@@ -345,8 +351,15 @@ class Batches:
                 for slot, (items, sink) in targets.items():
                     rows += [(q, SLOT_INDEX[slot], items, sink) for q in queries]
                 if questions[k].family == "multiple_choice":
-                    option = self._option_position(prompt, questions[k])
-                    rows += [(q, SLOT_INDEX["option"], {-1 - (len(ids) + option): 1.0}, 0.0) for q in queries]
+                    options = self._option_positions(prompt)
+                    right = options["ABCD"[questions[k].choices.index(questions[k].target)]]
+                    rows += [(q, SLOT_INDEX["option"], {-1 - (len(ids) + right): 1.0}, 0.0) for q in queries]
+                    # each option's word looks at its letter, two tokens back ("B . circle"), so that what
+                    # the option head brings back from the right word says which letter to answer
+                    rows += [
+                        (len(ids) + at, SLOT_INDEX["letter"], {-1 - (len(ids) + at - 2): 1.0}, 0.0)
+                        for at in options.values()
+                    ]
             ids += prompt + reply
             labels += [-100] * len(prompt) + reply
         positions += range(len(head) + GRID * GRID, len(head) + GRID * GRID + len(ids) - len(positions))
@@ -380,14 +393,15 @@ class Batches:
             "attention": attention[valid],
         }
 
-    def _option_position(self, prompt: list[int], question: Question) -> int:
-        """Index in ``prompt`` of the right option's word (``circle`` in ``B . circle``)."""
-        letter = "ABCD"[question.choices.index(question.target)]
-        want = self.tokenizer.convert_tokens_to_ids(["\n", letter, "."])
-        for i in range(len(prompt) - 3):
-            if prompt[i : i + 3] == want:
-                return i + 3
-        raise AssertionError(f"option {letter} not found in {question.text!r}")  # pragma: no cover
+    def _option_positions(self, prompt: list[int]) -> dict[str, int]:
+        """Index in ``prompt`` of each option's word (``circle`` in ``B . circle``), by letter."""
+        found = {}
+        for letter in "ABCD":
+            want = self.tokenizer.convert_tokens_to_ids(["\n", letter, "."])
+            found[letter] = next((i + 3 for i in range(len(prompt) - 3) if prompt[i : i + 3] == want), -1)
+        if min(found.values()) < 0:  # pragma: no cover - every multiple-choice question lists A-D
+            raise AssertionError(f"options A-D not all found in {self.tokenizer.decode(prompt)!r}")
+        return found
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
         B = self.config.batch_size
@@ -600,6 +614,9 @@ def train(
         saved = state.get("config", cfg.__dict__)
         free = ("threads", "steps")  # a longer or shorter run re-stretches the cosine from here on
         changed = {k: (saved.get(k), v) for k, v in cfg.__dict__.items() if k not in free and saved.get(k) != v}
+        slots = state.get("slots", _FIRST_SLOTS)  # states saved before the slots were recorded had three
+        if slots != ATTENTION_SLOTS:
+            changed["attention slots"] = (slots, ATTENTION_SLOTS)
         if changed:
             raise InputError(
                 f"{state_file} was trained with other settings; expected the same config to resume, received "
@@ -647,6 +664,7 @@ def train(
                 "step": step + 1,
                 "log": log,
                 "config": cfg.__dict__,
+                "slots": ATTENTION_SLOTS,
             }
             torch.save(state, state_file.with_suffix(".tmp"))
             state_file.with_suffix(".tmp").replace(state_file)
