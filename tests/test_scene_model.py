@@ -315,6 +315,22 @@ class TestAttentionSupervision:
                     assert all(int(w) == 0 or bool(image[j, w]) for w in where)  # the sink or visual tokens
         assert letters_seen % 4 == 0 and letters_seen > 0  # four options per multiple-choice question
 
+    def test_spatial_answers_carry_the_places_of_both_objects_and_agree_with_the_relation(self, processor):
+        batches = Batches(TrainConfig(batch_size=1, init="full task"), processor)
+        tokenizer, checked = processor.tokenizer, 0
+        for index in range(12):
+            e = batches.example(index)
+            for q, (xa, ya, xb, yb) in zip(e["place_queries"], e["places"], strict=True):
+                assert e["labels"][q + 1] != -100  # a position that predicts an answer word
+                text = tokenizer.decode(e["ids"][: q + 1]).rsplit("?", 1)[0].rsplit("\n", 1)[-1].rsplit("USER", 1)[-1]
+                answer = tokenizer.convert_ids_to_tokens(e["labels"][q + 1])
+                relation = next(r for r in ("left", "right", "above", "below") if r in text)
+                truth = {"left": xa < xb, "right": xa > xb, "above": ya < yb, "below": ya > yb}[relation]
+                assert truth == (answer != "no"), (text, answer, (xa, ya, xb, yb))  # "what is ...": A is the answer
+                assert 0 < min(xa, ya, xb, yb) and max(xa, ya, xb, yb) < 1
+                checked += 1
+        assert checked >= 5
+
     def test_attention_rows_equal_the_models_eager_attention(self, processor):
         model = build_model(0).eval()
         model.config.text_config._attn_implementation = "eager"

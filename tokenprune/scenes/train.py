@@ -127,6 +127,7 @@ class TrainConfig:
     cls_weight: float = 0.2
     attention_weight: float = 0.5
     position_weight: float = 1.0
+    place_weight: float = 1.0
     bf16: bool = True
     temperature: float = 0.07
     one_object_steps: int = 200
@@ -219,6 +220,8 @@ ATTENTION_SLOTS: dict[str, tuple[int, int]] = {
     "letter": (0, 1),
 }
 _FIRST_SLOTS = {"object": (2, 0), "second": (1, 0), "option": (3, 0)}  # before "letter" (session 5)
+#: The decoder layer whose output, at a spatial answer, must say where the question's two objects are.
+PLACE_LAYER = 2
 SLOT_INDEX = {slot: i for i, slot in enumerate(ATTENTION_SLOTS)}
 
 
@@ -288,6 +291,14 @@ def attention_targets(scene: Scene, question: Question) -> dict[str, tuple[dict[
     return {"object": spread(match(), count=True)}  # "How many shapes are there in the image?"
 
 
+def _centre(scene: Scene, items: dict[int, float]) -> tuple[float, float]:
+    """The mean centre (x, y), as fractions of the image, of the items of :func:`attention_targets`."""
+    boxes = [scene.objects[k - 1].bbox for k in items]
+    x = sum(b[0] + b[2] for b in boxes) / (2 * len(boxes))
+    y = sum(b[1] + b[3] for b in boxes) / (2 * len(boxes))
+    return x / scene.image_size, y / scene.image_size
+
+
 def _turns(scene: Scene, rng: np.random.Generator, count: int) -> list[Question]:
     families = list(FAMILY_WEIGHTS)
     p = np.array([FAMILY_WEIGHTS[f] for f in families])
@@ -342,6 +353,7 @@ class Batches:
         labels = [-100] * len(ids)
         kept_owner = owner[keep]  # the item of each visual token the language model sees, in order
         rows: list[tuple[int, int, dict[int, float], float]] = []  # (query position, slot, items, sink)
+        places: list[tuple[int, list[float]]] = []  # (query position, centres of A and B) of spatial answers
         for k, (question, answer) in enumerate(turns):
             prompt = self._ids(("\n" if k == 0 else "USER: ") + question + " ASSISTANT:")
             reply = [*self._ids(answer), self.eos]
@@ -350,6 +362,9 @@ class Batches:
                 targets = attention_targets(scene, questions[k])
                 for slot, (items, sink) in targets.items():
                     rows += [(q, SLOT_INDEX[slot], items, sink) for q in queries]
+                if questions[k].family == "spatial":
+                    where = [_centre(scene, targets[slot][0]) for slot in ("object", "second")]
+                    places += [(q, [*where[0], *where[1]]) for q in queries]
                 if questions[k].family == "multiple_choice":
                     options = self._option_positions(prompt)
                     right = options["ABCD"[questions[k].choices.index(questions[k].target)]]
@@ -391,6 +406,8 @@ class Batches:
             "queries": queries_at[valid],
             "slots": slots[valid],
             "attention": attention[valid],
+            "place_queries": np.array([q for q, _ in places], dtype=np.int64),
+            "places": np.array([w for _, w in places], dtype=np.float32).reshape(-1, 4),
         }
 
     def _option_positions(self, prompt: list[int]) -> dict[str, int]:
@@ -417,7 +434,12 @@ class Batches:
         queries = torch.zeros(B, rows, dtype=torch.long)
         slots = torch.full((B, rows), -1, dtype=torch.long)  # -1: padding row
         attention = torch.zeros(B, rows, width)
+        spots = max(1, max(len(e["place_queries"]) for e in examples))
+        place_queries = torch.full((B, spots), -1, dtype=torch.long)  # -1: padding
+        places = torch.zeros(B, spots, 4)
         for j, e in enumerate(examples):
+            p = len(e["place_queries"])
+            place_queries[j, :p], places[j, :p] = torch.from_numpy(e["place_queries"]), torch.from_numpy(e["places"])
             r = len(e["queries"])
             queries[j, :r], slots[j, :r] = torch.from_numpy(e["queries"]), torch.from_numpy(e["slots"])
             attention[j, :r, : e["attention"].shape[1]] = torch.from_numpy(e["attention"])
@@ -439,6 +461,8 @@ class Batches:
             "queries": queries,
             "slots": slots,
             "attention": attention,
+            "place_queries": place_queries,
+            "places": places,
         }
 
 
@@ -460,11 +484,19 @@ def attention_rows(
     return query_attention(attn, hidden, rope, queries, mask.bool(), head=head)[:, 0]
 
 
+def probes(hidden_size: int) -> torch.nn.ModuleDict:
+    """The linear probes that are training aids, not shipped: ``position`` reads a visual token's (row,
+    column) back; ``place`` reads, from the output of decoder layer :data:`PLACE_LAYER` at the positions
+    that predict a spatial answer, the centres (x, y) of the question's two objects."""
+    return torch.nn.ModuleDict({"position": torch.nn.Linear(hidden_size, 2), "place": torch.nn.Linear(hidden_size, 4)})
+
+
 def losses(
     model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor, cfg: TrainConfig, probe: Any = None
 ) -> dict:
     """The answer loss and the grounding losses (patch and object alignment, orthogonality, CLS, answer
-    attention, positions) of one batch."""
+    attention, positions, places) of one batch; ``probe`` is :func:`probes` (without it no position or
+    place term)."""
     inner = model.model
     hidden = inner.vision_tower(batch["pixel_values"]).last_hidden_state  # == hidden_states[-1]
     projected = inner.multi_modal_projector(hidden)  # (B, 577, H): CLS + 576 patches
@@ -486,6 +518,7 @@ def losses(
         )
         for i in sorted({layer for layer, _ in ATTENTION_SLOTS.values()})
     ]
+    hooks.append(layers[PLACE_LAYER].register_forward_hook(lambda module, args, out: captured.__setitem__("out", out)))
     try:
         out = model(
             inputs_embeds=embeds,
@@ -504,11 +537,17 @@ def losses(
         logp = attention_rows(layers[layer].self_attn, states, rope, head, queries, batch["attention_mask"])
         nll = -(wanted * logp.clamp(min=-1e4)).sum(-1)  # (B, R); -inf where the target is 0 contributes 0
         attention = attention + (nll * rows).sum() / rows.sum().clamp(min=1)
-    position = torch.zeros((), device=ids.device)
+    position = place = torch.zeros((), device=ids.device)
     if probe is not None:  # each visual token says where it is (spatial questions compare positions)
         grid = torch.arange(GRID, device=ids.device, dtype=torch.float32) / (GRID - 1)
         where = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(1, GRID * GRID, 2)
-        position = F.mse_loss(probe(patches.float()), where.expand(len(patches), -1, -1))
+        position = F.mse_loss(probe["position"](patches.float()), where.expand(len(patches), -1, -1))
+        # a spatial answer has brought back where its two objects are before the last layer compares them
+        spots = batch["place_queries"]
+        states = captured["out"].gather(1, spots.clamp(min=0)[..., None].expand(-1, -1, captured["out"].shape[-1]))
+        real = (spots >= 0).float()
+        error = (probe["place"](states.float()) - batch["places"]).pow(2).mean(-1)
+        place = (error * real).sum() / real.sum().clamp(min=1)
 
     with torch.autocast(patches.device.type, enabled=False):
         patches, cls = patches.float(), cls.float()  # the alignment terms in float32 (temperature 0.07)
@@ -543,6 +582,7 @@ def losses(
         + cfg.cls_weight * grounding
         + cfg.attention_weight * attention
         + cfg.position_weight * position
+        + cfg.place_weight * place
     )
     return {
         "total": total,
@@ -553,6 +593,7 @@ def losses(
         "cls": grounding,
         "attention": attention,
         "position": position,
+        "place": place,
     }
 
 
@@ -599,9 +640,9 @@ def train(
 
         model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(cfg.init).state_dict())
     model = model.to(device)
-    probe = torch.nn.Linear(model.config.text_config.hidden_size, 2).to(device)  # not shipped: training aid
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2] + [probe.weight]
-    rest = [p for n, p in model.named_parameters() if p.ndim < 2] + [probe.bias]
+    probe = probes(model.config.text_config.hidden_size).to(device)  # not shipped: training aids
+    decay = [p for _, p in [*model.named_parameters(), *probe.named_parameters()] if p.ndim >= 2]
+    rest = [p for _, p in [*model.named_parameters(), *probe.named_parameters()] if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=cfg.lr,
