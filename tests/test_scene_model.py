@@ -327,7 +327,7 @@ class TestAttentionSupervision:
                 relation = next(r for r in ("left", "right", "above", "below") if r in text)
                 truth = {"left": xa < xb, "right": xa > xb, "above": ya < yb, "below": ya > yb}[relation]
                 assert truth == (answer != "no"), (text, answer, (xa, ya, xb, yb))  # "what is ...": A is the answer
-                assert 0 < min(xa, ya, xb, yb) and max(xa, ya, xb, yb) < 1
+                assert min(xa, ya, xb, yb) > 0 and max(xa, ya, xb, yb) < 1
                 checked += 1
         assert checked >= 5
 
@@ -371,14 +371,16 @@ class TestShippedModel:
 
     def test_reads_the_image_on_held_out_questions(self, loaded):
         """Below the project's bar (docs/scene-model.md), but the answers come from the image: asked about
-        another scene's image, the same questions score far less (measured 0.47 against 0.30 here)."""
+        another scene's image, the same questions score far less (measured 0.62 against 0.23 here; the
+        families it reads: existence 0.9, attribute 1.0, counting 0.8)."""
         model, processor = loaded
         samples = make_dataset(60, seed=11, split="test")  # 10 per family, not the README's test set
         right = evaluate(model, processor, samples, batch_size=20)
         other = evaluate(model, processor, samples, batch_size=20, other_images=True)
         assert set(right["families"]) == set(FAMILIES)
-        assert right["overall"] >= 0.40, right["families"]
-        assert right["overall"] - other["overall"] >= 0.10, (right["families"], other["families"])
+        assert right["overall"] >= 0.55, right["families"]
+        assert right["overall"] - other["overall"] >= 0.25, (right["families"], other["families"])
+        assert min(right["families"][f] for f in ("existence", "attribute", "counting")) >= 0.7, right["families"]
 
     def test_answers_a_hand_made_scene(self, loaded):
         """Questions of the kinds it reads (existence, shape, counting), on a scene drawn by hand."""
