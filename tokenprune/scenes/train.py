@@ -229,7 +229,7 @@ ATTENTION_SLOTS: dict[str, tuple[int, int]] = {
     "option": (3, 0),
     "letter": (0, 1),
 }
-_FIRST_SLOTS = {"object": (2, 0), "second": (1, 0), "option": (3, 0)}  # before "letter" (session 5)
+_FIRST_SLOTS = {"object": (2, 0), "second": (1, 0), "option": (3, 0)}  # the slots before "letter" was added
 #: The decoder layer whose output, at a spatial answer, must say where the question's two objects are.
 PLACE_LAYER = 2
 SLOT_INDEX = {slot: i for i, slot in enumerate(ATTENTION_SLOTS)}
@@ -651,8 +651,8 @@ def train(
         model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(cfg.init).state_dict())
     model = model.to(device)
     probe = probes(model.config.text_config.hidden_size).to(device)  # not shipped: training aids
-    decay = [p for _, p in [*model.named_parameters(), *probe.named_parameters()] if p.ndim >= 2]
-    rest = [p for _, p in [*model.named_parameters(), *probe.named_parameters()] if p.ndim < 2]
+    params = [*model.parameters(), *probe.parameters()]
+    decay, rest = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=cfg.lr,
