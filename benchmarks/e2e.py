@@ -60,7 +60,13 @@ def _clip(size: str) -> dict[str, Any]:
     return dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, **geometry)
 
 
-def build_llava(size: str) -> Any:
+def _instantiate(cls: Any, config: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Random weights made directly on ``device`` in ``dtype`` (a 7B model never exists in float32 on the host)."""
+    with torch.device(device):
+        return cls._from_config(config, dtype=dtype).eval()
+
+
+def build_llava(size: str, device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     config = LlavaConfig(
@@ -69,10 +75,10 @@ def build_llava(size: str) -> Any:
         image_token_id=IMAGE,
         image_seq_length=576,
     )
-    return LlavaForConditionalGeneration(config)
+    return _instantiate(LlavaForConditionalGeneration, config, device, dtype)
 
 
-def build_llava_next(size: str) -> Any:
+def build_llava_next(size: str, device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 
     config = LlavaNextConfig(
@@ -81,10 +87,10 @@ def build_llava_next(size: str) -> Any:
         image_token_id=IMAGE,
         image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
     )
-    return LlavaNextForConditionalGeneration(config)
+    return _instantiate(LlavaNextForConditionalGeneration, config, device, dtype)
 
 
-def build_qwen2_5_vl(size: str) -> Any:
+def build_qwen2_5_vl(size: str, device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     if size == "real":
@@ -119,7 +125,7 @@ def build_qwen2_5_vl(size: str) -> Any:
         vision_start_token_id=VISION_START,
         vision_end_token_id=VISION_END,
     )
-    return Qwen2_5_VLForConditionalGeneration(config)
+    return _instantiate(Qwen2_5_VLForConditionalGeneration, config, device, dtype)
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -166,7 +172,7 @@ def make_inputs(family: str, model: Any, batch: int, device: torch.device) -> di
     raise ValueError(family)
 
 
-BUILDERS: dict[str, Callable[[str], Any]] = {
+BUILDERS: dict[str, Callable[[str, torch.device, torch.dtype], Any]] = {
     "llava": build_llava,
     "llava_next": build_llava_next,
     "qwen2_5_vl": build_qwen2_5_vl,
@@ -349,24 +355,35 @@ def main(argv: list[str] | None = None) -> int:
     keeps = [float(k) for k in args.keep.split(",")]
     methods = [m for m in args.methods.split(",") if m]
 
+    out = args.json or Path("benchmarks/results") / f"e2e-{args.device.type}-{args.size}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = metadata(args)
     results = []
     for family in families:
         torch.manual_seed(0)
-        model = BUILDERS[family](args.size).to(args.device, args.dtype).eval()
+        start = time.perf_counter()
+        model = BUILDERS[family](args.size, args.device, args.dtype)
+        print(f"[e2e] {family}: model built in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
         inputs = make_inputs(family, model, args.batch, args.device)
         for method in methods:
             for keep in keeps:
-                print(f"[e2e] {family} {method} keep={keep}", file=sys.stderr, flush=True)
                 results.append(measure(family, model, inputs, method, keep, args))
-        del model
+                r = results[-1]
+                print(
+                    f"[e2e] {family} {method} keep={keep}: e2e {r['e2e_ms']:.1f} ms / ideal {r['ideal_e2e_ms']:.1f} ms "
+                    f"= {r['e2e_ratio']:.3f}, memory ratio {r.get('mem_ratio', float('nan')):.3f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                # rewritten after every measurement, so an interrupted run keeps what it measured
+                out.write_text(json.dumps({"metadata": meta, "results": results, "complete": False}, indent=2))
+        del model, inputs
         gc.collect()
         if args.device.type == "cuda":
             torch.cuda.empty_cache()
 
     print_table(results)
-    out = args.json or Path("benchmarks/results") / f"e2e-{args.device.type}-{args.size}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"metadata": metadata(args), "results": results}, indent=2))
+    out.write_text(json.dumps({"metadata": meta, "results": results, "complete": True}, indent=2))
     print(f"\nwrote {out}", file=sys.stderr)
     return 0
 

@@ -2,9 +2,15 @@ import importlib.metadata
 import os
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 import tokenprune.plugins
+
+if not torch.cuda.is_available():
+    # Should Triton be installed, it must be imported in interpreter mode for tests/test_triton_fill.py
+    # to run its kernel on CPU tensors (the mode is fixed when triton.language is first imported).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 settings.register_profile("dev", deadline=None, max_examples=40)
 settings.register_profile(

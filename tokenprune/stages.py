@@ -223,16 +223,21 @@ class MaxMin(Selector):
     """Greedy max-min diversity (DivPrune): add the token least similar to everything selected.
 
     An empty row is seeded with DivPrune's first pick, the token whose most similar other token is
-    least similar (:func:`tokenprune.functional.isolated_token`, one ``N x N`` similarity). A
-    non-empty row continues from its selection, at ``O(K N D)`` cost.
+    least similar (:func:`tokenprune.functional.isolated_token`, one ``N x N`` similarity). On CPU a
+    non-empty row continues from its selection at ``O(K N D)`` cost, in blocks of candidates.
 
     When the first pick has built the whole ``N x N`` similarity matrix anyway (and it fits in
-    ``matrix_bytes``), the fill reads its rows instead of recomputing similarities.
+    ``matrix_bytes``), the fill reads its rows instead of recomputing similarities. On CUDA the
+    matrix is always built when it fits (images in groups that fit): one GEMM of ``2 N^2 D`` flops
+    costs less than ``K`` mat-vecs that each re-read ``N x D`` tokens, and the fill is then one
+    Triton kernel for all picks when Triton is installed (:mod:`tokenprune.functional._triton`),
+    else a sync-free loop of a few small kernels per pick.
 
     Args:
         block_size: candidates evaluated per matrix product on CPU (see
-            :func:`tokenprune.functional.select_maxmin`); ``0`` forces the batched, sync-free loop
-            that CUDA always uses (on any device, so CPU tests cover it). Both give the same picks.
+            :func:`tokenprune.functional.select_maxmin`); ``0`` takes the route CUDA always takes
+            (matrix when it fits, batched sync-free fill) on any device, so CPU tests cover it. Both
+            give the same picks.
         matrix_bytes: the largest ``B x N x N`` similarity matrix kept for the fill (512 MiB);
             ``0`` never keeps it (the first pick is then computed in chunks).
     """
@@ -248,7 +253,11 @@ class MaxMin(Selector):
         add = selection.needed(target)
         if not any(add):
             return selection
-        if tokens.visual.device.type == "cuda" or tokens.batch_size == 1:
+        batch, n = tokens.batch_size, tokens.visual.shape[1]
+        if tokens.visual.device.type == "cuda":  # images in groups whose similarity matrices fit together
+            group = max(1, self.matrix_bytes // max(1, n * n * tokens.visual.element_size()))
+            rows = [slice(b, b + group) for b in range(0, batch, group)]
+        elif batch == 1:
             rows = [slice(None)]
         else:  # CPU: one image at a time keeps its working set (and its N x N matrix) in cache
             rows = [slice(b, b + 1) for b in range(tokens.batch_size) if add[b]]
@@ -270,10 +279,13 @@ class MaxMin(Selector):
         """The rows' selections extended by ``add[b]`` max-min picks (DivPrune's first pick if empty)."""
         unseeded = [c == 0 and a > 0 for c, a in zip(counts, add, strict=True)]
         sims = None
+        batch, n, _ = visual.shape
+        batched = visual.device.type == "cuda" or self.block_size == 0
+        fits = batch * n * n * visual.element_size() <= self.matrix_bytes
+        if fits and (any(unseeded) or (batched and any(add))):
+            # for the first pick and every fill step; on a GPU one GEMM beats K memory-bound mat-vecs
+            sims = similarity_matrix(visual, norms=norms)
         if any(unseeded):
-            batch, n, _ = visual.shape
-            if batch * n * n * visual.element_size() <= self.matrix_bytes:
-                sims = similarity_matrix(visual, norms=norms)  # for the first pick and every fill step
             first = isolated_token(visual, available, norms=norms, sims=sims)
             picked = torch.tensor(unseeded, device=visual.device)
             selected = selected.clone().index_put_((torch.arange(batch, device=visual.device), first), picked)
@@ -287,7 +299,7 @@ class MaxMin(Selector):
             counts,
             add,
             norms=norms,
-            block_size=None if visual.device.type == "cuda" or self.block_size == 0 else self.block_size,
+            block_size=None if batched else self.block_size,
             sims=sims,
         )
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from tokenprune.functional import _triton
 from tokenprune.functional.similarity import cosine_similarity, snap_unit, token_norms
 
 __all__ = [
@@ -347,6 +348,11 @@ def _fill_from_matrix(
                 row_max[pick] = inf
             selected[row, picks] = True
         return selected
+    if _triton.available(sims.device) and sims.shape[1] <= _triton.MAX_TOKENS:  # one launch for every pick
+        picks = _triton.fill_from_matrix(snap_unit(sims), maxsim, add)
+        made = torch.arange(picks.shape[1], device=sims.device) < _count_tensor(add, sims.device).unsqueeze(1)
+        spare = torch.zeros((sims.shape[0], sims.shape[2] + 1), dtype=torch.bool, device=sims.device)
+        return selected | spare.scatter_(1, picks.masked_fill(~made, sims.shape[2]), True)[:, :-1]
     batch = torch.arange(sims.shape[0], device=sims.device)
     remaining = _count_tensor(add, sims.device)
     for step in range(max(add, default=0)):  # no host sync inside the loop
