@@ -240,6 +240,33 @@ def test_identical_tokens_have_cosine_exactly_one():
         assert (sims[:50, :50].fill_diagonal_(0).abs() < 0.9).all()  # distinct tokens are not snapped
 
 
+def test_cosines_equal_in_exact_arithmetic_tie_whatever_the_summation_order():
+    """Two tokens with the same dot product with the pooled prompt and the same norm tie exactly.
+
+    Found on an H200: the CPU's mat-vec put one of two such tokens a few ulp above the other while the
+    GPU's GEMM made them equal, so ``relevance`` kept different tokens on the two devices.
+    """
+    from tokenprune.functional import cosine_similarity
+
+    prompt = torch.zeros(1, 5, 6, dtype=torch.float64)
+    prompt[0, :1, 0], prompt[0, :2, 1], prompt[0, :3, 2] = 1.0, 1.0, 1.0  # mean: 0.2, 0.4, 0.6, 0, 0, 0
+    t_bar = prompt.mean(dim=1, keepdim=True)
+    a = torch.tensor([1.0, 1, 0, 0, 0, 0], dtype=torch.float64)  # 0.2 + 0.4: one ulp above 0.6 in float64
+    b = torch.tensor([0.0, 0, 1, 1, 0, 0], dtype=torch.float64)  # 0.6, and the same norm
+    assert a @ t_bar[0, 0] != b @ t_bar[0, 0] and a.norm() == b.norm()
+    pair = torch.stack([a, b])[None]
+    for dtype in (torch.float64, torch.float32):
+        for sims in (
+            cosine_similarity(pair.to(dtype), t_bar.to(dtype))[0, :, 0],
+            cosine_similarity(t_bar.to(dtype), pair.to(dtype))[0, 0],
+        ):
+            assert sims[0] == sims[1]
+    visual = torch.zeros(1, 30, 6, dtype=torch.float64)
+    visual[0, 10], visual[0, 23] = b, a  # without the grid, 23 scored one ulp higher and was kept
+    keep = tokenprune.create_method("relevance")(visual, prompt=prompt, budget=1)
+    assert keep.tolist() == [[10]]
+
+
 def test_inputs_that_require_grad_are_selected_without_a_graph():
     """Features from a model in training mode: selection runs, returns plain indices, leaves no graph."""
     c = make_case(batch=2, tokens=40, budget=0.25, seed=1)

@@ -2,9 +2,10 @@
 
 ``cos(a, b) = a.b / max(|a| |b|, eps)`` with ``eps = 1e-12``: a zero vector has cosine 0 with
 everything (never NaN), and two vectors are compared on their raw dot product, so the result is the
-same whether or not norms were precomputed. Results within ``16 * eps(dtype)`` of +-1 are snapped
-to exactly +-1, so that identical (or exactly parallel) tokens tie exactly and ties go to the lower
-index whatever the rounding of the kernel.
+same whether or not norms were precomputed. Results are then rounded to a fixed grid (``2**-40`` in
+float64, ``2**-16`` in float32; within ``16 * eps(dtype)`` of +-1 they become exactly +-1 in every
+dtype), so that cosines that are equal in exact arithmetic tie exactly, and ties go to the lower
+index, whatever the rounding of the kernel (see :func:`snap_unit`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["EPS", "cosine_similarity", "relevance_scores", "snap_unit", "token_norms"]
+__all__ = ["EPS", "TIE_GRID", "cosine_similarity", "relevance_scores", "snap_unit", "token_norms"]
 
 EPS = 1e-12
 
@@ -73,13 +74,26 @@ def _dots(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a, b.transpose(1, 2))
 
 
+TIE_GRID = {torch.float64: 2.0**-40, torch.float32: 2.0**-16}
+"""Cosines are rounded to multiples of this (by dtype) so that rounding noise cannot break exact ties."""
+
+
 def snap_unit(sims: Tensor) -> Tensor:
-    """Values within a few ulp of +-1 become exactly +-1.
+    """Round cosines to :data:`TIE_GRID`; values within a few ulp of +-1 become exactly +-1.
 
     ``v.v / (|v| |v|)`` rounds to ``1 +- 2 ulp`` depending on ``v`` and on the kernel (GEMM or
-    GEMV), so without this, identical tokens would not tie exactly and the lower-index tie rule
-    would be decided by rounding noise.
+    GEMV), and two cosines that are equal in exact arithmetic (``a.t = b.t`` and ``|a| = |b|``)
+    come out a few ulp apart depending on the order the kernel sums in: a CPU mat-vec and a GPU
+    GEMM disagree. Without the grid the lower-index tie rule would be decided by that noise, and the
+    CPU and the GPU would keep different tokens. The grid (about ``1e-12`` in float64, ``1.5e-5`` in
+    float32) is far below any difference that means something for selection; scaling by a power of
+    two and rounding is exact and monotone, so it commutes with max, min and rankings. Two values a
+    few ulp apart can still straddle a grid point (a chance of about ``2**-10`` in float64 near 1).
+    Other dtypes are only snapped at +-1 (tokenprune selects half-precision inputs in float32).
     """
+    grid = TIE_GRID.get(sims.dtype)
+    if grid is not None:
+        sims = torch.round(sims * (1 / grid)) * grid
     tol = 16 * torch.finfo(sims.dtype).eps
     ones = torch.ones((), dtype=sims.dtype, device=sims.device)
     return torch.where(sims.abs() >= 1 - tol, torch.copysign(ones, sims), sims)
