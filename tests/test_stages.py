@@ -267,6 +267,21 @@ def test_cosines_equal_in_exact_arithmetic_tie_whatever_the_summation_order():
     assert keep.tolist() == [[10]]
 
 
+def test_snap_in_place_matches_snap():
+    from tokenprune.functional import TIE_GRID, snap_unit, snap_unit_
+
+    g = torch.Generator().manual_seed(3)
+    for dtype, grid in TIE_GRID.items():
+        sims = torch.rand(4, 50, generator=g, dtype=torch.float64).mul(2.2).sub(1.1).to(dtype)
+        sims[0, :4] = torch.tensor([float("-inf"), float("inf"), 1 + 2 * torch.finfo(dtype).eps, -1.0])
+        expected = snap_unit(sims)
+        assert expected[0, :4].tolist() == [-1.0, 1.0, 1.0, -1.0]
+        finite = expected[1:]
+        assert torch.equal(finite, torch.round(finite / grid) * grid)  # on the grid (so are +-1)
+        copy = sims.clone()
+        assert snap_unit_(copy) is copy and torch.equal(copy, expected)
+
+
 def test_inputs_that_require_grad_are_selected_without_a_graph():
     """Features from a model in training mode: selection runs, returns plain indices, leaves no graph."""
     c = make_case(batch=2, tokens=40, budget=0.25, seed=1)

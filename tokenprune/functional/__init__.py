@@ -14,10 +14,19 @@ from tokenprune.functional.selection import (
     select_topk,
     similarity_matrix,
 )
-from tokenprune.functional.similarity import EPS, cosine_similarity, relevance_scores, snap_unit, token_norms
+from tokenprune.functional.similarity import (
+    EPS,
+    TIE_GRID,
+    cosine_similarity,
+    relevance_scores,
+    snap_unit,
+    snap_unit_,
+    token_norms,
+)
 
 __all__ = [
     "EPS",
+    "TIE_GRID",
     "POOLING_MODES",
     "cosine_similarity",
     "isolated_token",
@@ -30,5 +39,6 @@ __all__ = [
     "select_topk",
     "similarity_matrix",
     "snap_unit",
+    "snap_unit_",
     "token_norms",
 ]

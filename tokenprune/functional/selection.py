@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.functional import _triton
-from tokenprune.functional.similarity import cosine_similarity, snap_unit, token_norms
+from tokenprune.functional.similarity import cosine_similarity, snap_unit, snap_unit_, token_norms
 
 __all__ = [
     "isolated_token",
@@ -254,6 +254,7 @@ def select_maxmin(
         block_size: see above.
         sims: a precomputed ``(B, N, N)`` cosine matrix (:func:`similarity_matrix`); each step is
             then a row lookup (the matrix already cost ``O(N^2 D)``, e.g. for DivPrune's first pick).
+            On CUDA it is snapped in place (:func:`tokenprune.functional.snap_unit_`).
 
     Returns:
         ``(B, N)`` bool: ``selected`` plus the added tokens.
@@ -349,7 +350,7 @@ def _fill_from_matrix(
             selected[row, picks] = True
         return selected
     if _triton.available(sims.device) and sims.shape[1] <= _triton.MAX_TOKENS:  # one launch for every pick
-        picks = _triton.fill_from_matrix(snap_unit(sims), maxsim, add)
+        picks = _triton.fill_from_matrix(snap_unit_(sims), maxsim, add)
         made = torch.arange(picks.shape[1], device=sims.device) < _count_tensor(add, sims.device).unsqueeze(1)
         spare = torch.zeros((sims.shape[0], sims.shape[2] + 1), dtype=torch.bool, device=sims.device)
         return selected | spare.scatter_(1, picks.masked_fill(~made, sims.shape[2]), True)[:, :-1]

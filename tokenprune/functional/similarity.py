@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["EPS", "TIE_GRID", "cosine_similarity", "relevance_scores", "snap_unit", "token_norms"]
+__all__ = ["EPS", "TIE_GRID", "cosine_similarity", "relevance_scores", "snap_unit", "snap_unit_", "token_norms"]
 
 EPS = 1e-12
 
@@ -91,12 +91,16 @@ def snap_unit(sims: Tensor) -> Tensor:
     few ulp apart can still straddle a grid point (a chance of about ``2**-10`` in float64 near 1).
     Other dtypes are only snapped at +-1 (tokenprune selects half-precision inputs in float32).
     """
+    return snap_unit_(sims.clone())
+
+
+def snap_unit_(sims: Tensor) -> Tensor:
+    """:func:`snap_unit` in place (for an ``N x N`` matrix, no second copy); returns ``sims``."""
     grid = TIE_GRID.get(sims.dtype)
     if grid is not None:
-        sims = torch.round(sims * (1 / grid)) * grid
-    tol = 16 * torch.finfo(sims.dtype).eps
-    ones = torch.ones((), dtype=sims.dtype, device=sims.device)
-    return torch.where(sims.abs() >= 1 - tol, torch.copysign(ones, sims), sims)
+        sims.mul_(1 / grid).round_().mul_(grid)
+    unit = sims.abs() >= 1 - 16 * torch.finfo(sims.dtype).eps
+    return sims.masked_fill_(unit & (sims > 0), 1.0).masked_fill_(unit & (sims < 0), -1.0)
 
 
 def relevance_scores(
