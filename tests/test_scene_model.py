@@ -371,16 +371,17 @@ class TestShippedModel:
 
     def test_reads_the_image_on_held_out_questions(self, loaded):
         """Below the project's bar (docs/scene-model.md), but the answers come from the image: asked about
-        another scene's image, the same questions score far less (measured 0.62 against 0.23 here; the
-        families it reads: existence 0.9, attribute 1.0, counting 0.8)."""
+        another scene's image, the same questions score far less (measured 0.75 against 0.25 here; the
+        families it reads: existence 1.0, attribute 1.0, counting 0.8, multiple choice 0.7)."""
         model, processor = loaded
         samples = make_dataset(60, seed=11, split="test")  # 10 per family, not the README's test set
         right = evaluate(model, processor, samples, batch_size=20)
         other = evaluate(model, processor, samples, batch_size=20, other_images=True)
         assert set(right["families"]) == set(FAMILIES)
-        assert right["overall"] >= 0.55, right["families"]
-        assert right["overall"] - other["overall"] >= 0.25, (right["families"], other["families"])
+        assert right["overall"] >= 0.65, right["families"]
+        assert right["overall"] - other["overall"] >= 0.35, (right["families"], other["families"])
         assert min(right["families"][f] for f in ("existence", "attribute", "counting")) >= 0.7, right["families"]
+        assert right["families"]["multiple_choice"] >= 0.5, right["families"]
 
     def test_answers_a_hand_made_scene(self, loaded):
         """Questions of the kinds it reads (existence, shape, counting), on a scene drawn by hand."""
