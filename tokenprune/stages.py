@@ -254,10 +254,11 @@ class MaxMin(Selector):
         if not any(add):
             return selection
         batch, n = tokens.batch_size, tokens.visual.shape[1]
-        if tokens.visual.device.type == "cuda":  # images in groups whose similarity matrices fit together
-            group = max(1, self.matrix_bytes // max(1, n * n * tokens.visual.element_size()))
+        per_image = n * n * tokens.visual.element_size()
+        if tokens.visual.device.type == "cuda" and 0 < per_image <= self.matrix_bytes:
+            group = self.matrix_bytes // per_image  # images in groups whose similarity matrices fit together
             rows = [slice(b, b + group) for b in range(0, batch, group)]
-        elif batch == 1:
+        elif tokens.visual.device.type == "cuda" or batch == 1:  # no matrix: one batched loop
             rows = [slice(None)]
         else:  # CPU: one image at a time keeps its working set (and its N x N matrix) in cache
             rows = [slice(b, b + 1) for b in range(tokens.batch_size) if add[b]]

@@ -35,7 +35,7 @@ def _kernel():
 
     @triton.jit
     def maxmin_fill(
-        sims_ptr,  # (B, N, N) cosines, snapped to +-1
+        sims_ptr,  # (B, N, N) cosines, snapped (snap_unit)
         maxsim_ptr,  # (B, N) start scores: +inf where a token may not be picked
         picks_ptr,  # (B, steps) int32 out
         n,
