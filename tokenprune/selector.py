@@ -134,7 +134,8 @@ class TokenBatch:
         visual = visual.to(compute)
         if visual_mask is not None:  # padding may hold anything; make it inert (zero) once, here
             visual = visual.masked_fill(~real.unsqueeze(-1), 0.0)
-        counts = tuple(int(c) for c in real.sum(dim=1).tolist())  # the one sync
+        # without a mask every token is real: no need to ask the device (a host sync on CUDA)
+        counts = (n,) * batch if visual_mask is None else tuple(int(c) for c in real.sum(dim=1).tolist())
         for row, count in enumerate(counts):
             if count == 0:
                 raise InputError(f"visual_mask row {row} marks no real token; every image needs at least one")
