@@ -261,7 +261,7 @@ class MaxMin(Selector):
         elif tokens.visual.device.type == "cuda" or batch == 1:  # no matrix: one batched loop
             rows = [slice(None)]
         else:  # CPU: one image at a time keeps its working set (and its N x N matrix) in cache
-            rows = [slice(b, b + 1) for b in range(tokens.batch_size) if add[b]]
+            rows = [slice(b, b + 1) for b in range(batch) if add[b]]
         mask = selection.mask.clone()
         for row in rows:
             mask[row] = self._fill(

@@ -48,6 +48,16 @@ def _first_ranks(order: Tensor, counts: Sequence[int]) -> Tensor:
     return mask.scatter_(1, order[:, :width], valid)
 
 
+def _mark(picks: Tensor, valid: Tensor, n: int) -> Tensor:
+    """A ``(B, n)`` bool mask with ``picks[b, j]`` set where ``valid[b, j]``.
+
+    Invalid slots are scattered into a spare column that is then dropped, so a repeated index in an
+    invalid slot can never overwrite a valid one (a scatter of ``valid`` itself could).
+    """
+    mask = torch.zeros((picks.shape[0], n + 1), dtype=torch.bool, device=picks.device)
+    return mask.scatter_(1, picks.masked_fill(~valid, n), True)[:, :n]
+
+
 def mask_to_indices(mask: Tensor, counts: Sequence[int]) -> Tensor:
     """Convert a keep-mask to ascending indices.
 
@@ -110,7 +120,7 @@ def select_stride(available: Tensor, add: Sequence[int]) -> Tensor:
         >>> select_stride(torch.ones(1, 8, dtype=torch.bool), [2]).nonzero()[:, 1]
         tensor([2, 6])
     """
-    batch, n = available.shape
+    n = available.shape[1]
     width = max(add, default=0)
     if width == 0:
         return torch.zeros_like(available)
@@ -121,9 +131,7 @@ def select_stride(available: Tensor, add: Sequence[int]) -> Tensor:
     j = torch.arange(width, device=device).unsqueeze(0)
     ranks = torch.div((2 * j + 1) * n_avail, (2 * count).clamp_min(1), rounding_mode="floor")
     valid = j < count
-    picks = order.gather(1, ranks.clamp_max(n - 1)).masked_fill(~valid, n)  # unused slots -> spare column
-    mask = torch.zeros((batch, n + 1), dtype=torch.bool, device=device)
-    return mask.scatter_(1, picks, True)[:, :n]
+    return _mark(order.gather(1, ranks.clamp_max(n - 1)), valid, n)
 
 
 def _pairwise(visual: Tensor, norms: Tensor) -> Callable[[int, int], Tensor]:
@@ -352,8 +360,7 @@ def _fill_from_matrix(
     if _triton.available(sims.device) and sims.shape[1] <= _triton.MAX_TOKENS:  # one launch for every pick
         picks = _triton.fill_from_matrix(snap_unit_(sims), maxsim, add)
         made = torch.arange(picks.shape[1], device=sims.device) < _count_tensor(add, sims.device).unsqueeze(1)
-        spare = torch.zeros((sims.shape[0], sims.shape[2] + 1), dtype=torch.bool, device=sims.device)
-        return selected | spare.scatter_(1, picks.masked_fill(~made, sims.shape[2]), True)[:, :-1]
+        return selected | _mark(picks, made, sims.shape[2])
     batch = torch.arange(sims.shape[0], device=sims.device)
     remaining = _count_tensor(add, sims.device)
     for step in range(max(add, default=0)):  # no host sync inside the loop

@@ -97,10 +97,12 @@ def snap_unit(sims: Tensor) -> Tensor:
 def snap_unit_(sims: Tensor) -> Tensor:
     """:func:`snap_unit` in place (for an ``N x N`` matrix, no second copy); returns ``sims``."""
     grid = TIE_GRID.get(sims.dtype)
-    if grid is not None:
-        sims.mul_(1 / grid).round_().mul_(grid)
-    unit = sims.abs() >= 1 - 16 * torch.finfo(sims.dtype).eps
-    return sims.masked_fill_(unit & (sims > 0), 1.0).masked_fill_(unit & (sims < 0), -1.0)
+    if grid is None:  # half precision: only values within 16 ulp of +-1 are snapped
+        unit = sims.abs() >= 1 - 16 * torch.finfo(sims.dtype).eps
+        return sims.copy_(torch.where(unit, sims.sign(), sims))
+    # on the grid, the only multiples within 16 ulp of +-1 (or beyond) are +-1 and what is beyond:
+    # clamping snaps exactly those, infinities included
+    return sims.mul_(1 / grid).round_().mul_(grid).clamp_(-1.0, 1.0)
 
 
 def relevance_scores(
