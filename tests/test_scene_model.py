@@ -16,6 +16,7 @@ import torch
 
 from tokenprune.errors import InputError
 from tokenprune.scenes import FAMILIES, Scene, SceneObject, TextItem, make_dataset, render_scene
+from tokenprune.scenes.description import SHAPES
 from tokenprune.scenes.model import (
     CONCEPTS,
     GRID,
@@ -32,6 +33,7 @@ from tokenprune.scenes.questions import Question
 from tokenprune.scenes.train import (
     ATTENTION_SLOTS,
     CAPTION_QUESTION,
+    GLYPHS,
     Batches,
     TrainConfig,
     attention_rows,
@@ -174,6 +176,35 @@ class TestTrainingPieces:
                     terms.append(-logp[target].mean())
         torch.testing.assert_close(got, torch.stack(terms).mean())
 
+    def test_reading_is_a_softmax_over_the_glyphs_of_each_sign_and_label(self, processor):
+        assert {"CAT", "TAXI", "17", "99", "A", "Z", "7"} <= {CONCEPTS[i] for i in GLYPHS}
+        assert not {"red", "circle", "sign", "white", "background", "I", "O"} & {CONCEPTS[i] for i in GLYPHS}
+        model = build_model(0).eval()
+        cfg = TrainConfig(batch_size=3, text_probability=1.0, read_weight=2.0, **NO_CURRICULUM)
+        batches = Batches(cfg, processor)
+        batch = batches(2)
+        with torch.no_grad():
+            parts = losses(model, batch, batches.concept_ids, cfg)
+            unread = losses(model, batch, batches.concept_ids, TrainConfig(**{**cfg.__dict__, "read_weight": 0.0}))
+            patches = model.model.multi_modal_projector(
+                model.model.vision_tower(batch["pixel_values"]).last_hidden_state
+            )[:, 1:]
+            glyph_ids = batches.concept_ids[list(GLYPHS)]
+            words = torch.nn.functional.normalize(model.get_input_embeddings().weight[glyph_ids], dim=-1)
+            terms = []
+            for j in range(3):
+                for k in range(1, batch["item_concepts"].shape[1] + 1):
+                    mine = batch["owner"][j] == k
+                    target = batch["item_concepts"][j, k - 1, list(GLYPHS)]
+                    if not mine.any() or not target.any():
+                        continue
+                    assert int(target.sum()) == 1  # a sign's word or number, a label's letter or digit
+                    mean = torch.nn.functional.normalize(patches[j][mine].mean(0), dim=-1)
+                    terms.append(-(words @ mean / cfg.temperature).log_softmax(-1)[target][0])
+        assert len(terms) >= 3
+        torch.testing.assert_close(parts["reading"], torch.stack(terms).mean())
+        torch.testing.assert_close(parts["total"] - unread["total"], 2.0 * parts["reading"])
+
     def test_batches_are_deterministic_and_label_only_answers(self, processor):
         batches = Batches(TrainConfig(batch_size=2, **NO_CURRICULUM), processor)
         a, b = batches(3), batches(3)
@@ -296,7 +327,7 @@ class TestAttentionSupervision:
         tokenizer = processor.tokenizer
         image = batch["input_ids"] == batches.image_id
         assert (batch["slots"] >= 0).any()
-        letters_seen = 0
+        letters_seen = names_seen = 0
         for j in range(2):
             for r in torch.nonzero(batch["slots"][j] >= 0).flatten().tolist():
                 row, query = batch["attention"][j, r], int(batch["queries"][j, r])
@@ -308,12 +339,24 @@ class TestAttentionSupervision:
                     assert where.tolist() == [query - 2] and letters[0] in "ABCD" and letters[1] == "."
                     letters_seen += 1
                     continue
+                if int(batch["slots"][j, r]) == list(ATTENTION_SLOTS).index("name"):  # an object's name in a question
+                    assert tokenizer.convert_ids_to_tokens(int(batch["input_ids"][j, query])) in SHAPES
+                    assert batch["labels"][j, query] == -100 and batch["labels"][j, query + 1] == -100
+                    assert all(int(w) == 0 or bool(image[j, w]) for w in where)  # the sink or visual tokens
+                    names_seen += 1
+                    continue
                 assert tokenizer.convert_ids_to_tokens(int(batch["labels"][j, query + 1])) != "<pad>"
-                if int(batch["slots"][j, r]) == list(ATTENTION_SLOTS).index("option"):
+                if int(batch["slots"][j, r]) == list(ATTENTION_SLOTS).index("reference"):  # B's name
+                    assert (
+                        len(where) == 1
+                        and tokenizer.convert_ids_to_tokens(int(batch["input_ids"][j, where[0]])) in SHAPES
+                    )
+                elif int(batch["slots"][j, r]) == list(ATTENTION_SLOTS).index("option"):
                     assert len(where) == 1 and not image[j, where[0]]
                 else:
                     assert all(int(w) == 0 or bool(image[j, w]) for w in where)  # the sink or visual tokens
         assert letters_seen % 4 == 0 and letters_seen > 0  # four options per multiple-choice question
+        assert names_seen > 0
 
     def test_spatial_answers_carry_the_places_of_both_objects_and_agree_with_the_relation(self, processor):
         batches = Batches(TrainConfig(batch_size=1, init="full task"), processor)
@@ -330,6 +373,23 @@ class TestAttentionSupervision:
                 assert min(xa, ya, xb, yb) > 0 and max(xa, ya, xb, yb) < 1
                 checked += 1
         assert checked >= 5
+
+    def test_a_spatial_question_names_both_objects_and_its_answer_looks_at_the_reference_name(self, processor):
+        batches = Batches(TrainConfig(batch_size=1, init="full task"), processor)
+        tokenizer = processor.tokenizer
+        question = Question(
+            "Is the red circle to the left of the blue circle?", "yes", "spatial", ("yes",),
+            target="red circle|to the left of|blue circle",
+        )  # fmt: skip
+        prompt = batches._ids("\n" + question.text + " ASSISTANT:")
+        found = batches._named_positions(question, prompt)
+        words = tokenizer.convert_ids_to_tokens(prompt)
+        assert [(name, slot) for name, slot, _ in found] == [("red circle", "object"), ("blue circle", "second")]
+        assert [words[at - 1 : at + 1] for *_, at in found] == [["red", "circle"], ["blue", "circle"]]
+        absent = Question("Is there a green star in the image?", "no", "existence", ("no",), target="green star")
+        prompt = batches._ids("\n" + absent.text + " ASSISTANT:")
+        assert [(n, s) for n, s, _ in batches._named_positions(absent, prompt)] == [("green star", "object")]
+        assert batches._named_positions(Question("What is written on the sign?", "CAT", "text", ("CAT",)), prompt) == []
 
     def test_attention_rows_equal_the_models_eager_attention(self, processor):
         model = build_model(0).eval()
@@ -433,6 +493,20 @@ def test_export_writes_the_trained_state_and_init_starts_from_it(tmp_path):
         torch.testing.assert_close(a, b, msg=name, rtol=0, atol=0)
     with pytest.raises(InputError, match="expected a training state"):
         export(tmp_path / "nowhere", tmp_path / "x")
+
+
+def test_the_reading_stage_trains_the_vision_side_alone(tmp_path):
+    cfg = TrainConfig(steps=1, batch_size=1, warmup=1, threads=1, vision_only=True, read_weight=1.0)
+    with torch.no_grad():
+        processor = build_processor()
+        batches = Batches(cfg, processor)
+        parts = losses(build_model(0), batches(0), batches.concept_ids, cfg)
+    assert float(parts["answer"]) == float(parts["attention"]) == 0.0  # no language model forward
+    assert parts["objects"] > 0 and parts["align"] > 0
+    before = build_model(0).state_dict()
+    after = train(tmp_path, cfg).state_dict()
+    changed = {name.split(".")[1] for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {"vision_tower", "multi_modal_projector"}
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):

@@ -87,7 +87,7 @@ from PIL import Image, ImageDraw
 from tokenprune.errors import InputError
 from tokenprune.integrations.attention import query_attention
 from tokenprune.scenes.description import SHAPES, Scene
-from tokenprune.scenes.generator import generate_scene, make_dataset, scene_seed
+from tokenprune.scenes.generator import _LABELS, WORDS, generate_scene, make_dataset, scene_seed
 from tokenprune.scenes.model import CONCEPTS, GRID, PATCH_SIZE, build_model, build_processor
 from tokenprune.scenes.questions import _RELATIONS, FAMILIES, Question, ask
 from tokenprune.scenes.render import draw_shape, render_scene
@@ -104,6 +104,7 @@ __all__ = [
     "export",
     "main",
     "probes",
+    "reading_report",
     "train",
 ]
 
@@ -138,6 +139,8 @@ class TrainConfig:
     attention_weight: float = 0.5
     position_weight: float = 1.0
     place_weight: float = 1.0
+    read_weight: float = 0.0
+    vision_only: bool = False
     bf16: bool = True
     temperature: float = 0.07
     one_object_steps: int = 200
@@ -221,18 +224,25 @@ def caption(scene: Scene) -> str:
     return " , ".join(name for _, name in items)
 
 
-#: The attention heads whose attention, at the positions that predict an answer, is supervised
-#: (:func:`attention_targets`): ``slot -> (decoder layer, head)``.
+#: The attention heads whose attention is supervised (:func:`attention_targets`, :class:`Batches`):
+#: ``slot -> (decoder layer, head)``.
 ATTENTION_SLOTS: dict[str, tuple[int, int]] = {
     "object": (2, 0),
     "second": (1, 0),
     "option": (3, 0),
     "letter": (0, 1),
+    "name": (1, 1),
+    "reference": (2, 1),
 }
 _FIRST_SLOTS = {"object": (2, 0), "second": (1, 0), "option": (3, 0)}  # the slots before "letter" was added
 #: The decoder layer whose output, at a spatial answer, must say where the question's two objects are.
 PLACE_LAYER = 2
 SLOT_INDEX = {slot: i for i, slot in enumerate(ATTENTION_SLOTS)}
+#: The concepts that are read, not seen (:data:`CONCEPTS` indices): sign words, two-digit sign numbers and
+#: the letters and digits of labels; the reading term is a softmax over these alone.
+GLYPHS: tuple[int, ...] = tuple(
+    i for i, c in enumerate(CONCEPTS) if c in WORDS or (c.isdigit() and len(c) == 2) or (len(c) == 1 and c in _LABELS)
+)
 
 
 def attention_targets(scene: Scene, question: Question) -> dict[str, tuple[dict[int, float], float]]:
@@ -375,6 +385,13 @@ class Batches:
                 if questions[k].family == "spatial":
                     where = [_centre(scene, targets[slot][0]) for slot in ("object", "second")]
                     places += [(q, [*where[0], *where[1]]) for q in queries]
+                # the last word of each object the question names looks at that object (the "name" head,
+                # layer 1), and a spatial answer looks at the reference object's name (the "reference" head,
+                # layer 2), which by then has brought back where that object is
+                for _name, slot, at in self._named_positions(questions[k], prompt):
+                    rows.append((len(ids) + at, SLOT_INDEX["name"], *targets[slot]))
+                    if slot == "second":
+                        rows += [(q, SLOT_INDEX["reference"], {-1 - (len(ids) + at): 1.0}, 0.0) for q in queries]
                 if questions[k].family == "multiple_choice":
                     options = self._option_positions(prompt)
                     right = options["ABCD"[questions[k].choices.index(questions[k].target)]]
@@ -419,6 +436,25 @@ class Batches:
             "place_queries": np.array([q for q, _ in places], dtype=np.int64),
             "places": np.array([w for _, w in places], dtype=np.float32).reshape(-1, 4),
         }
+
+    def _named_positions(self, question: Question, prompt: list[int]) -> list[tuple[str, str, int]]:
+        """``(name, slot, index in prompt of the name's last word)`` for each object an existence or spatial
+        question names (``slot``: which of :func:`attention_targets`'s slots points at that object)."""
+        if question.family == "existence":
+            named = [(question.target, "object")]
+        elif question.family == "spatial":
+            a, _, b = question.target.split("|")
+            named = [(b, "second")] if a == "?" else [(a, "object"), (b, "second")]
+        else:
+            return []
+        found = []
+        for name, slot in named:
+            want = self._ids(" " + name)
+            at = next((i + len(want) - 1 for i in range(len(prompt)) if prompt[i : i + len(want)] == want), -1)
+            if at < 0:  # pragma: no cover - every existence and spatial question spells its objects' names
+                raise AssertionError(f"{name!r} not found in {self.tokenizer.decode(prompt)!r}")
+            found.append((name, slot, at))
+        return found
 
     def _option_positions(self, prompt: list[int]) -> dict[str, int]:
         """Index in ``prompt`` of each option's word (``circle`` in ``B . circle``), by letter."""
@@ -501,16 +537,11 @@ def probes(hidden_size: int) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict({"position": torch.nn.Linear(hidden_size, 2), "place": torch.nn.Linear(hidden_size, 4)})
 
 
-def losses(
-    model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor, cfg: TrainConfig, probe: Any = None
-) -> dict:
-    """The answer loss and the grounding losses (patch and object alignment, orthogonality, CLS, answer
-    attention, positions, places) of one batch; ``probe`` is :func:`probes` (without it no position or
-    place term)."""
+def _language_terms(
+    model: Any, batch: dict[str, torch.Tensor], patches: torch.Tensor, probe: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The language model's terms of :func:`losses`: the answer loss, the answer attention, the places."""
     inner = model.model
-    hidden = inner.vision_tower(batch["pixel_values"]).last_hidden_state  # == hidden_states[-1]
-    projected = inner.multi_modal_projector(hidden)  # (B, 577, H): CLS + 576 patches
-    patches, cls = projected[:, 1:], projected[:, 0]
     embed = inner.get_input_embeddings()
     ids = batch["input_ids"]
     image = ids == model.config.image_token_id
@@ -547,18 +578,37 @@ def losses(
         logp = attention_rows(layers[layer].self_attn, states, rope, head, queries, batch["attention_mask"])
         nll = -(wanted * logp.clamp(min=-1e4)).sum(-1)  # (B, R); -inf where the target is 0 contributes 0
         attention = attention + (nll * rows).sum() / rows.sum().clamp(min=1)
-    position = place = torch.zeros((), device=ids.device)
-    if probe is not None:  # each visual token says where it is (spatial questions compare positions)
-        grid = torch.arange(GRID, device=ids.device, dtype=torch.float32) / (GRID - 1)
-        where = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(1, GRID * GRID, 2)
-        position = F.mse_loss(probe["position"](patches.float()), where.expand(len(patches), -1, -1))
+    place = torch.zeros((), device=ids.device)
+    if probe is not None:
         # a spatial answer has brought back where its two objects are before the last layer compares them
         spots = batch["place_queries"]
         states = captured["out"].gather(1, spots.clamp(min=0)[..., None].expand(-1, -1, captured["out"].shape[-1]))
         real = (spots >= 0).float()
         error = (probe["place"](states.float()) - batch["places"]).pow(2).mean(-1)
         place = (error * real).sum() / real.sum().clamp(min=1)
+    return out.loss, attention, place
 
+
+def losses(
+    model: Any, batch: dict[str, torch.Tensor], concept_ids: torch.Tensor, cfg: TrainConfig, probe: Any = None
+) -> dict:
+    """The answer loss and the grounding losses (patch and object alignment, orthogonality, CLS, answer
+    attention, positions, places) of one batch; ``probe`` is :func:`probes` (without it no position or
+    place term)."""
+    inner = model.model
+    hidden = inner.vision_tower(batch["pixel_values"]).last_hidden_state  # == hidden_states[-1]
+    projected = inner.multi_modal_projector(hidden)  # (B, 577, H): CLS + 576 patches
+    patches, cls = projected[:, 1:], projected[:, 0]
+    embed = inner.get_input_embeddings()
+    zero = torch.zeros((), device=patches.device)
+    answer = attention = place = zero
+    if not cfg.vision_only:
+        answer, attention, place = _language_terms(model, batch, patches, probe)
+    position = zero
+    if probe is not None:  # each visual token says where it is (spatial questions compare positions)
+        grid = torch.arange(GRID, device=patches.device, dtype=torch.float32) / (GRID - 1)
+        where = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(1, GRID * GRID, 2)
+        position = F.mse_loss(probe["position"](patches.float()), where.expand(len(patches), -1, -1))
     with torch.autocast(patches.device.type, enabled=False):
         patches, cls = patches.float(), cls.float()  # the alignment terms in float32 (temperature 0.07)
         words = F.normalize(embed.weight.float(), dim=-1)  # (V, H)
@@ -580,23 +630,32 @@ def losses(
         real = (counts > 0).to(patches.dtype)  # padded item rows and items with no patch of their own: 0
         item_loss = -(item_logp * items).sum(-1) / items.sum(-1).clamp(min=1)  # (B, K), finite everywhere
         objects = (item_loss * real).sum() / real.sum().clamp(min=1)
+        # reading: a sign's or a label's mean token names its word, number or letter among the glyphs alone
+        # (in the softmax over every concept the colour and shape words, learned first, dominate its gradient)
+        glyphs = concept_ids.new_tensor(GLYPHS)
+        glyph_logits = F.normalize(pooled, dim=-1) @ words[concept_ids[glyphs]].T / cfg.temperature  # (B, K, G)
+        wanted = items[..., glyphs].to(patches.dtype)  # one glyph for a sign or a labelled object, else none
+        readable = real * (wanted.sum(-1) > 0).to(patches.dtype)
+        read_loss = -(glyph_logits.log_softmax(-1) * wanted).sum(-1)  # (B, K)
+        reading = (read_loss * readable).sum() / readable.sum().clamp(min=1)
         other = torch.ones(words.shape[0], dtype=torch.bool, device=words.device)
         other[concept_ids] = False
         orthogonal = cosines[..., other].pow(2).mean()  # words that name nothing visual: cosine 0, not negative
         cls_logits = F.normalize(cls, dim=-1) @ words[concept_ids].T / cfg.temperature
         grounding = F.binary_cross_entropy_with_logits(cls_logits, batch["present"])
     total = (
-        out.loss
+        answer
         + cfg.align_weight * (align.mean() + cfg.orthogonal_weight * orthogonal)
         + cfg.object_weight * objects
         + cfg.cls_weight * grounding
         + cfg.attention_weight * attention
         + cfg.position_weight * position
         + cfg.place_weight * place
+        + cfg.read_weight * reading
     )
     return {
         "total": total,
-        "answer": out.loss,
+        "answer": answer,
         "align": align.mean(),
         "objects": objects,
         "orthogonal": orthogonal,
@@ -604,6 +663,7 @@ def losses(
         "attention": attention,
         "position": position,
         "place": place,
+        "reading": reading,
     }
 
 
@@ -651,7 +711,13 @@ def train(
         model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(cfg.init).state_dict())
     model = model.to(device)
     probe = probes(model.config.text_config.hidden_size).to(device)  # not shipped: training aids
-    params = [*model.parameters(), *probe.parameters()]
+    trained = model.model.vision_tower, model.model.multi_modal_projector  # the reading stage: the vision side alone
+    params = [*(p for m in trained for p in m.parameters()), probe["position"].weight, probe["position"].bias]
+    if not cfg.vision_only:
+        params = [*model.parameters(), *probe.parameters()]
+    model.requires_grad_(not cfg.vision_only)
+    for p in params:
+        p.requires_grad_(True)
     decay, rest = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
@@ -697,7 +763,7 @@ def train(
             parts = losses(model, batch, concept_ids, cfg, probe)
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         for k, v in parts.items():
             window[k] += float(v.detach())
@@ -815,6 +881,33 @@ def alignment_report(model: Any, processor: Any, n: int = 60, *, seed: int = 0) 
     }
 
 
+@torch.no_grad()
+def reading_report(model: Any, processor: Any, n: int = 60, *, seed: int = 0) -> dict[str, float]:
+    """Whether the vision side reads: over the signs and labelled objects of ``n`` test scenes with text,
+    the share whose mean projected token is nearest (by cosine), among the :data:`GLYPHS` alone, to the
+    input embedding of its own word, number or letter (``signs``, ``labels``; chance is 1 in 147)."""
+    tokenizer = processor.tokenizer
+    index = {c: i for i, c in enumerate(CONCEPTS)}
+    glyph_words = [CONCEPTS[i] for i in GLYPHS]
+    embed = model.get_input_embeddings().weight
+    words = F.normalize(embed[tokenizer.convert_tokens_to_ids(glyph_words)].float(), dim=-1)
+    hits: dict[str, list[bool]] = {"signs": [], "labels": []}
+    for sample in make_dataset(n, seed, split="test", families=("text",)):
+        pixels = processor.image_processor([sample.image], return_tensors="pt")["pixel_values"].to(model.device)
+        tokens = model.model.multi_modal_projector(model.model.vision_tower(pixels).last_hidden_state)[0, 1:]
+        _, _, owner, named = concept_targets(sample.scene, index, items=True)
+        for k, concepts in enumerate(named, start=1):
+            mine = torch.from_numpy(owner == k).to(tokens.device)
+            glyph = [i for i, c in enumerate(glyph_words) if concepts[index[c]]]
+            if not glyph or not mine.any():
+                continue
+            nearest = int((F.normalize(tokens[mine].float().mean(0), dim=-1) @ words.T).argmax())
+            hits["signs" if k > len(sample.scene.objects) else "labels"].append(nearest == glyph[0])
+    return {kind: float(np.mean(v)) if v else float("nan") for kind, v in hits.items()} | {
+        f"{kind}_n": len(v) for kind, v in hits.items()
+    }
+
+
 def export(out: Path, target: Path) -> Path:
     """Write the model of ``out/train_state.pt`` (a run stopped or still going) and the processor to
     ``target`` as a ``save_pretrained`` directory, without the training state; returns ``target``."""
@@ -840,6 +933,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--align-weight", type=float, default=TrainConfig.align_weight)
     parser.add_argument("--cls-weight", type=float, default=TrainConfig.cls_weight)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument(
+        "--read-weight",
+        type=float,
+        default=TrainConfig.read_weight,
+        help="weight of the reading term (a sign's or label's mean token names its glyph; default 0)",
+    )
+    parser.add_argument(
+        "--text-probability",
+        type=float,
+        default=TrainConfig.text_probability,
+        help="share of training images with signs and labels (default %(default)s)",
+    )
+    parser.add_argument(
+        "--vision-only",
+        action="store_true",
+        help="the reading stage: train the vision tower and projector alone on the grounding and reading terms "
+        "(no language model forward); use with --init",
+    )
     parser.add_argument(
         "--balance-patches",
         action=argparse.BooleanOptionalAction,
@@ -871,6 +982,9 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         align_weight=args.align_weight,
         cls_weight=args.cls_weight,
+        read_weight=args.read_weight,
+        text_probability=args.text_probability,
+        vision_only=args.vision_only,
         seed=args.seed,
         threads=args.threads,
         balance_patches=args.balance_patches,
@@ -896,6 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
         blind = evaluate(model, processor, make_dataset(args.eval, seed=0, split="test"), other_images=True)
         report["accuracy_other_images"] = {"overall": blind["overall"], **blind["families"]}
         report["alignment"] = alignment_report(model, processor)
+        report["reading"] = reading_report(model, processor)
         wrong = [p for p in result["predictions"] if p["prediction"] != p["answer"]][:20]
         print(json.dumps({"examples_wrong": wrong}, indent=1))
     print(json.dumps(report, indent=1))
