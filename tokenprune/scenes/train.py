@@ -348,6 +348,11 @@ def _turns(scene: Scene, rng: np.random.Generator, count: int) -> list[Question]
     return out
 
 
+def _end_of(ids: list[int], want: list[int]) -> int:
+    """The index just after the first occurrence of ``want`` in ``ids``; -1 when it does not occur."""
+    return next((i + len(want) for i in range(len(ids) - len(want) + 1) if ids[i : i + len(want)] == want), -1)
+
+
 class Batches:
     """The deterministic training stream: batch ``step`` holds images ``step * B ... step * B + B - 1``."""
 
@@ -460,21 +465,16 @@ class Batches:
             named = [(b, "second")] if a == "?" else [(a, "object"), (b, "second")]
         else:
             return []
-        found = []
-        for name, slot in named:
-            want = self._ids(" " + name)
-            at = next((i + len(want) - 1 for i in range(len(prompt)) if prompt[i : i + len(want)] == want), -1)
-            if at < 0:  # pragma: no cover - every existence and spatial question spells its objects' names
-                raise AssertionError(f"{name!r} not found in {self.tokenizer.decode(prompt)!r}")
-            found.append((name, slot, at))
+        found = [(name, slot, _end_of(prompt, self._ids(" " + name)) - 1) for name, slot in named]
+        if min(at for *_, at in found) < 0:  # pragma: no cover - these questions spell their objects' names
+            raise AssertionError(f"{named} not all found in {self.tokenizer.decode(prompt)!r}")
         return found
 
     def _option_positions(self, prompt: list[int]) -> dict[str, int]:
         """Index in ``prompt`` of each option's word (``circle`` in ``B . circle``), by letter."""
         found = {}
         for letter in "ABCD":
-            want = self.tokenizer.convert_tokens_to_ids(["\n", letter, "."])
-            found[letter] = next((i + 3 for i in range(len(prompt) - 3) if prompt[i : i + 3] == want), -1)
+            found[letter] = _end_of(prompt, self.tokenizer.convert_tokens_to_ids(["\n", letter, "."]))
         if min(found.values()) < 0:  # pragma: no cover - every multiple-choice question lists A-D
             raise AssertionError(f"options A-D not all found in {self.tokenizer.decode(prompt)!r}")
         return found
@@ -724,13 +724,12 @@ def train(
         model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(cfg.init).state_dict())
     model = model.to(device)
     probe = probes(model.config.text_config.hidden_size).to(device)  # not shipped: training aids
-    trained = model.model.vision_tower, model.model.multi_modal_projector  # the reading stage: the vision side alone
-    params = [*(p for m in trained for p in m.parameters()), probe["position"].weight, probe["position"].bias]
-    if not cfg.vision_only:
-        params = [*model.parameters(), *probe.parameters()]
-    model.requires_grad_(not cfg.vision_only)
-    for p in params:
-        p.requires_grad_(True)
+    if cfg.vision_only:  # the reading stage: the vision side alone, and the probe that reads its positions
+        model.requires_grad_(False)
+        for part in (model.model.vision_tower, model.model.multi_modal_projector):
+            part.requires_grad_(True)
+    aids = probe["position"] if cfg.vision_only else probe
+    params = [*(p for p in model.parameters() if p.requires_grad), *aids.parameters()]
     decay, rest = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
@@ -901,9 +900,9 @@ def reading_report(model: Any, processor: Any, n: int = 60, *, seed: int = 0) ->
     input embedding of its own word, number or letter (``signs``, ``labels``; chance is 1 in 147)."""
     tokenizer = processor.tokenizer
     index = {c: i for i, c in enumerate(CONCEPTS)}
-    glyph_words = [CONCEPTS[i] for i in GLYPHS]
+    glyphs = list(GLYPHS)
     embed = model.get_input_embeddings().weight
-    words = F.normalize(embed[tokenizer.convert_tokens_to_ids(glyph_words)].float(), dim=-1)
+    words = F.normalize(embed[tokenizer.convert_tokens_to_ids([CONCEPTS[i] for i in glyphs])].float(), dim=-1)
     hits: dict[str, list[bool]] = {"signs": [], "labels": []}
     for sample in make_dataset(n, seed, split="test", families=("text",)):
         pixels = processor.image_processor([sample.image], return_tensors="pt")["pixel_values"].to(model.device)
@@ -911,8 +910,8 @@ def reading_report(model: Any, processor: Any, n: int = 60, *, seed: int = 0) ->
         _, _, owner, named = concept_targets(sample.scene, index, items=True)
         for k, concepts in enumerate(named, start=1):
             mine = torch.from_numpy(owner == k).to(tokens.device)
-            glyph = [i for i, c in enumerate(glyph_words) if concepts[index[c]]]
-            if not glyph or not mine.any():
+            glyph = np.flatnonzero(concepts[glyphs])  # the item's word, number or letter, if it has one
+            if not len(glyph) or not mine.any():
                 continue
             nearest = int((F.normalize(tokens[mine].float().mean(0), dim=-1) @ words.T).argmax())
             hits["signs" if k > len(sample.scene.objects) else "labels"].append(nearest == glyph[0])
