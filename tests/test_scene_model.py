@@ -34,6 +34,7 @@ from tokenprune.scenes.train import (
     ATTENTION_SLOTS,
     CAPTION_QUESTION,
     GLYPHS,
+    SLOT_INDEX,
     Batches,
     TrainConfig,
     attention_rows,
@@ -371,6 +372,27 @@ class TestAttentionSupervision:
                 truth = {"left": xa < xb, "right": xa > xb, "above": ya < yb, "below": ya > yb}[relation]
                 assert truth == (answer != "no"), (text, answer, (xa, ya, xb, yb))  # "what is ...": A is the answer
                 assert min(xa, ya, xb, yb) > 0 and max(xa, ya, xb, yb) < 1
+                checked += 1
+        assert checked >= 5
+
+    def test_each_present_named_object_carries_its_own_centre_at_its_name(self, processor):
+        batches = Batches(TrainConfig(batch_size=1, init="full task"), processor)
+        tokenizer, checked = processor.tokenizer, 0
+        for index in range(12):
+            e = batches.example(index)
+            name_rows = {int(q) for q, s in zip(e["queries"], e["slots"], strict=True) if s == SLOT_INDEX["name"]}
+            for q, (x, y) in zip(e["name_queries"], e["name_places"], strict=True):
+                assert int(q) in name_rows  # where the name head looks at the object
+                colour, shape = tokenizer.convert_ids_to_tokens(e["ids"][q - 1 : q + 1])
+                # the one object with that name (existence and spatial questions name unique objects): the
+                # centre of its patches is the centre of its box, to within a patch
+                (k,) = [
+                    k
+                    for k, concepts in enumerate(e["named"], start=1)
+                    if concepts[CONCEPTS.index(colour)] and concepts[CONCEPTS.index(shape)]
+                ]
+                rows, cols = np.divmod(np.flatnonzero(e["owner"] == k), GRID)
+                assert (x, y) == pytest.approx(((cols.mean() + 0.5) / GRID, (rows.mean() + 0.5) / GRID), abs=1.0 / GRID)
                 checked += 1
         assert checked >= 5
 

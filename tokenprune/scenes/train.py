@@ -107,6 +107,7 @@ from tokenprune.scenes.render import draw_shape, render_scene
 
 __all__ = [
     "ATTENTION_SLOTS",
+    "NAME_PLACE_LAYER",
     "PLACE_LAYER",
     "TrainConfig",
     "alignment_report",
@@ -250,6 +251,9 @@ ATTENTION_SLOTS: dict[str, tuple[int, int]] = {
 _FIRST_SLOTS = {"object": (2, 0), "second": (1, 0), "option": (3, 0)}  # the slots before "letter" was added
 #: The decoder layer whose output, at a spatial answer, must say where the question's two objects are.
 PLACE_LAYER = 2
+#: The decoder layer whose output, at the last word of an object a question names, must say where that
+#: object is (what the ``name`` head, in this layer, brought back from it).
+NAME_PLACE_LAYER = ATTENTION_SLOTS["name"][0]
 SLOT_INDEX = {slot: i for i, slot in enumerate(ATTENTION_SLOTS)}
 #: The concepts that are read, not seen (:data:`CONCEPTS` indices): sign words, two-digit sign numbers and
 #: the letters and digits of labels; the reading term is a softmax over these alone.
@@ -392,6 +396,7 @@ class Batches:
         kept_owner = owner[keep]  # the item of each visual token the language model sees, in order
         rows: list[tuple[int, int, dict[int, float], float]] = []  # (query position, slot, items, sink)
         places: list[tuple[int, list[float]]] = []  # (query position, centres of A and B) of spatial answers
+        name_places: list[tuple[int, list[float]]] = []  # (name position, centre of the object it names)
         for k, (question, answer) in enumerate(turns):
             prompt = self._ids(("\n" if k == 0 else "USER: ") + question + " ASSISTANT:")
             reply = [*self._ids(answer), self.eos]
@@ -408,6 +413,8 @@ class Batches:
                 # layer 2), which by then has brought back where that object is
                 for _name, slot, at in self._named_positions(questions[k], prompt):
                     rows.append((len(ids) + at, SLOT_INDEX["name"], *targets[slot]))
+                    if targets[slot][0]:  # a present object: its name says where it is
+                        name_places.append((len(ids) + at, [*_centre(scene, targets[slot][0])]))
                     if slot == "second":
                         rows += [(q, SLOT_INDEX["reference"], {-1 - (len(ids) + at): 1.0}, 0.0) for q in queries]
                 if questions[k].family == "multiple_choice":
@@ -453,6 +460,8 @@ class Batches:
             "attention": attention[valid],
             "place_queries": np.array([q for q, _ in places], dtype=np.int64),
             "places": np.array([w for _, w in places], dtype=np.float32).reshape(-1, 4),
+            "name_queries": np.array([q for q, _ in name_places], dtype=np.int64),
+            "name_places": np.array([w for _, w in name_places], dtype=np.float32).reshape(-1, 2),
         }
 
     def _named_positions(self, question: Question, prompt: list[int]) -> list[tuple[str, str, int]]:
@@ -493,12 +502,7 @@ class Batches:
         queries = torch.zeros(B, rows, dtype=torch.long)
         slots = torch.full((B, rows), -1, dtype=torch.long)  # -1: padding row
         attention = torch.zeros(B, rows, width)
-        spots = max(1, max(len(e["place_queries"]) for e in examples))
-        place_queries = torch.full((B, spots), -1, dtype=torch.long)  # -1: padding
-        places = torch.zeros(B, spots, 4)
         for j, e in enumerate(examples):
-            p = len(e["place_queries"])
-            place_queries[j, :p], places[j, :p] = torch.from_numpy(e["place_queries"]), torch.from_numpy(e["places"])
             r = len(e["queries"])
             queries[j, :r], slots[j, :r] = torch.from_numpy(e["queries"]), torch.from_numpy(e["slots"])
             attention[j, :r, : e["attention"].shape[1]] = torch.from_numpy(e["attention"])
@@ -520,9 +524,22 @@ class Batches:
             "queries": queries,
             "slots": slots,
             "attention": attention,
-            "place_queries": place_queries,
-            "places": places,
+            **_spots(examples, "place_queries", "places"),
+            **_spots(examples, "name_queries", "name_places"),
         }
+
+
+def _spots(examples: list[dict[str, Any]], queries: str, targets: str) -> dict[str, torch.Tensor]:
+    """The ``queries`` positions of each example padded with -1 to ``(B, n)`` and their ``targets`` rows
+    (what a probe must read there) padded with zeros to ``(B, n, width)``."""
+    n = max(1, max(len(e[queries]) for e in examples))
+    width = examples[0][targets].shape[1]
+    at = torch.full((len(examples), n), -1, dtype=torch.long)  # -1: padding
+    want = torch.zeros(len(examples), n, width)
+    for j, e in enumerate(examples):
+        m = len(e[queries])
+        at[j, :m], want[j, :m] = torch.from_numpy(e[queries]), torch.from_numpy(e[targets])
+    return {queries: at, targets: want}
 
 
 def attention_rows(
@@ -546,14 +563,32 @@ def attention_rows(
 def probes(hidden_size: int) -> torch.nn.ModuleDict:
     """The linear probes that are training aids, not shipped: ``position`` reads a visual token's (row,
     column) back; ``place`` reads, from the output of decoder layer :data:`PLACE_LAYER` at the positions
-    that predict a spatial answer, the centres (x, y) of the question's two objects."""
-    return torch.nn.ModuleDict({"position": torch.nn.Linear(hidden_size, 2), "place": torch.nn.Linear(hidden_size, 4)})
+    that predict a spatial answer, the centres (x, y) of the question's two objects; ``name_place`` reads,
+    from the output of decoder layer :data:`NAME_PLACE_LAYER` at the last word of each present object an
+    existence or spatial question names, that object's centre."""
+    return torch.nn.ModuleDict(
+        {
+            "position": torch.nn.Linear(hidden_size, 2),
+            "place": torch.nn.Linear(hidden_size, 4),
+            "name_place": torch.nn.Linear(hidden_size, 2),
+        }
+    )
+
+
+def _probe_error(probe: torch.nn.Module, states: torch.Tensor, at: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of ``probe`` reading ``want`` ``(B, n, k)`` from ``states`` ``(B, S, H)`` at the
+    positions ``at`` ``(B, n)`` (-1: padding, left out)."""
+    picked = states.gather(1, at.clamp(min=0)[..., None].expand(-1, -1, states.shape[-1]))
+    real = (at >= 0).float()
+    error = (probe(picked.float()) - want).pow(2).mean(-1)
+    return (error * real).sum() / real.sum().clamp(min=1)
 
 
 def _language_terms(
     model: Any, batch: dict[str, torch.Tensor], patches: torch.Tensor, probe: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The language model's terms of :func:`losses`: the answer loss, the answer attention, the places."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The language model's terms of :func:`losses`: the answer loss, the answer attention, the places at
+    the answers and at the names."""
     inner = model.model
     embed = inner.get_input_embeddings()
     ids = batch["input_ids"]
@@ -572,7 +607,10 @@ def _language_terms(
         )
         for i in sorted({layer for layer, _ in ATTENTION_SLOTS.values()})
     ]
-    hooks.append(layers[PLACE_LAYER].register_forward_hook(lambda module, args, out: captured.__setitem__("out", out)))
+    hooks += [
+        layers[i].register_forward_hook(lambda module, args, out, i=i: captured.__setitem__(("out", i), out))
+        for i in {PLACE_LAYER, NAME_PLACE_LAYER}
+    ]
     try:
         out = model(
             inputs_embeds=embeds,
@@ -591,15 +629,15 @@ def _language_terms(
         logp = attention_rows(layers[layer].self_attn, states, rope, head, queries, batch["attention_mask"])
         nll = -(wanted * logp.clamp(min=-1e4)).sum(-1)  # (B, R); -inf where the target is 0 contributes 0
         attention = attention + (nll * rows).sum() / rows.sum().clamp(min=1)
-    place = torch.zeros((), device=ids.device)
+    place = name_place = torch.zeros((), device=ids.device)
     if probe is not None:
         # a spatial answer has brought back where its two objects are before the last layer compares them
-        spots = batch["place_queries"]
-        states = captured["out"].gather(1, spots.clamp(min=0)[..., None].expand(-1, -1, captured["out"].shape[-1]))
-        real = (spots >= 0).float()
-        error = (probe["place"](states.float()) - batch["places"]).pow(2).mean(-1)
-        place = (error * real).sum() / real.sum().clamp(min=1)
-    return out.loss, attention, place
+        place = _probe_error(probe["place"], captured["out", PLACE_LAYER], batch["place_queries"], batch["places"])
+        # and an object's name, where the name head looked at it, says where it is (the reference head fetches it)
+        name_place = _probe_error(
+            probe["name_place"], captured["out", NAME_PLACE_LAYER], batch["name_queries"], batch["name_places"]
+        )
+    return out.loss, attention, place, name_place
 
 
 def losses(
@@ -614,9 +652,9 @@ def losses(
     patches, cls = projected[:, 1:], projected[:, 0]
     embed = inner.get_input_embeddings()
     zero = torch.zeros((), device=patches.device)
-    answer = attention = place = zero
+    answer = attention = place = name_place = zero
     if not cfg.vision_only:
-        answer, attention, place = _language_terms(model, batch, patches, probe)
+        answer, attention, place, name_place = _language_terms(model, batch, patches, probe)
     position = zero
     if probe is not None:  # each visual token says where it is (spatial questions compare positions)
         grid = torch.arange(GRID, device=patches.device, dtype=torch.float32) / (GRID - 1)
@@ -663,7 +701,7 @@ def losses(
         + cfg.cls_weight * grounding
         + cfg.attention_weight * attention
         + cfg.position_weight * position
-        + cfg.place_weight * place
+        + cfg.place_weight * (place + name_place)
         + cfg.read_weight * reading
     )
     return {
@@ -676,6 +714,7 @@ def losses(
         "attention": attention,
         "position": position,
         "place": place,
+        "name_place": name_place,
         "reading": reading,
     }
 
@@ -746,6 +785,8 @@ def train(
         slots = state.get("slots", _FIRST_SLOTS)  # states saved before the slots were recorded had three
         if slots != ATTENTION_SLOTS:
             changed["attention slots"] = (slots, ATTENTION_SLOTS)
+        if set(state["probe"]) != set(probe.state_dict()):
+            changed["probes"] = (sorted(state["probe"]), sorted(probe.state_dict()))
         if changed:
             raise InputError(
                 f"{state_file} was trained with other settings; expected the same config to resume, received "
@@ -952,6 +993,12 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the reading term (a sign's or label's mean token names its glyph; default 0)",
     )
     parser.add_argument(
+        "--place-weight",
+        type=float,
+        default=TrainConfig.place_weight,
+        help="weight of the place terms (where a spatial answer's and a name's objects are; default %(default)s)",
+    )
+    parser.add_argument(
         "--text-probability",
         type=float,
         default=TrainConfig.text_probability,
@@ -995,6 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
         align_weight=args.align_weight,
         cls_weight=args.cls_weight,
         read_weight=args.read_weight,
+        place_weight=args.place_weight,
         text_probability=args.text_probability,
         vision_only=args.vision_only,
         seed=args.seed,
