@@ -655,11 +655,6 @@ def losses(
     answer = attention = place = name_place = zero
     if not cfg.vision_only:
         answer, attention, place, name_place = _language_terms(model, batch, patches, probe)
-    position = zero
-    if probe is not None:  # each visual token says where it is (spatial questions compare positions)
-        grid = torch.arange(GRID, device=patches.device, dtype=torch.float32) / (GRID - 1)
-        where = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(1, GRID * GRID, 2)
-        position = F.mse_loss(probe["position"](patches.float()), where.expand(len(patches), -1, -1))
     with torch.autocast(patches.device.type, enabled=False):
         patches, cls = patches.float(), cls.float()  # the alignment terms in float32 (temperature 0.07)
         words = F.normalize(embed.weight.float(), dim=-1)  # (V, H)
@@ -681,6 +676,20 @@ def losses(
         real = (counts > 0).to(patches.dtype)  # padded item rows and items with no patch of their own: 0
         item_loss = -(item_logp * items).sum(-1) / items.sum(-1).clamp(min=1)  # (B, K), finite everywhere
         objects = (item_loss * real).sum() / real.sum().clamp(min=1)
+        position = zero
+        if probe is not None:  # each visual token, and each object's mean token, says where it is
+            grid = torch.arange(GRID, device=patches.device, dtype=torch.float32) / (GRID - 1)
+            where = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(1, GRID * GRID, 2)
+            error = (probe["position"](patches) - where).pow(2).mean(-1)  # (B, 576)
+            background = targets[..., CONCEPTS.index("background")]
+            if (~background).any():  # object and background patches weigh the same (objects are the few)
+                error = 0.5 * (error[background].mean() + error[~background].mean())
+            centres = (
+                torch.einsum("bnk,bnc->bkc", member, where.expand(len(patches), -1, -1))
+                / counts.clamp(min=1)[..., None]
+            )
+            item_error = (probe["position"](pooled) - centres).pow(2).mean(-1)  # (B, K)
+            position = error.mean() + (item_error * real).sum() / real.sum().clamp(min=1)
         # reading: a sign's or a label's mean token names its word, number or letter among the glyphs alone
         # (in the softmax over every concept the colour and shape words, learned first, dominate its gradient)
         glyphs = concept_ids.new_tensor(GLYPHS)
@@ -993,6 +1002,13 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the reading term (a sign's or label's mean token names its glyph; default 0)",
     )
     parser.add_argument(
+        "--position-weight",
+        type=float,
+        default=TrainConfig.position_weight,
+        help="weight of the position term (each visual token and each object's mean token says where it is; "
+        "default %(default)s)",
+    )
+    parser.add_argument(
         "--place-weight",
         type=float,
         default=TrainConfig.place_weight,
@@ -1043,6 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
         cls_weight=args.cls_weight,
         read_weight=args.read_weight,
         place_weight=args.place_weight,
+        position_weight=args.position_weight,
         text_probability=args.text_probability,
         vision_only=args.vision_only,
         seed=args.seed,
