@@ -43,6 +43,7 @@ from tokenprune.scenes.train import (
     evaluate,
     export,
     losses,
+    probes,
     train,
 )
 
@@ -176,6 +177,31 @@ class TestTrainingPieces:
                     target = batch["item_concepts"][j, k - 1]
                     terms.append(-logp[target].mean())
         torch.testing.assert_close(got, torch.stack(terms).mean())
+
+    def test_position_term_asks_patches_and_each_objects_mean_token_where_they_are(self, processor):
+        model = build_model(0).eval()
+        cfg = TrainConfig(batch_size=2, **NO_CURRICULUM)
+        batches = Batches(cfg, processor)
+        batch = batches(3)
+        probe = probes(model.config.text_config.hidden_size)
+        with torch.no_grad():
+            got = losses(model, batch, batches.concept_ids, cfg, probe)["position"]
+            patches = model.model.multi_modal_projector(
+                model.model.vision_tower(batch["pixel_values"]).last_hidden_state
+            )[:, 1:]
+            rows, cols = np.divmod(np.arange(GRID * GRID), GRID)
+            where = torch.tensor(np.stack([rows, cols], -1) / (GRID - 1), dtype=torch.float32)
+            error = (probe["position"](patches) - where).pow(2).mean(-1)
+            background = batch["patch_concepts"][..., CONCEPTS.index("background")]
+            patch_term = 0.5 * (error[background].mean() + error[~background].mean())
+            items = []
+            for j in range(2):
+                for k in range(1, int(batch["owner"][j].max()) + 1):
+                    mine = batch["owner"][j] == k
+                    if mine.any():
+                        items.append((probe["position"](patches[j][mine].mean(0)) - where[mine].mean(0)).pow(2).mean())
+        assert len(items) >= 3
+        torch.testing.assert_close(got, patch_term + torch.stack(items).mean())
 
     def test_reading_is_a_softmax_over_the_glyphs_of_each_sign_and_label(self, processor):
         assert {"CAT", "TAXI", "17", "99", "A", "Z", "7"} <= {CONCEPTS[i] for i in GLYPHS}
@@ -544,6 +570,11 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     del state["slots"]  # a state saved before the slots were recorded: the first three slots, no "letter"
     torch.save(state, tmp_path / "train_state.pt")
     with pytest.raises(InputError, match=r"attention slots.*new --out"):
+        train(tmp_path, TrainConfig(**{**cfg.__dict__, "steps": 2}))
+    state["slots"] = ATTENTION_SLOTS
+    del state["probe"]["name_place.weight"], state["probe"]["name_place.bias"]  # saved before that probe
+    torch.save(state, tmp_path / "train_state.pt")
+    with pytest.raises(InputError, match=r"probes.*new --out"):
         train(tmp_path, TrainConfig(**{**cfg.__dict__, "steps": 2}))
 
 
