@@ -53,13 +53,17 @@ caption pre-training of the projector:
   the **reading stage**: the vision tower and projector train alone on this and the other grounding terms,
   with no language model forward (1 s a step on 2 threads instead of 2-4); :func:`reading_report`
   measures what it gives.
-* **positions**: a linear probe (not shipped) reads each visual token's row and column back, so the
-  tokens keep where they are while the alignment terms pull them towards words (spatial questions compare
-  the positions that the answer-attention heads bring back).
+* **positions**: a linear probe (not shipped) reads each visual token's row and column back, and each
+  object's mean token its centre, so the tokens keep where they are while the alignment terms pull them
+  towards words (spatial questions compare the positions that the answer-attention heads bring back).
+  Object and background patches weigh the same: before, the probe was right on the many background
+  patches, and an object's mean token told its centre no better than a guess.
 * **places**: another linear probe (not shipped) reads, from the output of decoder layer 2 at the positions
   that predict a spatial answer, the centres of the question's two objects, so that the positions the
   ``object`` and ``second`` heads bring back are there for the last layer to compare (at step 2000 the
-  model answered "no" to most spatial questions).
+  model answered "no" to most spatial questions); and a third (``name_place``), from the output of
+  layer 1 at the last word of each object a question names, that object's centre, so that what the
+  ``name`` head brings back says where the object is, for the ``reference`` head to fetch.
 
 Matrix products run in bfloat16 under ``torch.autocast`` (:attr:`TrainConfig.bf16`; the alignment
 terms stay in float32): on a CPU with AMX tiles a step took 2 s instead of 5.
