@@ -479,18 +479,19 @@ class TestShippedModel:
 
     def test_reads_the_image_on_held_out_questions(self, loaded):
         """Below the project's bar (docs/scene-model.md), but the answers come from the image: asked about
-        another scene's image, the same questions score far less (measured 0.80 against 0.20 here; per
-        family existence 0.8, attribute 1.0, counting 1.0, multiple choice 1.0, text 0.4, spatial 0.6)."""
+        another scene's image, the same questions score far less (measured 0.90 against 0.23 here; per
+        family existence 0.9, attribute 1.0, counting 1.0, multiple choice 1.0, text 0.8, spatial 0.7)."""
         model, processor = loaded
         samples = make_dataset(60, seed=11, split="test")  # 10 per family, not the README's test set
         right = evaluate(model, processor, samples, batch_size=20)
         other = evaluate(model, processor, samples, batch_size=20, other_images=True)
         assert set(right["families"]) == set(FAMILIES)
-        assert right["overall"] >= 0.7, right["families"]
-        assert right["overall"] - other["overall"] >= 0.45, (right["families"], other["families"])
+        assert right["overall"] >= 0.75, right["families"]
+        assert right["overall"] - other["overall"] >= 0.5, (right["families"], other["families"])
         assert min(right["families"][f] for f in ("existence", "attribute", "counting")) >= 0.7, right["families"]
         assert right["families"]["multiple_choice"] >= 0.7, right["families"]
-        assert right["families"]["text"] >= 0.2, right["families"]  # it reads some signs and labels
+        assert right["families"]["text"] >= 0.3, right["families"]  # it reads most signs, some labels
+        assert right["families"]["spatial"] >= 0.5, right["families"]
 
     def test_answers_a_hand_made_scene(self, loaded):
         """Questions of the kinds it reads (existence, shape, counting, the sign), on a scene drawn by hand."""
