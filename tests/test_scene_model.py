@@ -203,6 +203,21 @@ class TestTrainingPieces:
         assert len(items) >= 3
         torch.testing.assert_close(got, patch_term + torch.stack(items).mean())
 
+    def test_relation_term_is_off_by_default_and_weighs_what_the_relation_probe_misses(self, processor):
+        model = build_model(0).eval()
+        cfg = TrainConfig(batch_size=2, **NO_CURRICULUM)
+        batches = Batches(cfg, processor)
+        batch = next(b for b in map(batches, range(3, 40)) if (b["place_queries"] >= 0).any())
+        probe = probes(model.config.text_config.hidden_size)
+        with torch.no_grad():
+            off = losses(model, batch, batches.concept_ids, cfg, probe)
+            on = losses(
+                model, batch, batches.concept_ids, TrainConfig(**{**cfg.__dict__, "relation_weight": 2.0}), probe
+            )
+        assert on["relation"] > 0
+        torch.testing.assert_close(on["relation"], off["relation"])
+        torch.testing.assert_close(on["total"] - off["total"], 2.0 * on["relation"])
+
     def test_reading_is_a_softmax_over_the_glyphs_of_each_sign_and_label(self, processor):
         assert {"CAT", "TAXI", "17", "99", "A", "Z", "7"} <= {CONCEPTS[i] for i in GLYPHS}
         assert not {"red", "circle", "sign", "white", "background", "I", "O"} & {CONCEPTS[i] for i in GLYPHS}
@@ -390,13 +405,15 @@ class TestAttentionSupervision:
         tokenizer, checked = processor.tokenizer, 0
         for index in range(12):
             e = batches.example(index)
-            for q, (xa, ya, xb, yb) in zip(e["place_queries"], e["places"], strict=True):
+            for q, (xa, ya, xb, yb), (towards,) in zip(e["place_queries"], e["places"], e["relations"], strict=True):
                 assert e["labels"][q + 1] != -100  # a position that predicts an answer word
                 text = tokenizer.decode(e["ids"][: q + 1]).rsplit("?", 1)[0].rsplit("\n", 1)[-1].rsplit("USER", 1)[-1]
                 answer = tokenizer.convert_ids_to_tokens(e["labels"][q + 1])
                 relation = next(r for r in ("left", "right", "above", "below") if r in text)
                 truth = {"left": xa < xb, "right": xa > xb, "above": ya < yb, "below": ya > yb}[relation]
                 assert truth == (answer != "no"), (text, answer, (xa, ya, xb, yb))  # "what is ...": A is the answer
+                signed = {"left": xb - xa, "right": xa - xb, "above": yb - ya, "below": ya - yb}[relation]
+                assert towards == pytest.approx(signed) and (towards > 0) == truth  # the relation term's target
                 assert min(xa, ya, xb, yb) > 0 and max(xa, ya, xb, yb) < 1
                 checked += 1
         assert checked >= 5

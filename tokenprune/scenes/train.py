@@ -63,7 +63,9 @@ caption pre-training of the projector:
   ``object`` and ``second`` heads bring back are there for the last layer to compare (at step 2000 the
   model answered "no" to most spatial questions); and a third (``name_place``), from the output of
   layer 1 at the last word of each object a question names, that object's centre, so that what the
-  ``name`` head brings back says where the object is, for the ``reference`` head to fetch.
+  ``name`` head brings back says where the object is, for the ``reference`` head to fetch. A fourth
+  (``relation``; ``relation_weight``, off by default and not yet in a shipped run) reads where ``place``
+  does how far A is from B the way the relation points (> 0: it holds), so the last layer only reads a sign.
 
 Matrix products run in bfloat16 under ``torch.autocast`` (:attr:`TrainConfig.bf16`; the alignment
 terms stay in float32): on a CPU with AMX tiles a step took 2 s instead of 5.
@@ -157,6 +159,7 @@ class TrainConfig:
     attention_weight: float = 0.5
     position_weight: float = 1.0
     place_weight: float = 1.0
+    relation_weight: float = 0.0
     read_weight: float = 0.0
     vision_only: bool = False
     bf16: bool = True
@@ -255,6 +258,8 @@ ATTENTION_SLOTS: dict[str, tuple[int, int]] = {
 _FIRST_SLOTS = {"object": (2, 0), "second": (1, 0), "option": (3, 0)}  # the slots before "letter" was added
 #: The decoder layer whose output, at a spatial answer, must say where the question's two objects are.
 PLACE_LAYER = 2
+#: Which coordinate of the centres (x: 0, y: 1) each relation compares, and the sign of A - B when it holds.
+_AXES = {"to the left of": (0, -1), "to the right of": (0, 1), "above": (1, -1), "below": (1, 1)}
 #: The decoder layer whose output, at the last word of an object a question names, must say where that
 #: object is (what the ``name`` head, in this layer, brought back from it).
 NAME_PLACE_LAYER = ATTENTION_SLOTS["name"][0]
@@ -410,8 +415,10 @@ class Batches:
                 for slot, (items, sink) in targets.items():
                     rows += [(q, SLOT_INDEX[slot], items, sink) for q in queries]
                 if questions[k].family == "spatial":
-                    where = [_centre(scene, targets[slot][0]) for slot in ("object", "second")]
-                    places += [(q, [*where[0], *where[1]]) for q in queries]
+                    (xa, ya), (xb, yb) = [_centre(scene, targets[slot][0]) for slot in ("object", "second")]
+                    axis, sign = _AXES[questions[k].target.split("|")[1]]
+                    towards = sign * ((xa - xb) if axis == 0 else (ya - yb))  # > 0: A is where the relation says
+                    places += [(q, [xa, ya, xb, yb, towards]) for q in queries]
                 # the last word of each object the question names looks at that object (the "name" head,
                 # layer 1), and a spatial answer looks at the reference object's name (the "reference" head,
                 # layer 2), which by then has brought back where that object is
@@ -463,7 +470,8 @@ class Batches:
             "slots": slots[valid],
             "attention": attention[valid],
             "place_queries": np.array([q for q, _ in places], dtype=np.int64),
-            "places": np.array([w for _, w in places], dtype=np.float32).reshape(-1, 4),
+            "places": np.array([w[:4] for _, w in places], dtype=np.float32).reshape(-1, 4),
+            "relations": np.array([w[4:] for _, w in places], dtype=np.float32).reshape(-1, 1),
             "name_queries": np.array([q for q, _ in name_places], dtype=np.int64),
             "name_places": np.array([w for _, w in name_places], dtype=np.float32).reshape(-1, 2),
         }
@@ -528,22 +536,25 @@ class Batches:
             "queries": queries,
             "slots": slots,
             "attention": attention,
-            **_spots(examples, "place_queries", "places"),
+            **_spots(examples, "place_queries", "places", "relations"),
             **_spots(examples, "name_queries", "name_places"),
         }
 
 
-def _spots(examples: list[dict[str, Any]], queries: str, targets: str) -> dict[str, torch.Tensor]:
-    """The ``queries`` positions of each example padded with -1 to ``(B, n)`` and their ``targets`` rows
-    (what a probe must read there) padded with zeros to ``(B, n, width)``."""
+def _spots(examples: list[dict[str, Any]], queries: str, *targets: str) -> dict[str, torch.Tensor]:
+    """The ``queries`` positions of each example padded with -1 to ``(B, n)`` and, for each of ``targets``,
+    their rows (what a probe must read there) padded with zeros to ``(B, n, width)``."""
     n = max(1, max(len(e[queries]) for e in examples))
-    width = examples[0][targets].shape[1]
     at = torch.full((len(examples), n), -1, dtype=torch.long)  # -1: padding
-    want = torch.zeros(len(examples), n, width)
+    out = {queries: at}
+    for key in targets:
+        out[key] = torch.zeros(len(examples), n, examples[0][key].shape[1])
     for j, e in enumerate(examples):
         m = len(e[queries])
-        at[j, :m], want[j, :m] = torch.from_numpy(e[queries]), torch.from_numpy(e[targets])
-    return {queries: at, targets: want}
+        at[j, :m] = torch.from_numpy(e[queries])
+        for key in targets:
+            out[key][j, :m] = torch.from_numpy(e[key])
+    return out
 
 
 def attention_rows(
@@ -569,12 +580,14 @@ def probes(hidden_size: int) -> torch.nn.ModuleDict:
     column) back; ``place`` reads, from the output of decoder layer :data:`PLACE_LAYER` at the positions
     that predict a spatial answer, the centres (x, y) of the question's two objects; ``name_place`` reads,
     from the output of decoder layer :data:`NAME_PLACE_LAYER` at the last word of each present object an
-    existence or spatial question names, that object's centre."""
+    existence or spatial question names, that object's centre; ``relation`` reads, where ``place`` does,
+    how far object A is from B along the relation's axis, signed so that > 0 means the relation holds."""
     return torch.nn.ModuleDict(
         {
             "position": torch.nn.Linear(hidden_size, 2),
             "place": torch.nn.Linear(hidden_size, 4),
             "name_place": torch.nn.Linear(hidden_size, 2),
+            "relation": torch.nn.Linear(hidden_size, 1),
         }
     )
 
@@ -590,9 +603,9 @@ def _probe_error(probe: torch.nn.Module, states: torch.Tensor, at: torch.Tensor,
 
 def _language_terms(
     model: Any, batch: dict[str, torch.Tensor], patches: torch.Tensor, probe: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """The language model's terms of :func:`losses`: the answer loss, the answer attention, the places at
-    the answers and at the names."""
+    the answers and at the names, the relation."""
     inner = model.model
     embed = inner.get_input_embeddings()
     ids = batch["input_ids"]
@@ -633,7 +646,7 @@ def _language_terms(
         logp = attention_rows(layers[layer].self_attn, states, rope, head, queries, batch["attention_mask"])
         nll = -(wanted * logp.clamp(min=-1e4)).sum(-1)  # (B, R); -inf where the target is 0 contributes 0
         attention = attention + (nll * rows).sum() / rows.sum().clamp(min=1)
-    place = name_place = torch.zeros((), device=ids.device)
+    place = name_place = relation = torch.zeros((), device=ids.device)
     if probe is not None:
         # a spatial answer has brought back where its two objects are before the last layer compares them
         place = _probe_error(probe["place"], captured["out", PLACE_LAYER], batch["place_queries"], batch["places"])
@@ -641,7 +654,11 @@ def _language_terms(
         name_place = _probe_error(
             probe["name_place"], captured["out", NAME_PLACE_LAYER], batch["name_queries"], batch["name_places"]
         )
-    return out.loss, attention, place, name_place
+        # and, so that the last layer only reads a sign: how far A is from B the way the relation points
+        relation = _probe_error(
+            probe["relation"], captured["out", PLACE_LAYER], batch["place_queries"], batch["relations"]
+        )
+    return {"answer": out.loss, "attention": attention, "place": place, "name_place": name_place, "relation": relation}
 
 
 def losses(
@@ -656,9 +673,10 @@ def losses(
     patches, cls = projected[:, 1:], projected[:, 0]
     embed = inner.get_input_embeddings()
     zero = torch.zeros((), device=patches.device)
-    answer = attention = place = name_place = zero
+    terms = dict.fromkeys(("answer", "attention", "place", "name_place", "relation"), zero)
     if not cfg.vision_only:
-        answer, attention, place, name_place = _language_terms(model, batch, patches, probe)
+        terms = _language_terms(model, batch, patches, probe)
+    answer, attention, place, name_place = terms["answer"], terms["attention"], terms["place"], terms["name_place"]
     with torch.autocast(patches.device.type, enabled=False):
         patches, cls = patches.float(), cls.float()  # the alignment terms in float32 (temperature 0.07)
         words = F.normalize(embed.weight.float(), dim=-1)  # (V, H)
@@ -715,6 +733,7 @@ def losses(
         + cfg.attention_weight * attention
         + cfg.position_weight * position
         + cfg.place_weight * (place + name_place)
+        + cfg.relation_weight * terms["relation"]
         + cfg.read_weight * reading
     )
     return {
@@ -728,6 +747,7 @@ def losses(
         "position": position,
         "place": place,
         "name_place": name_place,
+        "relation": terms["relation"],
         "reading": reading,
     }
 
@@ -1019,6 +1039,13 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the place terms (where a spatial answer's and a name's objects are; default %(default)s)",
     )
     parser.add_argument(
+        "--relation-weight",
+        type=float,
+        default=TrainConfig.relation_weight,
+        help="weight of the relation term (a spatial answer, after layer 2, holds how far A is from B the way "
+        "the relation points; default %(default)s: off)",
+    )
+    parser.add_argument(
         "--text-probability",
         type=float,
         default=TrainConfig.text_probability,
@@ -1063,6 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
         cls_weight=args.cls_weight,
         read_weight=args.read_weight,
         place_weight=args.place_weight,
+        relation_weight=args.relation_weight,
         position_weight=args.position_weight,
         text_probability=args.text_probability,
         vision_only=args.vision_only,
