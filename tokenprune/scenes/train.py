@@ -64,7 +64,7 @@ caption pre-training of the projector:
   model answered "no" to most spatial questions); and a third (``name_place``), from the output of
   layer 1 at the last word of each object a question names, that object's centre, so that what the
   ``name`` head brings back says where the object is, for the ``reference`` head to fetch. A fourth
-  (``relation``; ``relation_weight``, off by default and not yet in a shipped run) reads where ``place``
+  (``relation``; ``relation_weight``, off by default, not in a shipped run; docs/scene-model.md) reads where ``place``
   does how far A is from B the way the relation points (> 0: it holds), so the last layer only reads a sign.
 
 Matrix products run in bfloat16 under ``torch.autocast`` (:attr:`TrainConfig.bf16`; the alignment
