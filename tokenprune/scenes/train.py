@@ -404,7 +404,8 @@ class Batches:
         labels = [-100] * len(ids)
         kept_owner = owner[keep]  # the item of each visual token the language model sees, in order
         rows: list[tuple[int, int, dict[int, float], float]] = []  # (query position, slot, items, sink)
-        places: list[tuple[int, list[float]]] = []  # (query position, centres of A and B) of spatial answers
+        # (query position, centres of A and B, how far A is from B the way the relation points) of spatial answers
+        places: list[tuple[int, list[float], list[float]]] = []
         name_places: list[tuple[int, list[float]]] = []  # (name position, centre of the object it names)
         for k, (question, answer) in enumerate(turns):
             prompt = self._ids(("\n" if k == 0 else "USER: ") + question + " ASSISTANT:")
@@ -418,7 +419,7 @@ class Batches:
                     (xa, ya), (xb, yb) = [_centre(scene, targets[slot][0]) for slot in ("object", "second")]
                     axis, sign = _AXES[questions[k].target.split("|")[1]]
                     towards = sign * ((xa - xb) if axis == 0 else (ya - yb))  # > 0: A is where the relation says
-                    places += [(q, [xa, ya, xb, yb, towards]) for q in queries]
+                    places += [(q, [xa, ya, xb, yb], [towards]) for q in queries]
                 # the last word of each object the question names looks at that object (the "name" head,
                 # layer 1), and a spatial answer looks at the reference object's name (the "reference" head,
                 # layer 2), which by then has brought back where that object is
@@ -469,9 +470,9 @@ class Batches:
             "queries": queries_at[valid],
             "slots": slots[valid],
             "attention": attention[valid],
-            "place_queries": np.array([q for q, _ in places], dtype=np.int64),
-            "places": np.array([w[:4] for _, w in places], dtype=np.float32).reshape(-1, 4),
-            "relations": np.array([w[4:] for _, w in places], dtype=np.float32).reshape(-1, 1),
+            "place_queries": np.array([q for q, _, _ in places], dtype=np.int64),
+            "places": np.array([w for _, w, _ in places], dtype=np.float32).reshape(-1, 4),
+            "relations": np.array([d for _, _, d in places], dtype=np.float32).reshape(-1, 1),
             "name_queries": np.array([q for q, _ in name_places], dtype=np.int64),
             "name_places": np.array([w for _, w in name_places], dtype=np.float32).reshape(-1, 2),
         }
@@ -676,7 +677,6 @@ def losses(
     terms = dict.fromkeys(("answer", "attention", "place", "name_place", "relation"), zero)
     if not cfg.vision_only:
         terms = _language_terms(model, batch, patches, probe)
-    answer, attention, place, name_place = terms["answer"], terms["attention"], terms["place"], terms["name_place"]
     with torch.autocast(patches.device.type, enabled=False):
         patches, cls = patches.float(), cls.float()  # the alignment terms in float32 (temperature 0.07)
         words = F.normalize(embed.weight.float(), dim=-1)  # (V, H)
@@ -726,28 +726,24 @@ def losses(
         cls_logits = F.normalize(cls, dim=-1) @ words[concept_ids].T / cfg.temperature
         grounding = F.binary_cross_entropy_with_logits(cls_logits, batch["present"])
     total = (
-        answer
+        terms["answer"]
         + cfg.align_weight * (align.mean() + cfg.orthogonal_weight * orthogonal)
         + cfg.object_weight * objects
         + cfg.cls_weight * grounding
-        + cfg.attention_weight * attention
+        + cfg.attention_weight * terms["attention"]
         + cfg.position_weight * position
-        + cfg.place_weight * (place + name_place)
+        + cfg.place_weight * (terms["place"] + terms["name_place"])
         + cfg.relation_weight * terms["relation"]
         + cfg.read_weight * reading
     )
     return {
         "total": total,
-        "answer": answer,
+        **terms,
         "align": align.mean(),
         "objects": objects,
         "orthogonal": orthogonal,
         "cls": grounding,
-        "attention": attention,
         "position": position,
-        "place": place,
-        "name_place": name_place,
-        "relation": terms["relation"],
         "reading": reading,
     }
 
