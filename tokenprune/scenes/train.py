@@ -1006,41 +1006,30 @@ def export(out: Path, target: Path) -> Path:
     return target
 
 
+#: The loss weights ``main`` takes as ``--<term>-weight`` flags (``TrainConfig.<term>_weight``), with what each weighs.
+_WEIGHT_FLAGS = {
+    "align": "the patch alignment term",
+    "cls": "the CLS grounding term",
+    "read": "the reading term (a sign's or label's mean token names its glyph; off at 0)",
+    "position": "the position term (each visual token and each object's mean token says where it is)",
+    "place": "the place terms (where a spatial answer's and a name's objects are)",
+    "relation": "the relation term (a spatial answer, after layer 2, holds how far A is from B the way the "
+    "relation points; off at 0)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tokenprune.scenes.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="checkpoint / output directory")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
-    parser.add_argument("--align-weight", type=float, default=TrainConfig.align_weight)
-    parser.add_argument("--cls-weight", type=float, default=TrainConfig.cls_weight)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument(
-        "--read-weight",
-        type=float,
-        default=TrainConfig.read_weight,
-        help="weight of the reading term (a sign's or label's mean token names its glyph; default 0)",
-    )
-    parser.add_argument(
-        "--position-weight",
-        type=float,
-        default=TrainConfig.position_weight,
-        help="weight of the position term (each visual token and each object's mean token says where it is; "
-        "default %(default)s)",
-    )
-    parser.add_argument(
-        "--place-weight",
-        type=float,
-        default=TrainConfig.place_weight,
-        help="weight of the place terms (where a spatial answer's and a name's objects are; default %(default)s)",
-    )
-    parser.add_argument(
-        "--relation-weight",
-        type=float,
-        default=TrainConfig.relation_weight,
-        help="weight of the relation term (a spatial answer, after layer 2, holds how far A is from B the way "
-        "the relation points; default %(default)s: off)",
-    )
+    for term, what in _WEIGHT_FLAGS.items():
+        default = getattr(TrainConfig, f"{term}_weight")
+        parser.add_argument(
+            f"--{term}-weight", type=float, default=default, help=f"weight of {what} (default {default})"
+        )
     parser.add_argument(
         "--text-probability",
         type=float,
@@ -1082,12 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
-        align_weight=args.align_weight,
-        cls_weight=args.cls_weight,
-        read_weight=args.read_weight,
-        place_weight=args.place_weight,
-        relation_weight=args.relation_weight,
-        position_weight=args.position_weight,
+        **{f"{term}_weight": getattr(args, f"{term}_weight") for term in _WEIGHT_FLAGS},
         text_probability=args.text_probability,
         vision_only=args.vision_only,
         seed=args.seed,
