@@ -30,10 +30,12 @@ from tokenprune.scenes.model import (
     vocabulary,
 )
 from tokenprune.scenes.questions import Question
+from tokenprune.scenes.render import label_box
 from tokenprune.scenes.train import (
     ATTENTION_SLOTS,
     CAPTION_QUESTION,
     GLYPHS,
+    PLACE_LAYER,
     SLOT_INDEX,
     Batches,
     TrainConfig,
@@ -42,6 +44,7 @@ from tokenprune.scenes.train import (
     concept_targets,
     evaluate,
     export,
+    label_patches,
     losses,
     probes,
     train,
@@ -155,6 +158,25 @@ class TestTrainingPieces:
             {"yellow", "sign", "CAT"},
         ]
 
+    def test_a_label_is_read_on_its_own_patches(self):
+        index = {c: i for i, c in enumerate(CONCEPTS)}
+        for size, centre in (("small", (100, 100)), ("medium", (60, 250)), ("large", (200, 130))):
+            labelled = SceneObject.of("circle", "blue", size, centre, label="K")
+            scene = Scene(objects=(SceneObject.of("square", "red", "large", (270, 270)), labelled))
+            patch, _, owner, _ = concept_targets(scene, index, items=True)
+            on_label = label_patches(scene, owner)
+            assert set(np.unique(on_label)) == {0, 2}  # the unlabelled square has none
+            mine = np.flatnonzero(on_label == 2)
+            assert (owner[mine] == 2).all() and len(mine) < (owner == 2).sum()  # inside the circle, not all of it
+            x0, y0, x1, y1 = label_box(labelled)
+            rows, cols = np.divmod(mine, GRID)
+            assert ((cols + 1) * PATCH_SIZE > x0).all() and (cols * PATCH_SIZE < x1).all()
+            assert ((rows + 1) * PATCH_SIZE > y0).all() and (rows * PATCH_SIZE < y1).all()
+            assert int(centre[1] // PATCH_SIZE) * GRID + int(centre[0] // PATCH_SIZE) in mine  # the letter's middle
+            # the letter is a concept of the patches it is drawn on only; colour and shape of all the circle's
+            assert np.array_equal(patch[:, index["K"]], on_label == 2)
+            assert patch[owner == 2, index["blue"]].all() and patch[owner == 2, index["circle"]].all()
+
     def test_object_alignment_is_the_mean_of_each_items_patches(self, processor):
         model = build_model(0).eval()
         cfg = TrainConfig(batch_size=3, **NO_CURRICULUM)
@@ -218,7 +240,33 @@ class TestTrainingPieces:
         torch.testing.assert_close(on["relation"], off["relation"])
         torch.testing.assert_close(on["total"] - off["total"], 2.0 * on["relation"])
 
-    def test_reading_is_a_softmax_over_the_glyphs_of_each_sign_and_label(self, processor):
+    def test_relation_kind_term_is_the_cross_entropy_of_its_probe_at_the_spatial_answers(self, processor):
+        model = build_model(0).eval()
+        cfg = TrainConfig(batch_size=2, **NO_CURRICULUM)
+        batches = Batches(cfg, processor)
+        batch = next(b for b in map(batches, range(3, 40)) if (b["place_queries"] >= 0).any())
+        probe = probes(model.config.text_config.hidden_size)
+        captured = {}
+        hook = model.model.language_model.layers[PLACE_LAYER].register_forward_hook(
+            lambda module, args, out: captured.__setitem__("out", out)
+        )
+        with torch.no_grad():
+            try:
+                off = losses(model, batch, batches.concept_ids, cfg, probe)
+            finally:
+                hook.remove()
+            on = losses(model, batch, batches.concept_ids, TrainConfig(**{**cfg.__dict__, "kind_weight": 2.0}), probe)
+            terms = []
+            for j in range(2):
+                for q, kind in zip(batch["place_queries"][j], batch["kinds"][j], strict=True):
+                    if q >= 0:
+                        logits = probe["relation_kind"](captured["out"][j, q].float())
+                        terms.append(-logits.log_softmax(-1)[int(kind)])
+        assert off["kind"] > 0 and len(terms) >= 2
+        torch.testing.assert_close(off["kind"], torch.stack(terms).mean())
+        torch.testing.assert_close(on["total"] - off["total"], 2.0 * on["kind"])  # off by default
+
+    def test_reading_is_a_softmax_over_the_glyphs_of_each_sign_label_and_labels_own_patches(self, processor):
         assert {"CAT", "TAXI", "17", "99", "A", "Z", "7"} <= {CONCEPTS[i] for i in GLYPHS}
         assert not {"red", "circle", "sign", "white", "background", "I", "O"} & {CONCEPTS[i] for i in GLYPHS}
         model = build_model(0).eval()
@@ -233,17 +281,21 @@ class TestTrainingPieces:
             )[:, 1:]
             glyph_ids = batches.concept_ids[list(GLYPHS)]
             words = torch.nn.functional.normalize(model.get_input_embeddings().weight[glyph_ids], dim=-1)
-            terms = []
+            terms, label_terms = [], []
             for j in range(3):
                 for k in range(1, batch["item_concepts"].shape[1] + 1):
-                    mine = batch["owner"][j] == k
                     target = batch["item_concepts"][j, k - 1, list(GLYPHS)]
-                    if not mine.any() or not target.any():
-                        continue
-                    assert int(target.sum()) == 1  # a sign's word or number, a label's letter or digit
-                    mean = torch.nn.functional.normalize(patches[j][mine].mean(0), dim=-1)
-                    terms.append(-(words @ mean / cfg.temperature).log_softmax(-1)[target][0])
-        assert len(terms) >= 3
+                    # the item's patches, and (a labelled object) its label's own patches
+                    for into, mine in ((terms, batch["owner"][j] == k), (label_terms, batch["label_owner"][j] == k)):
+                        if not mine.any() or not target.any():
+                            continue
+                        assert int(target.sum()) == 1  # a sign's word or number, a label's letter or digit
+                        mean = torch.nn.functional.normalize(patches[j][mine].mean(0), dim=-1)
+                        into.append(-(words @ mean / cfg.temperature).log_softmax(-1)[target][0])
+        assert len(terms) >= 3 and len(label_terms) >= 1
+        # the label patches lie inside their object's
+        assert bool(((batch["label_owner"] == 0) | (batch["label_owner"] == batch["owner"])).all())
+        terms += label_terms
         torch.testing.assert_close(parts["reading"], torch.stack(terms).mean())
         torch.testing.assert_close(parts["total"] - unread["total"], 2.0 * parts["reading"])
 
@@ -359,7 +411,12 @@ class TestAttentionSupervision:
             for question in _turns(scene, np.random.default_rng(seed), 12):
                 for items, sink in attention_targets(scene, question).values():
                     assert sum(items.values()) + sink == pytest.approx(1.0)
-                    assert all(1 <= k <= len(scene.objects) + len(scene.texts) for k in items)
+                    for k in items:  # an object or sign, or the label of an object a text question reads
+                        if isinstance(k, tuple):
+                            assert question.family == "text" and k[0] == "label"
+                            assert scene.objects[k[1] - 1].label == question.answer
+                        else:
+                            assert 1 <= k <= len(scene.objects) + len(scene.texts)
                 if question.family == "existence":
                     assert (attention_targets(scene, question)["object"][1] == 1.0) == (question.answer == "no")
 
@@ -400,12 +457,37 @@ class TestAttentionSupervision:
         assert letters_seen % 4 == 0 and letters_seen > 0  # four options per multiple-choice question
         assert names_seen > 0
 
+    def test_a_question_that_reads_a_label_looks_at_the_labels_patches(self, processor):
+        batches = Batches(TrainConfig(batch_size=1, text_probability=1.0, init="full task"), processor)
+        tokenizer, checked = processor.tokenizer, 0
+        head = len(tokenizer("USER:", add_special_tokens=False)["input_ids"])
+        for index in range(20):
+            e = batches.example(index)
+            patch_of = np.flatnonzero(e["keep"])  # the patch of each visual token, in order
+            for q, slot, row in zip(e["queries"], e["slots"], e["attention"], strict=True):
+                question = tokenizer.decode(e["ids"][: q + 1]).rsplit("USER", 1)[-1]
+                if slot != SLOT_INDEX["object"] or " is on the " not in question:
+                    continue
+                colour, shape = question.split(" is on the ", 1)[1].split("?", 1)[0].split()
+                (k,) = [
+                    k
+                    for k, concepts in enumerate(e["named"], start=1)
+                    if concepts[CONCEPTS.index(colour)] and concepts[CONCEPTS.index(shape)]
+                ]
+                assert (np.flatnonzero(row) >= head).all()  # visual tokens only
+                looked = patch_of[np.flatnonzero(row) - head]
+                assert set(looked) == set(np.flatnonzero(e["on_label"] == k)) & set(patch_of)
+                assert len(looked) < (e["owner"] == k).sum()  # not the whole object
+                checked += 1
+        assert checked >= 3
+
     def test_spatial_answers_carry_the_places_of_both_objects_and_agree_with_the_relation(self, processor):
         batches = Batches(TrainConfig(batch_size=1, init="full task"), processor)
         tokenizer, checked = processor.tokenizer, 0
         for index in range(12):
             e = batches.example(index)
-            for q, (xa, ya, xb, yb), (towards,) in zip(e["place_queries"], e["places"], e["relations"], strict=True):
+            rows = zip(e["place_queries"], e["places"], e["relations"], e["kinds"], strict=True)
+            for q, (xa, ya, xb, yb), (towards,), (kind,) in rows:
                 assert e["labels"][q + 1] != -100  # a position that predicts an answer word
                 text = tokenizer.decode(e["ids"][: q + 1]).rsplit("?", 1)[0].rsplit("\n", 1)[-1].rsplit("USER", 1)[-1]
                 answer = tokenizer.convert_ids_to_tokens(e["labels"][q + 1])
@@ -414,6 +496,8 @@ class TestAttentionSupervision:
                 assert truth == (answer != "no"), (text, answer, (xa, ya, xb, yb))  # "what is ...": A is the answer
                 signed = {"left": xb - xa, "right": xa - xb, "above": yb - ya, "below": ya - yb}[relation]
                 assert towards == pytest.approx(signed) and (towards > 0) == truth  # the relation term's target
+                # the relation-kind term's class: which of the four relations the question asks
+                assert kind == ["left", "right", "above", "below"].index(relation)
                 assert min(xa, ya, xb, yb) > 0 and max(xa, ya, xb, yb) < 1
                 checked += 1
         assert checked >= 5

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tokenprune.scenes.description import PALETTE, PANEL_COLOURS, Background, Scene, SceneObject, TextItem
 
-__all__ = ["draw_shape", "image_to_array", "render_background", "render_scene", "text_panel_box"]
+__all__ = ["draw_shape", "image_to_array", "label_box", "render_background", "render_scene", "text_panel_box"]
 
 _PANEL_MARGIN = 0.3  # of the font size, around the measured text
 
@@ -117,13 +117,36 @@ def draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, fill: Any, outline: 
         draw.polygon(_polygon(obj), fill=fill, outline=outline, width=width)
 
 
+def _label_font(obj: SceneObject) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, int]:
+    """The font of ``obj``'s label and the width of the label's black outline."""
+    size = max(8, round(obj.radius * 1.1))
+    return _font(size), max(1, size // 10)
+
+
+def label_box(obj: SceneObject) -> tuple[int, int, int, int] | None:
+    """The box ``(x0, y0, x1, y1)`` of the pixels ``obj``'s label is drawn on (outline included), centred on
+    the object; ``None`` for an object without a label.
+
+    >>> from tokenprune.scenes import SceneObject
+    >>> x0, y0, x1, y1 = label_box(SceneObject.of("circle", "red", "large", (100, 100), label="A"))
+    >>> x0 < 100 < x1 and y0 < 100 < y1, label_box(SceneObject.of("circle", "red", "large", (100, 100)))
+    (True, None)
+    """
+    if obj.label is None:
+        return None
+    font, stroke = _label_font(obj)
+    left, top, right, bottom = font.getbbox(obj.label, anchor="mm", stroke_width=stroke)
+    x, y = obj.centre
+    return x + left, y + top, x + right, y + bottom
+
+
 def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, outline: int) -> None:
     draw_shape(draw, obj, PALETTE[obj.colour], (0, 0, 0), outline)
     if obj.label is not None:
-        size = max(8, round(obj.radius * 1.1))
+        font, stroke = _label_font(obj)
         draw.text(
-            obj.centre, obj.label, font=_font(size), anchor="mm", fill=(255, 255, 255),
-            stroke_width=max(1, size // 10), stroke_fill=(0, 0, 0),
+            obj.centre, obj.label, font=font, anchor="mm", fill=(255, 255, 255),
+            stroke_width=stroke, stroke_fill=(0, 0, 0),
         )  # fmt: skip
 
 

@@ -12,7 +12,8 @@ caption pre-training of the projector:
 * **patch alignment**: each projected visual token is pulled, by an InfoNCE loss over the scene
   :data:`~tokenprune.scenes.model.CONCEPTS`, towards the language model's input embedding of the words
   that name what the patch shows (``red`` and ``circle`` for a patch of the red circle; ``sign``,
-  ``yellow`` and ``CAT`` for a patch of a yellow sign reading CAT; ``background`` elsewhere). This is what
+  ``yellow`` and ``CAT`` for a patch of a yellow sign reading CAT; a label's letter only on the patches
+  it is drawn on, :func:`label_patches`; ``background`` elsewhere). This is what
   makes prompt-aware pruning meaningful: the cosine between a question's words and the visual tokens of
   the object it names is what ZSPAPrune's relevance stage reads (:func:`alignment_report` measures it).
   A second term keeps every token *orthogonal* to the words that name nothing visual (``Is``, ``the``,
@@ -28,7 +29,10 @@ caption pre-training of the projector:
 * **answer attention** (:func:`attention_targets`): at every position that predicts a word of an answer,
   one head of the language model is told where to look: layer 2 head 0 at what the question is about (the
   named object; the counted objects, one share each, plus one share on the first token, so that the
-  count can be read from the first token's share; the sign to read; the option that is right; the first
+  count can be read from the first token's share; the sign to read; the patches of the label to read
+  (not the whole object, where colour and shape drowned the letter: 15 % of 60 validation questions
+  about labels were right, and wrong letters often followed the colour, ``Y`` for a yellow object);
+  the option that is right; the first
   token alone when the object named by an existence question is absent), layer 1 head 0 at the reference
   object ``B`` of a spatial question, and layer 3 head 0 at the right option's word of a
   multiple-choice question; and layer 0 head 1, at each option's word, at that option's letter two tokens
@@ -47,8 +51,9 @@ caption pre-training of the projector:
   where that object is. Before them the answer position had to tell the second-named object from the
   first by itself, and the head told to look at the reference object put only 0.36-0.40 of its attention
   there after 1600 steps.
-* **reading** (:data:`GLYPHS`; ``read_weight``, off by default): the mean token of a sign or of a labelled
-  object is pulled towards its word, number or letter by a softmax over the glyphs alone (in the softmax
+* **reading** (:data:`GLYPHS`; ``read_weight``, off by default): the mean token of a sign, of a labelled
+  object and of a label's own patches is pulled towards its word, number or letter by a softmax over the
+  glyphs alone (in the softmax
   over every concept the colour and shape words, learned first, dominate). With ``vision_only`` it is
   the **reading stage**: the vision tower and projector train alone on this and the other grounding terms,
   with no language model forward (1 s a step on 2 threads instead of 2-4); :func:`reading_report`
@@ -66,6 +71,9 @@ caption pre-training of the projector:
   ``name`` head brings back says where the object is, for the ``reference`` head to fetch. A fourth
   (``relation``; ``relation_weight``, off by default, not in a shipped run; docs/scene-model.md) reads where ``place``
   does how far A is from B the way the relation points (> 0: it holds), so the last layer only reads a sign.
+  A fifth (``relation_kind``; ``kind_weight``, off by default) reads there which relation is asked: in the
+  shipped model of session 8 a linear probe read it from layer 0's output at the answer 92 % of the
+  time, and from layer 2's, where the places arrive, 49 %, so the last layer had places and no relation.
 
 Matrix products run in bfloat16 under ``torch.autocast`` (:attr:`TrainConfig.bf16`; the alignment
 terms stay in float32): on a CPU with AMX tiles a step took 2 s instead of 5.
@@ -109,7 +117,7 @@ from tokenprune.scenes.description import SHAPES, Scene
 from tokenprune.scenes.generator import _LABELS, WORDS, generate_scene, make_dataset, scene_seed
 from tokenprune.scenes.model import CONCEPTS, GRID, PATCH_SIZE, build_model, build_processor
 from tokenprune.scenes.questions import _RELATIONS, FAMILIES, Question, ask
-from tokenprune.scenes.render import draw_shape, render_scene
+from tokenprune.scenes.render import draw_shape, label_box, render_scene
 
 __all__ = [
     "ATTENTION_SLOTS",
@@ -122,6 +130,7 @@ __all__ = [
     "concept_targets",
     "evaluate",
     "export",
+    "label_patches",
     "main",
     "probes",
     "reading_report",
@@ -160,6 +169,7 @@ class TrainConfig:
     position_weight: float = 1.0
     place_weight: float = 1.0
     relation_weight: float = 0.0
+    kind_weight: float = 0.0
     read_weight: float = 0.0
     vision_only: bool = False
     bf16: bool = True
@@ -219,12 +229,43 @@ def concept_targets(scene: Scene, concept_index: dict[str, int], *, items: bool 
             patch[hit, concept_index[word]] = True
             present[concept_index[word]] = True
     patch[owner == 0, concept_index["background"]] = True
+    labels = label_patches(scene, owner)
+    for k, obj in enumerate(scene.objects, start=1):  # a label's glyph only where it is drawn
+        if obj.label is not None:
+            patch[(owner == k) & (labels != k), concept_index[obj.label]] = False
     if not items:
         return patch, present
     named = np.zeros((len(names), len(concept_index)), dtype=bool)
     for k, words in enumerate(names):
         named[k, [concept_index[w] for w in words]] = True
     return patch, present, owner, named
+
+
+def label_patches(scene: Scene, owner: np.ndarray) -> np.ndarray:
+    """Per patch of the 24 x 24 grid, ``k`` when it shows the label of the k-th object, else 0: the patches of
+    that object (``owner``, :func:`concept_targets`'s map) that :func:`~tokenprune.scenes.render.label_box`
+    covers by at least a quarter, or the one it covers most when none does. An object's edge patches do not
+    see its letter; a question that reads it looks here (:func:`attention_targets`).
+
+    >>> from tokenprune.scenes import Scene, SceneObject
+    >>> scene = Scene(objects=(SceneObject.of("square", "red", "large", (168, 168), label="A"),))
+    >>> owner = concept_targets(scene, {c: i for i, c in enumerate(CONCEPTS)}, items=True)[2]
+    >>> int((owner == 1).sum()), int((label_patches(scene, owner) == 1).sum())
+    (36, 12)
+    """
+    out = np.zeros(GRID * GRID, dtype=np.int64)
+    edges = np.arange(GRID + 1) * PATCH_SIZE
+    for k, obj in enumerate(scene.objects, start=1):
+        box = label_box(obj)
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        across = np.clip(np.minimum(edges[1:], x1) - np.maximum(edges[:-1], x0), 0, None)  # per column
+        down = np.clip(np.minimum(edges[1:], y1) - np.maximum(edges[:-1], y0), 0, None)  # per row
+        cover = (down[:, None] * across[None, :]).reshape(-1) / PATCH_SIZE**2 * (owner == k)
+        if cover.max() > 0:
+            out[(cover >= 0.25) | (cover == cover.max())] = k
+    return out
 
 
 CAPTION_QUESTION = "Describe the image , listing each object ."
@@ -275,12 +316,14 @@ def attention_targets(scene: Scene, question: Question) -> dict[str, tuple[dict[
     """Where the answer's attention should go, per supervised head (:data:`ATTENTION_SLOTS`).
 
     Returns ``{slot: (items, sink)}``: ``items`` maps an item of :func:`concept_targets`'s owner map
-    (``k`` = the k-th object, objects first, then signs) to the share of attention its patches should get
+    (``k`` = the k-th object, objects first, then signs; ``("label", k)`` the patches of the k-th object's
+    label, :func:`label_patches`) to the share of attention its patches should get
     together, and ``sink`` the share of the first token (the "nothing here" place): all of it when an
     existence question names an absent object; one share beside one per counted object, so that the
     sink's share, ``1 / (n + 1)``, tells the count. ``"object"`` is what the question asks about (the
     named object, the counted ones, the sign to read, the option that is right; ``X`` of "What is left of
-    B?"), ``"second"`` the reference object ``B`` of a spatial question. (The ``"option"`` slot of a
+    B?"; the label of "What letter is on the red circle?"), ``"second"`` the reference object ``B`` of a
+    spatial question. (The ``"option"`` slot of a
     multiple-choice question points at a text token; :class:`Batches` places it.)
 
     >>> from tokenprune.scenes import Scene, SceneObject
@@ -324,9 +367,9 @@ def attention_targets(scene: Scene, question: Question) -> dict[str, tuple[dict[
         box = objects[second[0] - 1].bbox
         hits = [k for k in named(question.answer) if true(objects[k - 1].bbox, box)]
         return {"object": spread(hits), "second": spread(second)}
-    if family == "text":
+    if family == "text":  # a sign, or the label of an object (its label's patches: label_patches)
         signs = [len(objects) + k for k, t in enumerate(scene.texts, start=1) if t.text == target]
-        return {"object": spread(signs or named(target))}
+        return {"object": spread(signs) if signs else ({("label", k): 1.0 for k in named(target)}, 0.0)}
     stem, correct = question.text.split("\n", 1)[0], question.target  # multiple choice
     if stem.startswith("Which of these shapes"):
         return {"object": spread(match(shape=correct))}
@@ -396,16 +439,18 @@ class Batches:
         if rng.random() < stage["caption"]:  # last, so no question can be answered from its text
             turns.append((CAPTION_QUESTION, caption(scene)))
         patch, present, owner, named = concept_targets(scene, self.concept_index, items=True)
+        on_label = label_patches(scene, owner)
         background = patch[:, self.concept_index["background"]]
         keep = ~background | (rng.random(GRID * GRID) < stage["background"])
         head = self._ids("USER:")
         ids = head + [self.image_id] * int(keep.sum())
         positions = list(range(len(head))) + [len(head) + int(i) for i in np.flatnonzero(keep)]
         labels = [-100] * len(ids)
-        kept_owner = owner[keep]  # the item of each visual token the language model sees, in order
+        kept_owner, kept_labels = owner[keep], on_label[keep]  # of each visual token the language model sees
         rows: list[tuple[int, int, dict[int, float], float]] = []  # (query position, slot, items, sink)
-        # (query position, centres of A and B, how far A is from B the way the relation points) of spatial answers
-        places: list[tuple[int, list[float], list[float]]] = []
+        # (query position, centres of A and B, how far A is from B the way the relation points, which relation)
+        # of spatial answers
+        places: list[tuple[int, list[float], list[float], list[float]]] = []
         name_places: list[tuple[int, list[float]]] = []  # (name position, centre of the object it names)
         for k, (question, answer) in enumerate(turns):
             prompt = self._ids(("\n" if k == 0 else "USER: ") + question + " ASSISTANT:")
@@ -417,9 +462,11 @@ class Batches:
                     rows += [(q, SLOT_INDEX[slot], items, sink) for q in queries]
                 if questions[k].family == "spatial":
                     (xa, ya), (xb, yb) = [_centre(scene, targets[slot][0]) for slot in ("object", "second")]
-                    axis, sign = _AXES[questions[k].target.split("|")[1]]
+                    relation = questions[k].target.split("|")[1]
+                    axis, sign = _AXES[relation]
                     towards = sign * ((xa - xb) if axis == 0 else (ya - yb))  # > 0: A is where the relation says
-                    places += [(q, [xa, ya, xb, yb], [towards]) for q in queries]
+                    kind = [float(list(_AXES).index(relation))]
+                    places += [(q, [xa, ya, xb, yb], [towards], kind) for q in queries]
                 # the last word of each object the question names looks at that object (the "name" head,
                 # layer 1), and a spatial answer looks at the reference object's name (the "reference" head,
                 # layer 2), which by then has brought back where that object is
@@ -448,10 +495,13 @@ class Batches:
             slots[r] = slot
             attention[r, 0] = sink
             for item, share in items.items():
-                if item < 0:  # a text position (the right option of a multiple-choice question)
+                if isinstance(item, tuple):  # ("label", k): the patches of the k-th object's label
+                    where = np.flatnonzero(kept_labels == item[1])
+                elif item < 0:  # a text position (the right option of a multiple-choice question)
                     attention[r, -1 - item] = share
                     continue
-                where = np.flatnonzero(kept_owner == item)
+                else:
+                    where = np.flatnonzero(kept_owner == item)
                 if len(where):
                     attention[r, len(head) + where] = share / len(where)
             attention[r] /= max(attention[r].sum(), 1e-9)  # an item with no kept patch: the rest renormalised
@@ -466,13 +516,15 @@ class Batches:
             "patch": patch,
             "present": present,
             "owner": owner,
+            "on_label": on_label,
             "named": named,
             "queries": queries_at[valid],
             "slots": slots[valid],
             "attention": attention[valid],
-            "place_queries": np.array([q for q, _, _ in places], dtype=np.int64),
-            "places": np.array([w for _, w, _ in places], dtype=np.float32).reshape(-1, 4),
-            "relations": np.array([d for _, _, d in places], dtype=np.float32).reshape(-1, 1),
+            "place_queries": np.array([q for q, *_ in places], dtype=np.int64),
+            "places": np.array([w for _, w, _, _ in places], dtype=np.float32).reshape(-1, 4),
+            "relations": np.array([d for _, _, d, _ in places], dtype=np.float32).reshape(-1, 1),
+            "kinds": np.array([c for *_, c in places], dtype=np.float32).reshape(-1, 1),
             "name_queries": np.array([q for q, _ in name_places], dtype=np.int64),
             "name_places": np.array([w for _, w in name_places], dtype=np.float32).reshape(-1, 2),
         }
@@ -533,11 +585,12 @@ class Batches:
             "patch_concepts": torch.from_numpy(np.stack([e["patch"] for e in examples])),
             "present": torch.from_numpy(np.stack([e["present"] for e in examples])).float(),
             "owner": torch.from_numpy(np.stack([e["owner"] for e in examples])),
+            "label_owner": torch.from_numpy(np.stack([e["on_label"] for e in examples])),
             "item_concepts": named,
             "queries": queries,
             "slots": slots,
             "attention": attention,
-            **_spots(examples, "place_queries", "places", "relations"),
+            **_spots(examples, "place_queries", "places", "relations", "kinds"),
             **_spots(examples, "name_queries", "name_places"),
         }
 
@@ -582,23 +635,32 @@ def probes(hidden_size: int) -> torch.nn.ModuleDict:
     that predict a spatial answer, the centres (x, y) of the question's two objects; ``name_place`` reads,
     from the output of decoder layer :data:`NAME_PLACE_LAYER` at the last word of each present object an
     existence or spatial question names, that object's centre; ``relation`` reads, where ``place`` does,
-    how far object A is from B along the relation's axis, signed so that > 0 means the relation holds."""
+    how far object A is from B along the relation's axis, signed so that > 0 means the relation holds;
+    ``relation_kind`` reads, there too, which relation the question asks (a class of :data:`_AXES`)."""
     return torch.nn.ModuleDict(
         {
             "position": torch.nn.Linear(hidden_size, 2),
             "place": torch.nn.Linear(hidden_size, 4),
             "name_place": torch.nn.Linear(hidden_size, 2),
             "relation": torch.nn.Linear(hidden_size, 1),
+            "relation_kind": torch.nn.Linear(hidden_size, len(_AXES)),
         }
     )
 
 
-def _probe_error(probe: torch.nn.Module, states: torch.Tensor, at: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+def _probe_error(
+    probe: torch.nn.Module, states: torch.Tensor, at: torch.Tensor, want: torch.Tensor, *, classes: bool = False
+) -> torch.Tensor:
     """Mean squared error of ``probe`` reading ``want`` ``(B, n, k)`` from ``states`` ``(B, S, H)`` at the
-    positions ``at`` ``(B, n)`` (-1: padding, left out)."""
+    positions ``at`` ``(B, n)`` (-1: padding, left out); with ``classes``, its cross-entropy against the
+    class in ``want[..., 0]``."""
     picked = states.gather(1, at.clamp(min=0)[..., None].expand(-1, -1, states.shape[-1]))
     real = (at >= 0).float()
-    error = (probe(picked.float()) - want).pow(2).mean(-1)
+    read = probe(picked.float())
+    if classes:
+        error = F.cross_entropy(read.transpose(1, 2), want[..., 0].long(), reduction="none")
+    else:
+        error = (read - want).pow(2).mean(-1)
     return (error * real).sum() / real.sum().clamp(min=1)
 
 
@@ -647,7 +709,7 @@ def _language_terms(
         logp = attention_rows(layers[layer].self_attn, states, rope, head, queries, batch["attention_mask"])
         nll = -(wanted * logp.clamp(min=-1e4)).sum(-1)  # (B, R); -inf where the target is 0 contributes 0
         attention = attention + (nll * rows).sum() / rows.sum().clamp(min=1)
-    place = name_place = relation = torch.zeros((), device=ids.device)
+    place = name_place = relation = kind = torch.zeros((), device=ids.device)
     if probe is not None:
         # a spatial answer has brought back where its two objects are before the last layer compares them
         place = _probe_error(probe["place"], captured["out", PLACE_LAYER], batch["place_queries"], batch["places"])
@@ -659,7 +721,18 @@ def _language_terms(
         relation = _probe_error(
             probe["relation"], captured["out", PLACE_LAYER], batch["place_queries"], batch["relations"]
         )
-    return {"answer": out.loss, "attention": attention, "place": place, "name_place": name_place, "relation": relation}
+        # which relation is asked, still there beside the places (layer 0 fetches it; it was lost by layer 2)
+        kind = _probe_error(
+            probe["relation_kind"], captured["out", PLACE_LAYER], batch["place_queries"], batch["kinds"], classes=True
+        )
+    return {
+        "answer": out.loss,
+        "attention": attention,
+        "place": place,
+        "name_place": name_place,
+        "relation": relation,
+        "kind": kind,
+    }
 
 
 def losses(
@@ -674,7 +747,7 @@ def losses(
     patches, cls = projected[:, 1:], projected[:, 0]
     embed = inner.get_input_embeddings()
     zero = torch.zeros((), device=patches.device)
-    terms = dict.fromkeys(("answer", "attention", "place", "name_place", "relation"), zero)
+    terms = dict.fromkeys(("answer", "attention", "place", "name_place", "relation", "kind"), zero)
     if not cfg.vision_only:
         terms = _language_terms(model, batch, patches, probe)
     with torch.autocast(patches.device.type, enabled=False):
@@ -719,7 +792,16 @@ def losses(
         wanted = items[..., glyphs].to(patches.dtype)  # one glyph for a sign or a labelled object, else none
         readable = real * (wanted.sum(-1) > 0).to(patches.dtype)
         read_loss = -(glyph_logits.log_softmax(-1) * wanted).sum(-1)  # (B, K)
-        reading = (read_loss * readable).sum() / readable.sum().clamp(min=1)
+        # and the mean token of a label's own patches (label_patches) names its letter or digit
+        on_label = F.one_hot(batch["label_owner"], items.shape[1] + 1)[..., 1:].to(patches.dtype)  # (B, 576, K)
+        label_counts = on_label.sum(1)
+        label_pooled = torch.einsum("bnk,bnh->bkh", on_label, patches) / label_counts.clamp(min=1)[..., None]
+        label_logits = F.normalize(label_pooled, dim=-1) @ words[concept_ids[glyphs]].T / cfg.temperature
+        label_readable = (label_counts > 0).to(patches.dtype) * (wanted.sum(-1) > 0).to(patches.dtype)
+        label_loss = -(label_logits.log_softmax(-1) * wanted).sum(-1)
+        reading = ((read_loss * readable).sum() + (label_loss * label_readable).sum()) / (
+            readable.sum() + label_readable.sum()
+        ).clamp(min=1)
         other = torch.ones(words.shape[0], dtype=torch.bool, device=words.device)
         other[concept_ids] = False
         orthogonal = cosines[..., other].pow(2).mean()  # words that name nothing visual: cosine 0, not negative
@@ -734,6 +816,7 @@ def losses(
         + cfg.position_weight * position
         + cfg.place_weight * (terms["place"] + terms["name_place"])
         + cfg.relation_weight * terms["relation"]
+        + cfg.kind_weight * terms["kind"]
         + cfg.read_weight * reading
     )
     return {
@@ -967,24 +1050,26 @@ def alignment_report(model: Any, processor: Any, n: int = 60, *, seed: int = 0) 
 def reading_report(model: Any, processor: Any, n: int = 60, *, seed: int = 0) -> dict[str, float]:
     """Whether the vision side reads: over the signs and labelled objects of ``n`` test scenes with text,
     the share whose mean projected token is nearest (by cosine), among the :data:`GLYPHS` alone, to the
-    input embedding of its own word, number or letter (``signs``, ``labels``; chance is 1 in 147)."""
+    input embedding of its own word, number or letter (``signs``, ``labels``; chance is 1 in 147); and
+    ``label_patches``, the same for the mean token of each label's own patches (:func:`label_patches`)."""
     tokenizer = processor.tokenizer
     index = {c: i for i, c in enumerate(CONCEPTS)}
     glyphs = list(GLYPHS)
     embed = model.get_input_embeddings().weight
     words = F.normalize(embed[tokenizer.convert_tokens_to_ids([CONCEPTS[i] for i in glyphs])].float(), dim=-1)
-    hits: dict[str, list[bool]] = {"signs": [], "labels": []}
+    hits: dict[str, list[bool]] = {"signs": [], "labels": [], "label_patches": []}
     for sample in make_dataset(n, seed, split="test", families=("text",)):
         pixels = processor.image_processor([sample.image], return_tensors="pt")["pixel_values"].to(model.device)
         tokens = model.model.multi_modal_projector(model.model.vision_tower(pixels).last_hidden_state)[0, 1:]
         _, _, owner, named = concept_targets(sample.scene, index, items=True)
+        labels = label_patches(sample.scene, owner)
         for k, concepts in enumerate(named, start=1):
-            mine = torch.from_numpy(owner == k).to(tokens.device)
             glyph = np.flatnonzero(concepts[glyphs])  # the item's word, number or letter, if it has one
-            if not len(glyph) or not mine.any():
-                continue
-            nearest = int((F.normalize(tokens[mine].float().mean(0), dim=-1) @ words.T).argmax())
-            hits["signs" if k > len(sample.scene.objects) else "labels"].append(nearest == glyph[0])
+            kind = "signs" if k > len(sample.scene.objects) else "labels"
+            for key, mine in ((kind, owner == k), ("label_patches", (labels == k) & (kind == "labels"))):
+                if len(glyph) and mine.any():
+                    mean = tokens[torch.from_numpy(mine).to(tokens.device)].float().mean(0)
+                    hits[key].append(int((F.normalize(mean, dim=-1) @ words.T).argmax()) == glyph[0])
     return {kind: float(np.mean(v)) if v else float("nan") for kind, v in hits.items()} | {
         f"{kind}_n": len(v) for kind, v in hits.items()
     }
@@ -1015,6 +1100,7 @@ _WEIGHT_FLAGS = {
     "place": "the place terms (where a spatial answer's and a name's objects are)",
     "relation": "the relation term (a spatial answer, after layer 2, holds how far A is from B the way the "
     "relation points; off at 0)",
+    "kind": "the relation-kind term (a spatial answer, after layer 2, still says which relation is asked; off at 0)",
 }
 
 
