@@ -579,23 +579,24 @@ class TestShippedModel:
         assert model.config.image_seq_length == 576
 
     def test_reads_the_image_on_held_out_questions(self, loaded):
-        """Below the project's bar (docs/scene-model.md), but the answers come from the image: asked about
-        another scene's image, the same questions score far less (measured 0.90 against 0.23 here; per
-        family existence 0.9, attribute 1.0, counting 1.0, multiple choice 1.0, text 0.8, spatial 0.7)."""
+        """Above the project's overall bar, text below it (docs/scene-model.md), and the answers come from the
+        image: asked about another scene's image, the same questions score far less (measured 0.97 against
+        0.18 here; per family existence, attribute, counting, spatial and multiple choice 1.0, text 0.8)."""
         model, processor = loaded
         samples = make_dataset(60, seed=11, split="test")  # 10 per family, not the README's test set
         right = evaluate(model, processor, samples, batch_size=20)
         other = evaluate(model, processor, samples, batch_size=20, other_images=True)
         assert set(right["families"]) == set(FAMILIES)
-        assert right["overall"] >= 0.75, right["families"]
-        assert right["overall"] - other["overall"] >= 0.5, (right["families"], other["families"])
-        assert min(right["families"][f] for f in ("existence", "attribute", "counting")) >= 0.7, right["families"]
-        assert right["families"]["multiple_choice"] >= 0.7, right["families"]
-        assert right["families"]["text"] >= 0.3, right["families"]  # it reads most signs, some labels
-        assert right["families"]["spatial"] >= 0.5, right["families"]
+        assert right["overall"] >= 0.85, right["families"]
+        assert right["overall"] - other["overall"] >= 0.6, (right["families"], other["families"])
+        assert min(right["families"][f] for f in ("existence", "attribute", "counting")) >= 0.8, right["families"]
+        assert right["families"]["multiple_choice"] >= 0.8, right["families"]
+        assert right["families"]["spatial"] >= 0.7, right["families"]
+        assert right["families"]["text"] >= 0.5, right["families"]  # it reads most signs, some labels
 
     def test_answers_a_hand_made_scene(self, loaded):
-        """Questions of the kinds it reads (existence, shape, counting, the sign), on a scene drawn by hand."""
+        """Questions of the kinds it reads (existence, shape, counting, places, the sign), on a scene drawn by
+        hand."""
         model, processor = loaded
         scene = Scene(
             objects=(
@@ -613,6 +614,10 @@ class TestShippedModel:
             "How many shapes are there in the image?": "3",
             "How many circles are there in the image?": "1",
             "How many blue objects are there in the image?": "1",
+            "Is the red circle to the left of the blue square?": "yes",
+            "Is the blue square to the left of the red circle?": "no",
+            "Is the green triangle above the red circle?": "no",
+            "Is the green triangle below the red circle?": "yes",
             "What is written on the sign?": "CAT",
             "What does the white sign say?": "CAT",
         }

@@ -71,9 +71,10 @@ caption pre-training of the projector:
   ``name`` head brings back says where the object is, for the ``reference`` head to fetch. A fourth
   (``relation``; ``relation_weight``, off by default, not in a shipped run; docs/scene-model.md) reads where ``place``
   does how far A is from B the way the relation points (> 0: it holds), so the last layer only reads a sign.
-  A fifth (``relation_kind``; ``kind_weight``, off by default) reads there which relation is asked: in the
-  shipped model of session 8 a linear probe read it from layer 0's output at the answer 92 % of the
-  time, and from layer 2's, where the places arrive, 49 %, so the last layer had places and no relation.
+  A fifth (``relation_kind``; ``kind_weight``, off by default, 2 in the shipped runs) reads there which
+  relation is asked: in the model shipped before, a linear probe read it from layer 0's output at the
+  answer 92 % of the time, and from layer 2's, where the places arrive, 49 %, so the last layer had the
+  places and not the relation.
 
 Matrix products run in bfloat16 under ``torch.autocast`` (:attr:`TrainConfig.bf16`; the alignment
 terms stay in float32): on a CPU with AMX tiles a step took 2 s instead of 5.
