@@ -476,7 +476,7 @@ class TestAttentionSupervision:
                 ]
                 assert (np.flatnonzero(row) >= head).all()  # visual tokens only
                 looked = patch_of[np.flatnonzero(row) - head]
-                assert set(looked) == set(np.flatnonzero(e["on_label"] == k)) & set(patch_of)
+                assert set(looked) == set(np.flatnonzero(e["label_owner"] == k)) & set(patch_of)
                 assert len(looked) < (e["owner"] == k).sum()  # not the whole object
                 checked += 1
         assert checked >= 3

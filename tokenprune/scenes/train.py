@@ -32,8 +32,8 @@ caption pre-training of the projector:
   count can be read from the first token's share; the sign to read; the patches of the label to read
   (not the whole object, where colour and shape drowned the letter: 15 % of 60 validation questions
   about labels were right, and wrong letters often followed the colour, ``Y`` for a yellow object);
-  the option that is right; the first
-  token alone when the object named by an existence question is absent), layer 1 head 0 at the reference
+  the option that is right; the first token alone when the object named by an existence question is
+  absent), layer 1 head 0 at the reference
   object ``B`` of a spatial question, and layer 3 head 0 at the right option's word of a
   multiple-choice question; and layer 0 head 1, at each option's word, at that option's letter two tokens
   back (``B . circle``), so that the right word the option head finds carries the letter to answer (at
@@ -53,8 +53,8 @@ caption pre-training of the projector:
   there after 1600 steps.
 * **reading** (:data:`GLYPHS`; ``read_weight``, off by default): the mean token of a sign, of a labelled
   object and of a label's own patches is pulled towards its word, number or letter by a softmax over the
-  glyphs alone (in the softmax
-  over every concept the colour and shape words, learned first, dominate). With ``vision_only`` it is
+  glyphs alone (in the softmax over every concept the colour and shape words, learned first, dominate).
+  With ``vision_only`` it is
   the **reading stage**: the vision tower and projector train alone on this and the other grounding terms,
   with no language model forward (1 s a step on 2 threads instead of 2-4); :func:`reading_report`
   measures what it gives.
@@ -313,7 +313,11 @@ GLYPHS: tuple[int, ...] = tuple(
 )
 
 
-def attention_targets(scene: Scene, question: Question) -> dict[str, tuple[dict[int, float], float]]:
+#: An item an attention target points at: ``k`` (the k-th object or sign) or ``("label", k)``.
+Item = int | tuple[str, int]
+
+
+def attention_targets(scene: Scene, question: Question) -> dict[str, tuple[dict[Item, float], float]]:
     """Where the answer's attention should go, per supervised head (:data:`ATTENTION_SLOTS`).
 
     Returns ``{slot: (items, sink)}``: ``items`` maps an item of :func:`concept_targets`'s owner map
@@ -324,8 +328,8 @@ def attention_targets(scene: Scene, question: Question) -> dict[str, tuple[dict[
     sink's share, ``1 / (n + 1)``, tells the count. ``"object"`` is what the question asks about (the
     named object, the counted ones, the sign to read, the option that is right; ``X`` of "What is left of
     B?"; the label of "What letter is on the red circle?"), ``"second"`` the reference object ``B`` of a
-    spatial question. (The ``"option"`` slot of a
-    multiple-choice question points at a text token; :class:`Batches` places it.)
+    spatial question. (The ``"option"`` slot of a multiple-choice question points at a text token;
+    :class:`Batches` places it.)
 
     >>> from tokenprune.scenes import Scene, SceneObject
     >>> scene = Scene(objects=(SceneObject.of("circle", "red", "small", (60, 60)),
@@ -348,7 +352,7 @@ def attention_targets(scene: Scene, question: Question) -> dict[str, tuple[dict[
         colour, shape = name.split(" ", 1)
         return match(colour, shape)
 
-    def spread(items: list[int], count: bool = False) -> tuple[dict[int, float], float]:
+    def spread(items: list[int], count: bool = False) -> tuple[dict[Item, float], float]:
         n = len(items) + int(count)
         return ({k: 1.0 / n for k in items}, 1.0 / n if count else 0.0) if n else ({}, 1.0)
 
@@ -440,15 +444,15 @@ class Batches:
         if rng.random() < stage["caption"]:  # last, so no question can be answered from its text
             turns.append((CAPTION_QUESTION, caption(scene)))
         patch, present, owner, named = concept_targets(scene, self.concept_index, items=True)
-        on_label = label_patches(scene, owner)
+        label_owner = label_patches(scene, owner)
         background = patch[:, self.concept_index["background"]]
         keep = ~background | (rng.random(GRID * GRID) < stage["background"])
         head = self._ids("USER:")
         ids = head + [self.image_id] * int(keep.sum())
         positions = list(range(len(head))) + [len(head) + int(i) for i in np.flatnonzero(keep)]
         labels = [-100] * len(ids)
-        kept_owner, kept_labels = owner[keep], on_label[keep]  # of each visual token the language model sees
-        rows: list[tuple[int, int, dict[int, float], float]] = []  # (query position, slot, items, sink)
+        kept_owner, kept_labels = owner[keep], label_owner[keep]  # of each visual token the language model sees
+        rows: list[tuple[int, int, dict[Item, float], float]] = []  # (query position, slot, items, sink)
         # (query position, centres of A and B, how far A is from B the way the relation points, which relation)
         # of spatial answers
         places: list[tuple[int, list[float], list[float], list[float]]] = []
@@ -517,7 +521,7 @@ class Batches:
             "patch": patch,
             "present": present,
             "owner": owner,
-            "on_label": on_label,
+            "label_owner": label_owner,
             "named": named,
             "queries": queries_at[valid],
             "slots": slots[valid],
@@ -586,7 +590,7 @@ class Batches:
             "patch_concepts": torch.from_numpy(np.stack([e["patch"] for e in examples])),
             "present": torch.from_numpy(np.stack([e["present"] for e in examples])).float(),
             "owner": torch.from_numpy(np.stack([e["owner"] for e in examples])),
-            "label_owner": torch.from_numpy(np.stack([e["on_label"] for e in examples])),
+            "label_owner": torch.from_numpy(np.stack([e["label_owner"] for e in examples])),
             "item_concepts": named,
             "queries": queries,
             "slots": slots,
