@@ -225,12 +225,17 @@ class TestTrainingPieces:
         assert len(items) >= 3
         torch.testing.assert_close(got, patch_term + torch.stack(items).mean())
 
-    def test_relation_term_is_off_by_default_and_weighs_what_the_relation_probe_misses(self, processor):
+    @staticmethod
+    def _with_spatial_answers(processor):
+        """A random-init model, its config and batch stream, a batch with spatial answers, and the probes."""
         model = build_model(0).eval()
         cfg = TrainConfig(batch_size=2, **NO_CURRICULUM)
         batches = Batches(cfg, processor)
         batch = next(b for b in map(batches, range(3, 40)) if (b["place_queries"] >= 0).any())
-        probe = probes(model.config.text_config.hidden_size)
+        return model, cfg, batches, batch, probes(model.config.text_config.hidden_size)
+
+    def test_relation_term_is_off_by_default_and_weighs_what_the_relation_probe_misses(self, processor):
+        model, cfg, batches, batch, probe = self._with_spatial_answers(processor)
         with torch.no_grad():
             off = losses(model, batch, batches.concept_ids, cfg, probe)
             on = losses(
@@ -241,11 +246,7 @@ class TestTrainingPieces:
         torch.testing.assert_close(on["total"] - off["total"], 2.0 * on["relation"])
 
     def test_relation_kind_term_is_the_cross_entropy_of_its_probe_at_the_spatial_answers(self, processor):
-        model = build_model(0).eval()
-        cfg = TrainConfig(batch_size=2, **NO_CURRICULUM)
-        batches = Batches(cfg, processor)
-        batch = next(b for b in map(batches, range(3, 40)) if (b["place_queries"] >= 0).any())
-        probe = probes(model.config.text_config.hidden_size)
+        model, cfg, batches, batch, probe = self._with_spatial_answers(processor)
         captured = {}
         hook = model.model.language_model.layers[PLACE_LAYER].register_forward_hook(
             lambda module, args, out: captured.__setitem__("out", out)

@@ -769,9 +769,7 @@ def losses(
         # object alignment: the mean of an object's (or sign's) patch tokens names it, so edge patches that see
         # its outline can carry its shape without every interior patch having to
         items = batch["item_concepts"]  # (B, K, C)
-        member = F.one_hot(batch["owner"], items.shape[1] + 1)[..., 1:].to(patches.dtype)  # (B, 576, K)
-        counts = member.sum(1)  # (B, K)
-        pooled = torch.einsum("bnk,bnh->bkh", member, patches) / counts.clamp(min=1)[..., None]
+        member, counts, pooled = _pool(batch["owner"], items.shape[1], patches)
         item_logp = (F.normalize(pooled, dim=-1) @ words[concept_ids].T / cfg.temperature).log_softmax(-1)
         real = (counts > 0).to(patches.dtype)  # padded item rows and items with no patch of their own: 0
         item_loss = -(item_logp * items).sum(-1) / items.sum(-1).clamp(min=1)  # (B, K), finite everywhere
@@ -793,20 +791,16 @@ def losses(
         # reading: a sign's or a label's mean token names its word, number or letter among the glyphs alone
         # (in the softmax over every concept the colour and shape words, learned first, dominate its gradient)
         glyphs = concept_ids.new_tensor(GLYPHS)
-        glyph_logits = F.normalize(pooled, dim=-1) @ words[concept_ids[glyphs]].T / cfg.temperature  # (B, K, G)
+        glyph_words = words[concept_ids[glyphs]]  # (G, H)
         wanted = items[..., glyphs].to(patches.dtype)  # one glyph for a sign or a labelled object, else none
-        readable = real * (wanted.sum(-1) > 0).to(patches.dtype)
-        read_loss = -(glyph_logits.log_softmax(-1) * wanted).sum(-1)  # (B, K)
-        # and the mean token of a label's own patches (label_patches) names its letter or digit
-        on_label = F.one_hot(batch["label_owner"], items.shape[1] + 1)[..., 1:].to(patches.dtype)  # (B, 576, K)
-        label_counts = on_label.sum(1)
-        label_pooled = torch.einsum("bnk,bnh->bkh", on_label, patches) / label_counts.clamp(min=1)[..., None]
-        label_logits = F.normalize(label_pooled, dim=-1) @ words[concept_ids[glyphs]].T / cfg.temperature
-        label_readable = (label_counts > 0).to(patches.dtype) * (wanted.sum(-1) > 0).to(patches.dtype)
-        label_loss = -(label_logits.log_softmax(-1) * wanted).sum(-1)
-        reading = ((read_loss * readable).sum() + (label_loss * label_readable).sum()) / (
-            readable.sum() + label_readable.sum()
-        ).clamp(min=1)
+        read_sum = read_count = zero
+        # the mean token of each item, and of each label's own patches (label_patches), names its glyph
+        for n, mean in ((counts, pooled), _pool(batch["label_owner"], items.shape[1], patches)[1:]):
+            glyph_logp = (F.normalize(mean, dim=-1) @ glyph_words.T / cfg.temperature).log_softmax(-1)  # (B, K, G)
+            readable = (n > 0).to(patches.dtype) * (wanted.sum(-1) > 0).to(patches.dtype)
+            read_sum = read_sum + (-(glyph_logp * wanted).sum(-1) * readable).sum()
+            read_count = read_count + readable.sum()
+        reading = read_sum / read_count.clamp(min=1)
         other = torch.ones(words.shape[0], dtype=torch.bool, device=words.device)
         other[concept_ids] = False
         orthogonal = cosines[..., other].pow(2).mean()  # words that name nothing visual: cosine 0, not negative
@@ -834,6 +828,14 @@ def losses(
         "position": position,
         "reading": reading,
     }
+
+
+def _pool(owner: torch.Tensor, k: int, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For an owner map ``(B, 576)`` (0: no item, else 1..k): the membership ``(B, 576, k)``, each item's
+    patch count ``(B, k)`` and the mean of its patch tokens ``(B, k, H)`` (zeros for an item with none)."""
+    member = F.one_hot(owner, k + 1)[..., 1:].to(patches.dtype)
+    counts = member.sum(1)
+    return member, counts, torch.einsum("bnk,bnh->bkh", member, patches) / counts.clamp(min=1)[..., None]
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
