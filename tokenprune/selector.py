@@ -11,6 +11,7 @@ core or the fill of another (see :class:`tokenprune.stages.Hierarchical`).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,20 +89,51 @@ class TokenBatch:
     def norms(self) -> Tensor:
         """``(B, N)`` norms of the visual tokens, computed on first use and shared by every stage.
 
-        Raises :class:`InputError` if a real token holds NaN or infinite values (its norm is then not
-        finite). Stages that never read the token values (stride, random, external scores) never pay
-        for this pass over ``B x N x D``.
+        Stages that never read the token values (stride, random, external scores) never pay for this
+        pass over ``B x N x D``. A real token holding NaN or infinite values has a non-finite norm;
+        the selector call that computed the norms then raises :class:`InputError` (see
+        :meth:`check_finite`).
         """
-        norms = token_norms(self.visual)
-        bad = (~torch.isfinite(norms) & self.real).any(dim=1)
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0, 0])
-            raise InputError(f"visual row {row} has NaN, infinite or overflowing values in real tokens")
-        return norms
+        return token_norms(self.visual)
 
     @property
     def batch_size(self) -> int:
         return self.visual.shape[0]
+
+    @property
+    def all_real(self) -> bool:
+        """Whether every row's tokens are all real (no padding), known on the host."""
+        n = self.visual.shape[1]
+        return all(count == n for count in self.counts)
+
+    def finite_sums(self) -> Tensor:
+        """One float64 sum per checked input: finite exactly when that input's real values are.
+
+        The inputs checked are the prompt's token norms, the scores, and the visual token norms once a
+        stage has computed them. Padding was zeroed by :meth:`from_inputs`, and the sums are in float64,
+        so a large but finite float32 input cannot overflow them. The sums stay on the device: a
+        selector call reads them with its result check, in one device-to-host copy.
+        """
+        parts = [token_norms(self.prompt)] if self.prompt is not None else []
+        parts += [self.scores] if self.scores is not None else []
+        parts += [self.norms] if "norms" in self.__dict__ else []
+        return torch.stack([part.sum(dtype=torch.float64) for part in parts]) if parts else self.real.new_zeros(0)
+
+    def check_finite(self) -> None:
+        """Raise :class:`InputError` naming the first input that holds NaN or infinite real values.
+
+        Reads from the device (a host sync on CUDA): selector calls run it only when
+        :meth:`finite_sums` says something is wrong, or when a selector failed.
+        """
+        if self.prompt is not None and not bool(torch.isfinite(token_norms(self.prompt)).all()):
+            raise InputError("prompt has NaN, infinite or overflowing values in real tokens")
+        if self.scores is not None and not bool(torch.isfinite(self.scores).all()):
+            raise InputError("scores has NaN or infinite values at real tokens")
+        if "norms" in self.__dict__:
+            bad = (~torch.isfinite(self.norms)).any(dim=1)
+            if bool(bad.any()):
+                row = int(bad.nonzero()[0, 0])
+                raise InputError(f"visual row {row} has NaN, infinite or overflowing values in real tokens")
 
     @classmethod
     def from_inputs(
@@ -113,7 +145,12 @@ class TokenBatch:
         prompt_mask: Tensor | None = None,
         scores: Tensor | None = None,
     ) -> TokenBatch:
-        """Check the selector inputs and batch them; raises :class:`InputError` saying what is wrong."""
+        """Check the selector inputs and batch them; raises :class:`InputError` saying what is wrong.
+
+        Shapes, dtypes, devices and masks are checked here, on the host. Whether the values are finite
+        is checked by the selector call, with its result (:meth:`finite_sums`), so that a call on a
+        GPU reads from the device once.
+        """
         if not isinstance(visual, Tensor):
             raise InputError(f"visual must be a torch.Tensor of shape (B, N, D) or (N, D); got {type(visual).__name__}")
         if visual.dim() not in (2, 3) or not visual.is_floating_point():
@@ -157,8 +194,6 @@ class TokenBatch:
             prompt = prompt.to(compute)
             if prompt_mask is not None:
                 prompt = prompt.masked_fill(~prompt_mask.unsqueeze(-1), 0.0)
-            if bool((~torch.isfinite(token_norms(prompt))).any()):
-                raise InputError("prompt has NaN, infinite or overflowing values in real tokens")
         elif prompt_mask is not None:
             raise InputError("prompt_mask was given without prompt")
 
@@ -167,9 +202,9 @@ class TokenBatch:
                 raise InputError(f"scores must be a float tensor of shape ({batch}, {n}); got {_shape(scores)}")
             if scores.device != device:
                 raise InputError(f"scores is on {scores.device} but visual is on {device}; move them to one device")
-            if bool(((~torch.isfinite(scores)) & real).any()):
-                raise InputError("scores has NaN or infinite values at real tokens")
-            scores = scores.to(compute).masked_fill(~real, 0.0)
+            scores = scores.to(compute)
+            if visual_mask is not None:
+                scores = scores.masked_fill(~real, 0.0)
         return cls(visual, real, counts, prompt, prompt_mask, scores, unbatched)
 
 
@@ -193,9 +228,15 @@ class Selection:
         """Tokens that may still be chosen: real and not selected."""
         return tokens.real & ~self.mask
 
+    @property
+    def is_empty(self) -> bool:
+        """Whether no row holds a token (known on the host)."""
+        return not any(self.counts)
+
     def added(self, new: Tensor, add: Sequence[int]) -> Selection:
         """This selection plus the ``new`` tokens (``add[b]`` of them in row ``b``)."""
-        return Selection(self.mask | new, tuple(c + a for c, a in zip(self.counts, add, strict=True)))
+        counts = tuple(c + a for c, a in zip(self.counts, add, strict=True))
+        return Selection(new if self.is_empty else self.mask | new, counts)
 
 
 class Selector(ABC):
@@ -270,18 +311,35 @@ class Selector(ABC):
         )
         self.check_inputs(tokens)
         target = resolve_budget(budget, tokens.counts)
-        selection = self.extend(tokens, Selection.empty(tokens), target)
-        mask = selection.mask
-        actual = torch.cat([mask.sum(dim=1), (mask & ~tokens.real).sum(dim=1)]).tolist()
-        batch = tokens.batch_size
-        if selection.counts != target or tuple(actual[:batch]) != target or any(actual[batch:]):
-            raise SelectorError(
-                f"{self!r} broke the selector contract: it reported {list(selection.counts)} tokens per row and "
-                f"selected {actual[:batch]} ({sum(actual[batch:])} of them padding); "
-                f"expected {list(target)} real tokens"
-            )
+        try:
+            selection = self.extend(tokens, Selection.empty(tokens), target)
+        except Exception:
+            tokens.check_finite()  # a non-finite input explains a failure better than the selector's error
+            raise
+        self._check_result(tokens, selection, target)
         indices = mask_to_indices(selection.mask, target)
         return indices.squeeze(0) if tokens.unbatched else indices
+
+    def _check_result(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> None:
+        """Raise if an input was not finite or the selection breaks the contract: one read from the device.
+
+        The read (tokens per row, padding tokens picked, the inputs' :meth:`TokenBatch.finite_sums`) is
+        the only host sync of a call on a GPU without masks; every stage before it is sync-free.
+        """
+        mask, batch = selection.mask, tokens.batch_size
+        parts = [mask.sum(dim=1, dtype=torch.float64)]
+        if not tokens.all_real:
+            parts.append((mask & ~tokens.real).sum(dim=1, dtype=torch.float64))
+        counted = len(parts) * batch
+        values = torch.cat([*parts, tokens.finite_sums()]).tolist()
+        if not all(math.isfinite(v) for v in values[counted:]):
+            tokens.check_finite()
+        picked, padding = tuple(int(v) for v in values[:batch]), int(sum(values[batch:counted]))
+        if selection.counts != target or picked != target or padding:
+            raise SelectorError(
+                f"{self!r} broke the selector contract: it reported {list(selection.counts)} tokens per row and "
+                f"selected {list(picked)} ({int(padding)} of them padding); expected {list(target)} real tokens"
+            )
 
     def check_inputs(self, tokens: TokenBatch, *, label: str | None = None) -> None:
         """Raise :class:`MissingInputError` if an input in :attr:`requires` is missing."""

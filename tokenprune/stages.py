@@ -23,6 +23,7 @@ from torch import Tensor
 
 from tokenprune.functional import (
     isolated_token,
+    mark_picks,
     pool_prompt,
     relevance_scores,
     select_maxmin,
@@ -182,7 +183,7 @@ class RandomScores(Scorer):
     def score(self, tokens: TokenBatch) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         keys = torch.rand(tokens.real.shape, generator=generator, dtype=torch.float64)
-        return keys.to(tokens.visual.device)
+        return keys.to(tokens.visual.device, non_blocking=True)  # host memory: no wait on the device
 
 
 # --- selectors --------------------------------------------------------------------------------
@@ -214,7 +215,8 @@ class TopK(Selector):
         add = selection.needed(target)
         if not any(add):
             return selection
-        new = select_topk(self.scorer.score(tokens), selection.available(tokens), add)
+        everything = selection.is_empty and tokens.all_real  # known on the host: no mask to apply
+        new = select_topk(self.scorer.score(tokens), None if everything else selection.available(tokens), add)
         return selection.added(new, add)
 
 
@@ -255,29 +257,33 @@ class MaxMin(Selector):
             return selection
         batch, n = tokens.batch_size, tokens.visual.shape[1]
         per_image = n * n * tokens.visual.element_size()
-        if tokens.visual.device.type == "cuda" and 0 < per_image <= self.matrix_bytes:
+        gpu_route = tokens.visual.device.type == "cuda" or self.block_size == 0
+        if gpu_route and 0 < per_image <= self.matrix_bytes:
             group = self.matrix_bytes // per_image  # images in groups whose similarity matrices fit together
-            rows = [slice(b, b + group) for b in range(0, batch, group)]
-        elif tokens.visual.device.type == "cuda" or batch == 1:  # no matrix: one batched loop
+            rows = [slice(b, b + group) for b in range(0, batch, group)] if group < batch else [slice(None)]
+        elif gpu_route or batch == 1:  # no matrix: one batched loop
             rows = [slice(None)]
         else:  # CPU: one image at a time keeps its working set (and its N x N matrix) in cache
             rows = [slice(b, b + 1) for b in range(batch) if add[b]]
+        # without padding, the tokens that may be picked are those not selected: no mask to build
+        available = None if tokens.all_real else tokens.real & ~selection.mask
+        if rows == [slice(None)]:  # the whole batch at once: no copy in and out
+            return Selection(self._fill(tokens.visual, tokens.norms, available, selection, add), target)
         mask = selection.mask.clone()
         for row in rows:
-            mask[row] = self._fill(
-                tokens.visual[row],
-                tokens.norms[row],
-                tokens.real[row] & ~selection.mask[row],
-                selection.mask[row],
-                selection.counts[row],
-                add[row],
-            )
+            part = Selection(selection.mask[row], selection.counts[row])
+            rest = None if available is None else available[row]
+            mask[row] = self._fill(tokens.visual[row], tokens.norms[row], rest, part, add[row])
         return Selection(mask, target)
 
     def _fill(
-        self, visual: Tensor, norms: Tensor, available: Tensor, selected: Tensor, counts: tuple, add: tuple
+        self, visual: Tensor, norms: Tensor, available: Tensor | None, selection: Selection, add: tuple
     ) -> Tensor:
-        """The rows' selections extended by ``add[b]`` max-min picks (DivPrune's first pick if empty)."""
+        """The rows' selections extended by ``add[b]`` max-min picks (DivPrune's first pick if empty).
+
+        ``available`` is None when every token not selected may be picked (no padding).
+        """
+        selected, counts = selection.mask, selection.counts
         unseeded = [c == 0 and a > 0 for c, a in zip(counts, add, strict=True)]
         sims = None
         batch, n, _ = visual.shape
@@ -287,10 +293,12 @@ class MaxMin(Selector):
             # for the first pick and every fill step; on a GPU one GEMM beats K memory-bound mat-vecs
             sims = similarity_matrix(visual, norms=norms)
         if any(unseeded):
+            if available is None and not selection.is_empty:
+                available = ~selected
             first = isolated_token(visual, available, norms=norms, sims=sims)
-            picked = torch.tensor(unseeded, device=visual.device)
-            selected = selected.clone().index_put_((torch.arange(batch, device=visual.device), first), picked)
-            available = available & ~selected
+            seeded = mark_picks(first.unsqueeze(1), [int(u) for u in unseeded], n)
+            selected = selected | seeded
+            available = None if available is None else available & ~seeded
             counts = tuple(c + int(u) for c, u in zip(counts, unseeded, strict=True))
             add = tuple(a - int(u) for a, u in zip(add, unseeded, strict=True))
         return select_maxmin(

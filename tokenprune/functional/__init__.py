@@ -7,6 +7,7 @@ No globals, no hidden random state; shapes are in each docstring. The stages in
 from tokenprune.functional.pooling import POOLING_MODES, pool_prompt
 from tokenprune.functional.selection import (
     isolated_token,
+    mark_picks,
     mask_to_indices,
     max_similarity,
     select_maxmin,
@@ -30,6 +31,7 @@ __all__ = [
     "POOLING_MODES",
     "cosine_similarity",
     "isolated_token",
+    "mark_picks",
     "mask_to_indices",
     "max_similarity",
     "pool_prompt",

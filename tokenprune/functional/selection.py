@@ -21,6 +21,7 @@ from tokenprune.functional.similarity import cosine_similarity, snap_unit, snap_
 
 __all__ = [
     "isolated_token",
+    "mark_picks",
     "mask_to_indices",
     "max_similarity",
     "select_maxmin",
@@ -33,29 +34,49 @@ _SEED_CHUNK = 256  # seed rows compared at once when initialising max-min (bound
 _PAIR_CHUNK = 1024  # rows of the N x N similarity computed at once by isolated_token
 
 
-def _count_tensor(counts: Sequence[int], device: torch.device) -> Tensor:
-    return torch.tensor(list(counts), dtype=torch.long, device=device)
+def _per_row(counts: Sequence[int], device: torch.device) -> int | Tensor:
+    """``counts`` as a ``(B, 1)`` long tensor on ``device``, or as one int when every row has the same.
+
+    The int costs nothing on the device. The tensor is copied without waiting for the device (a
+    blocking copy of host memory would be a host sync on CUDA).
+    """
+    if len(set(counts)) <= 1:
+        return counts[0] if counts else 0
+    return torch.tensor(list(counts), dtype=torch.long).unsqueeze(1).to(device, non_blocking=True)
+
+
+def _leading(counts: Sequence[int], width: int, device: torch.device) -> Tensor | None:
+    """``(B, width)`` bool, True at ``j < counts[b]``; None when that is every slot (uniform counts == width)."""
+    count = _per_row(counts, device)
+    if isinstance(count, int) and count >= width:
+        return None
+    return (torch.arange(width, device=device) < count).expand(len(counts), width)
+
+
+def mark_picks(picks: Tensor, counts: Sequence[int], n: int) -> Tensor:
+    """A ``(B, n)`` bool mask of each row's first ``counts[b]`` picks ``picks[b, :counts[b]]``.
+
+    ``picks`` is ``(B, W)`` token indices; slots past a row's count may hold anything. They are
+    scattered into a spare column that is then dropped, so a repeated index there can never clear a
+    real pick. With equal counts of ``W`` (no such slot) the mask is one scatter.
+
+    Example:
+        >>> import torch
+        >>> mark_picks(torch.tensor([[2, 0], [1, 1]]), [2, 1], 3)
+        tensor([[ True, False,  True],
+                [False,  True, False]])
+    """
+    batch, width = picks.shape
+    valid = _leading(counts, width, picks.device)
+    if valid is None:
+        return torch.zeros((batch, n), dtype=torch.bool, device=picks.device).scatter_(1, picks, True)
+    mask = torch.zeros((batch, n + 1), dtype=torch.bool, device=picks.device)
+    return mask.scatter_(1, picks.masked_fill(~valid, n), True)[:, :n]
 
 
 def _first_ranks(order: Tensor, counts: Sequence[int]) -> Tensor:
     """Mark ``order[b, :counts[b]]`` in a ``(B, N)`` bool mask (``order``: a per-row ranking)."""
-    width = max(counts, default=0)
-    mask = torch.zeros(order.shape, dtype=torch.bool, device=order.device)
-    if width == 0:
-        return mask
-    ranks = torch.arange(width, device=order.device)
-    valid = ranks < _count_tensor(counts, order.device).unsqueeze(1)
-    return mask.scatter_(1, order[:, :width], valid)
-
-
-def _mark(picks: Tensor, valid: Tensor, n: int) -> Tensor:
-    """A ``(B, n)`` bool mask with ``picks[b, j]`` set where ``valid[b, j]``.
-
-    Invalid slots are scattered into a spare column that is then dropped, so a repeated index in an
-    invalid slot can never overwrite a valid one (a scatter of ``valid`` itself could).
-    """
-    mask = torch.zeros((picks.shape[0], n + 1), dtype=torch.bool, device=picks.device)
-    return mask.scatter_(1, picks.masked_fill(~valid, n), True)[:, :n]
+    return mark_picks(order[:, : max(counts, default=0)], counts, order.shape[1])
 
 
 def mask_to_indices(mask: Tensor, counts: Sequence[int]) -> Tensor:
@@ -78,18 +99,17 @@ def mask_to_indices(mask: Tensor, counts: Sequence[int]) -> Tensor:
     """
     width = max(counts, default=0)
     order = torch.sort(mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
-    if min(counts, default=0) == width:
-        return order
-    pad = torch.arange(width, device=mask.device) >= _count_tensor(counts, mask.device).unsqueeze(1)
-    return order.masked_fill(pad, -1)
+    valid = _leading(counts, width, mask.device)
+    return order if valid is None else order.masked_fill(~valid, -1)
 
 
-def select_topk(scores: Tensor, available: Tensor, add: Sequence[int]) -> Tensor:
+def select_topk(scores: Tensor, available: Tensor | None, add: Sequence[int]) -> Tensor:
     """The ``add[b]`` available tokens of row ``b`` with the highest scores.
 
     Args:
         scores: ``(B, N)``, finite wherever ``available``.
-        available: ``(B, N)`` bool; row ``b`` must have at least ``add[b]`` available tokens.
+        available: ``(B, N)`` bool, or None when every token is; row ``b`` must have at least
+            ``add[b]`` available tokens.
         add: how many tokens to pick per row.
 
     Returns:
@@ -101,7 +121,7 @@ def select_topk(scores: Tensor, available: Tensor, add: Sequence[int]) -> Tensor
         >>> select_topk(s, torch.ones(1, 4, dtype=torch.bool), [2]).nonzero()[:, 1]
         tensor([1, 2])
     """
-    key = scores.masked_fill(~available, float("-inf"))
+    key = scores if available is None else scores.masked_fill(~available, float("-inf"))
     order = torch.sort(key, dim=1, descending=True, stable=True).indices
     return _first_ranks(order, add)
 
@@ -127,11 +147,11 @@ def select_stride(available: Tensor, add: Sequence[int]) -> Tensor:
     device = available.device
     order = torch.sort(available.to(torch.uint8), dim=1, descending=True, stable=True).indices
     n_avail = available.sum(dim=1, keepdim=True)
-    count = _count_tensor(add, device).unsqueeze(1)
+    count = _per_row(add, device)
     j = torch.arange(width, device=device).unsqueeze(0)
-    ranks = torch.div((2 * j + 1) * n_avail, (2 * count).clamp_min(1), rounding_mode="floor")
-    valid = j < count
-    return _mark(order.gather(1, ranks.clamp_max(n - 1)), valid, n)
+    double = (2 * count).clamp_min(1) if isinstance(count, Tensor) else max(2 * count, 1)
+    ranks = torch.div((2 * j + 1) * n_avail, double, rounding_mode="floor")
+    return mark_picks(order.gather(1, ranks.clamp_max(n - 1)), add, n)
 
 
 def _pairwise(visual: Tensor, norms: Tensor) -> Callable[[int, int], Tensor]:
@@ -161,7 +181,7 @@ def similarity_matrix(visual: Tensor, *, norms: Tensor | None = None) -> Tensor:
 
 
 def isolated_token(
-    visual: Tensor, available: Tensor, *, norms: Tensor | None = None, sims: Tensor | None = None
+    visual: Tensor, available: Tensor | None, *, norms: Tensor | None = None, sims: Tensor | None = None
 ) -> Tensor:
     """DivPrune's first pick: the token whose most similar other token is least similar.
 
@@ -171,9 +191,10 @@ def isolated_token(
 
     Args:
         visual: ``(B, N, D)``.
-        available: ``(B, N)`` bool, at least one True per row.
+        available: ``(B, N)`` bool, at least one True per row; None when every token is.
         norms: precomputed ``(B, N)`` token norms.
-        sims: precomputed ``(B, N, N)`` cosines, modified in place (diagonal).
+        sims: precomputed ``(B, N, N)`` cosines, modified in place (the diagonal, and the columns of
+            unavailable tokens, become ``-inf``).
 
     Returns:
         ``(B,)`` int64 index per row.
@@ -183,18 +204,19 @@ def isolated_token(
     n = visual.shape[1]
     inf = float("inf")
     pairwise = _pairwise(visual, norms) if sims is None else None
-    everything = bool(available.all())
+    unavailable = None if available is None else ~available
     nearest = []
     for start in range(0, n, _PAIR_CHUNK if sims is None else n):
         stop = min(start + _PAIR_CHUNK, n) if sims is None else n
-        chunk = pairwise(start, stop) if sims is None else sims
-        rows = torch.arange(start, stop, device=visual.device)
-        chunk[:, rows - start, rows] = -inf  # a token is not its own neighbour
-        if not everything:
-            chunk = chunk.masked_fill(~available.unsqueeze(1), -inf)
+        chunk = pairwise(start, stop) if sims is None else sims  # fresh, or the caller's to modify
+        chunk.diagonal(offset=start, dim1=1, dim2=2).fill_(-inf)  # a token is not its own neighbour
+        if unavailable is not None:
+            chunk.masked_fill_(unavailable.unsqueeze(1), -inf)
         nearest.append(chunk.amax(dim=-1))
     # snapping to +-1 is monotone, so it commutes with the max: snap the N maxima, not the N x N matrix
-    closest = snap_unit(torch.cat(nearest, dim=1)).masked_fill(~available, inf)
+    closest = snap_unit_(torch.cat(nearest, dim=1) if len(nearest) > 1 else nearest[0])
+    if unavailable is not None:
+        closest.masked_fill_(unavailable, inf)
     return closest.argmin(dim=1)
 
 
@@ -230,7 +252,7 @@ def max_similarity(visual: Tensor, selected: Tensor, counts: Sequence[int], *, n
 def select_maxmin(
     visual: Tensor,
     selected: Tensor,
-    available: Tensor,
+    available: Tensor | None,
     seed_counts: Sequence[int],
     add: Sequence[int],
     *,
@@ -255,7 +277,8 @@ def select_maxmin(
         visual: ``(B, N, D)``.
         selected: ``(B, N)`` bool seed selection; every row with ``add[b] > 0`` needs at least one
             selected token (use :func:`isolated_token` to seed an empty row).
-        available: ``(B, N)`` bool, tokens that may be added (real and not selected).
+        available: ``(B, N)`` bool, tokens that may be added (real and not selected); None when
+            that is every token not in ``selected`` (no padding).
         seed_counts: per-row number of True in ``selected``.
         add: per-row number of tokens to add (at most the available count).
         norms: precomputed ``(B, N)`` token norms.
@@ -273,21 +296,20 @@ def select_maxmin(
     if norms is None:
         norms = token_norms(visual)
     inf = float("inf")
-    selected = selected.clone()
     if sims is not None:
         return _fill_from_matrix(sims, selected, available, seed_counts, add, batched=block_size is None)
-    maxsim = max_similarity(visual, selected, seed_counts, norms=norms).masked_fill(~available, inf)
+    maxsim = max_similarity(visual, selected, seed_counts, norms=norms).masked_fill(_taken(selected, available), inf)
     if block_size is None:
-        remaining = _count_tensor(add, visual.device)
         rows = torch.arange(visual.shape[0], device=visual.device)
-        for step in range(steps):
+        picks = []
+        for _ in range(steps):  # no host sync inside the loop
             pick = maxsim.argmin(dim=1)
+            picks.append(pick)
             vec = visual[rows, pick].unsqueeze(1)
             sim = cosine_similarity(vec, visual, a_norm=norms[rows, pick].unsqueeze(1), b_norm=norms).squeeze(1)
-            new = torch.zeros_like(selected).index_put_((rows, pick), remaining > step)
-            selected |= new
-            maxsim = torch.maximum(maxsim, sim).masked_fill_(new, inf)
-        return selected
+            maxsim = _fold(maxsim, sim, pick)
+        return selected | mark_picks(torch.stack(picks, dim=1), add, visual.shape[1])
+    selected = selected.clone()
     width = min(block_size, visual.shape[1])
     for row, count in enumerate(add):
         if count:
@@ -330,7 +352,7 @@ def _fill_row_blocked(visual: Tensor, norms: Tensor, maxsim: Tensor, count: int,
 def _fill_from_matrix(
     sims: Tensor,
     selected: Tensor,
-    available: Tensor,
+    available: Tensor | None,
     seed_counts: Sequence[int],
     add: Sequence[int],
     *,
@@ -342,11 +364,17 @@ def _fill_from_matrix(
     time with Python scalars (cheaper per step on CPU). Both make the same picks.
     """
     inf = float("inf")
-    seeds = mask_to_indices(selected, seed_counts)  # (B, S), -1 padded
-    rows = sims.gather(1, seeds.clamp_min(0).unsqueeze(-1).expand(-1, -1, sims.shape[2]))
-    rows = rows.masked_fill((seeds < 0).unsqueeze(-1), -inf)
-    maxsim = snap_unit(rows.amax(dim=1)).masked_fill(~available, inf)
+    if batched:  # snap every row once, in place: each step then reads a snapped row
+        snap_unit_(sims)
+    seeds = mask_to_indices(selected, seed_counts)  # (B, S), -1 padded unless the counts are equal
+    if min(seed_counts) == max(seed_counts):
+        maxsim = sims.gather(1, seeds.unsqueeze(-1).expand(-1, -1, sims.shape[2])).amax(dim=1)
+    else:
+        rows = sims.gather(1, seeds.clamp_min(0).unsqueeze(-1).expand(-1, -1, sims.shape[2]))
+        maxsim = rows.masked_fill_((seeds < 0).unsqueeze(-1), -inf).amax(dim=1)
+    maxsim = (maxsim if batched else snap_unit_(maxsim)).masked_fill_(_taken(selected, available), inf)
     if not batched:
+        selected = selected.clone()
         for row, count in enumerate(add):
             row_sims, row_max = sims[row], maxsim[row]
             picks = []
@@ -358,14 +386,26 @@ def _fill_from_matrix(
             selected[row, picks] = True
         return selected
     if _triton.available(sims.device) and sims.shape[1] <= _triton.MAX_TOKENS:  # one launch for every pick
-        picks = _triton.fill_from_matrix(snap_unit_(sims), maxsim, add)
-        made = torch.arange(picks.shape[1], device=sims.device) < _count_tensor(add, sims.device).unsqueeze(1)
-        return selected | _mark(picks, made, sims.shape[2])
+        picks = _triton.fill_from_matrix(sims, maxsim, add)
+        return selected | mark_picks(picks, add, sims.shape[2])
     batch = torch.arange(sims.shape[0], device=sims.device)
-    remaining = _count_tensor(add, sims.device)
-    for step in range(max(add, default=0)):  # no host sync inside the loop
+    picks = []
+    for _ in range(max(add, default=0)):  # no host sync inside the loop
         pick = maxsim.argmin(dim=1)
-        new = torch.zeros_like(selected).index_put_((batch, pick), remaining > step)
-        selected |= new
-        maxsim = torch.maximum(maxsim, snap_unit(sims[batch, pick])).masked_fill_(new, inf)
-    return selected
+        picks.append(pick)
+        maxsim = _fold(maxsim, sims[batch, pick], pick)
+    return selected | mark_picks(torch.stack(picks, dim=1), add, sims.shape[2])
+
+
+def _taken(selected: Tensor, available: Tensor | None) -> Tensor:
+    """The tokens a fill may not pick: not ``available``, or when that is None, the ``selected`` ones."""
+    return selected if available is None else ~available
+
+
+def _fold(maxsim: Tensor, sim: Tensor, pick: Tensor) -> Tensor:
+    """One batched greedy step: ``maxsim`` raised to the new pick's similarities, the pick itself barred.
+
+    A row that has made all its picks still steps; its later picks are dropped by the caller
+    (:func:`mark_picks`), so what happens to its ``maxsim`` does not matter.
+    """
+    return torch.maximum(maxsim, sim).scatter_(1, pick.unsqueeze(1), float("inf"))

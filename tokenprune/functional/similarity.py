@@ -57,7 +57,7 @@ def cosine_similarity(
         b_norm = token_norms(b)
     dots = _dots(a, b)
     sims = dots / (a_norm.unsqueeze(-1) * b_norm.unsqueeze(-2)).clamp_min(eps)
-    return snap_unit(sims) if snap else sims
+    return snap_unit_(sims) if snap else sims  # sims is a fresh tensor: snap it in place
 
 
 def _dots(a: Tensor, b: Tensor) -> Tensor:
