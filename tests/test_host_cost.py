@@ -10,12 +10,9 @@ not grow with the number of picks once the fill is one kernel.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import _disable_current_modes
 
 from tokenprune.functional import _triton
 from tokenprune.methods.builtin import DEFAULT_CORE_RATIO
@@ -29,9 +26,7 @@ from tokenprune.stages import (
     TopK,
     make_pooling,
 )
-
-READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy"}
-"""Tensor methods that return host values: each is a device-to-host copy that waits for the device."""
+from tokenprune.testing import HostTraffic, Operations
 
 
 def _gpu_route(name: str, pooling: str = "mean"):
@@ -45,47 +40,6 @@ def _gpu_route(name: str, pooling: str = "mean"):
         "random": TopK(RandomScores(0)),
         "stride": Stride(),
     }[name]
-
-
-class HostTraffic(TorchFunctionMode):
-    """Records reads from a tensor into host values, and tensors made from, or moved off, host data."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[str] = []
-        self.blocking_copies: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        if name in READS:
-            self.reads.append(name)
-        elif name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
-            self.blocking_copies.append(f"torch.{name}(..., device=...)")  # host data copied to a device, blocking
-        elif name == "to" and _names_device(args[1:], kwargs) and not kwargs.get("non_blocking", False):
-            self.blocking_copies.append("Tensor.to(device)")
-        return func(*args, **kwargs)
-
-
-def _names_device(args, kwargs) -> bool:
-    return "device" in kwargs or any(isinstance(a, torch.device | str) for a in args)
-
-
-class Operations(TorchDispatchMode):
-    """Counts the operations a call issues that launch work on a device (views excluded)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
-            self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def total(self) -> int:
-        return sum(self.ops.values())
 
 
 def _inputs(batch: int, n: int, dim: int = 16, prompt_tokens: int = 7, seed: int = 0):
@@ -209,3 +163,19 @@ def test_the_loop_without_the_kernel_costs_a_few_operations_per_pick():
         assert traffic.reads == ["tolist"]
     picks = (60 - round(DEFAULT_CORE_RATIO * 60)) - (20 - round(DEFAULT_CORE_RATIO * 20))
     assert (totals[1] - totals[0]) / picks == 4
+
+
+def test_the_recorders_see_reads_blocking_copies_and_operations():
+    x = torch.arange(6.0)
+    with HostTraffic() as traffic, Operations() as ops:
+        bool(x.any())
+        int(x[2])
+        x.tolist()
+        torch.tensor([1, 2], device="cpu")
+        x.to("cpu")
+        x.to("cpu", non_blocking=True)
+        x.to(torch.float64)  # a dtype, not a device
+        x.unsqueeze(0)  # a view launches nothing
+    assert traffic.reads == ["__bool__", "__int__", "tolist"]
+    assert traffic.blocking_copies == ["torch.tensor(..., device=...)", "Tensor.to(device)"]
+    assert ops.ops["any"] == 1 and ops.ops["_to_copy"] == 1 and "unsqueeze" not in ops.ops

@@ -1,0 +1,82 @@
+"""What a selector call costs the host: reads from the device, blocking copies to it, operations issued.
+
+On a GPU at batch 1 a selector call is bound by the host: each operation is a kernel launch, and a
+read from the device (``.tolist()``, ``.item()``, ``bool(t)``, ``int(t)``) or a blocking copy of host
+data to it waits until the device has finished everything queued before it. The two recorders here
+see both on any device, so a CPU test can bound what a GPU call will cost::
+
+    with HostTraffic() as traffic, Operations() as ops:
+        selector(visual, prompt=prompt, budget=0.1)
+    assert traffic.reads == ["tolist"] and not traffic.blocking_copies
+    print(ops.total, ops.ops.most_common(5))
+
+tokenprune's own selectors read the device once per call without masks (the result check, which
+also checks that the inputs were finite), and once more per mask (see ``tests/test_host_cost.py``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ["READS", "HostTraffic", "Operations"]
+
+READS = frozenset({"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy"})
+"""Tensor methods that return host values: each copies from the device and waits for it."""
+
+
+class HostTraffic(TorchFunctionMode):
+    """Records, in order, reads of tensors into host values and blocking copies of host data to a device.
+
+    Attributes:
+        reads: the name of each reading call (one of :data:`READS`).
+        blocking_copies: each ``torch.tensor(..., device=...)`` / ``torch.as_tensor(..., device=...)``,
+            and each ``Tensor.to(device)`` without ``non_blocking=True``. On a CPU-only machine these
+            copy nothing; on a GPU each would wait for the device.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+        self.blocking_copies: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in READS:
+            self.reads.append(name)
+        elif name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
+            self.blocking_copies.append(f"torch.{name}(..., device=...)")
+        elif name == "to" and _names_device(args[1:], kwargs) and not kwargs.get("non_blocking", False):
+            self.blocking_copies.append("Tensor.to(device)")
+        return func(*args, **kwargs)
+
+
+def _names_device(args: tuple, kwargs: dict) -> bool:
+    return "device" in kwargs or any(isinstance(arg, torch.device | str) for arg in args)
+
+
+class Operations(TorchDispatchMode):
+    """Counts the operations issued that do work on a device (views, which launch nothing, excluded).
+
+    Attributes:
+        ops: count per ATen operator name, e.g. ``{"sort": 3, "bmm": 1, ...}``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None) -> Any:
+        if not func.is_view:
+            self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        """Operations issued in all."""
+        return sum(self.ops.values())
