@@ -179,3 +179,26 @@ def test_the_recorders_see_reads_blocking_copies_and_operations():
     assert traffic.reads == ["__bool__", "__int__", "tolist"]
     assert traffic.blocking_copies == ["torch.tensor(..., device=...)", "Tensor.to(device)"]
     assert ops.ops["any"] == 1 and ops.ops["_to_copy"] == 1 and "unsqueeze" not in ops.ops
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["zspa", "divprune", "relevance", "stride"])
+def test_cuda_call_without_masks_syncs_once(name):
+    """On a GPU the built-in method syncs the host once per call (the result check), whatever its fill."""
+    import warnings
+
+    import tokenprune
+
+    method = tokenprune.create_method(name)
+    inputs = {key: value.cuda() for key, value in _inputs(1, 576, dim=256).items()}
+    _call(method, inputs, 58)  # warm up: Triton compiles, caches allocate
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as syncs:
+            warnings.simplefilter("always")
+            keep = _call(method, inputs, 58)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert keep.shape == (1, 58) and keep.is_cuda
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
