@@ -156,3 +156,25 @@ def test_keeping_every_token_skips_the_selector(model, inputs):
     assert session.last.selection_ms == 0.0 and session.last.visual_after == [16, 16]
     with pytest.raises(AssertionError, match="the selector ran"), tokenprune.apply(model, Refuses(), budget=0.5):
         model.generate(**inputs, **GEN)
+
+
+def test_a_pruned_forward_reads_the_device_a_few_times(model, inputs):
+    """Pruning adds five reads from the device to a forward call, whatever the batch and image count.
+
+    They are: the placeholder positions, the layout's counts, the selector's prompt-mask check and
+    result check, and the statistics. On a GPU each read waits for the device, so per-image or per-row
+    reads would make the overhead grow with the batch. The selector here takes the GPU's fill route
+    (the CPU's blocked fill reads by design).
+    """
+    from tokenprune.stages import Hierarchical, MaxMin, Relevance, TopK
+    from tokenprune.testing import HostTraffic
+
+    selector = Hierarchical(TopK(Relevance()), MaxMin(block_size=0), core_ratio=0.25)
+    with torch.no_grad():
+        with HostTraffic() as stock:
+            model(**inputs)
+        with tokenprune.apply(model, selector, budget=0.25) as session, HostTraffic() as pruned:
+            model(**inputs)
+    assert session.last.visual_after == [4, 4]
+    assert len(pruned.reads) - len(stock.reads) == 5, (stock.reads, pruned.reads)
+    assert pruned.blocking_copies == stock.blocking_copies

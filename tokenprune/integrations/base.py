@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,9 +194,12 @@ class PrunedSequence:
     attention_mask: Tensor
 
     @classmethod
-    def build(cls, input_ids: Tensor, keep: Tensor, *, left: bool, pad_token_id: int) -> PrunedSequence:
+    def build(
+        cls, input_ids: Tensor, keep: Tensor, *, left: bool, pad_token_id: int, lengths: Sequence[int] | None = None
+    ) -> PrunedSequence:
+        """``lengths``: kept tokens per row when known on the host (saves a read from the device)."""
+        width = int(keep.sum(dim=1).max()) if lengths is None else max(lengths)
         lengths = keep.sum(dim=1)
-        width = int(lengths.max())
         batch = keep.shape[0]
         order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
         slots = torch.arange(width, device=keep.device).expand(batch, width)
@@ -231,26 +234,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _is_left_padded(attention_mask: Tensor) -> bool:
-    """True unless some row has padding after a real token (right padding). All-real counts as left."""
+def _right_padded(attention_mask: Tensor) -> Tensor:
+    """``(1,)`` long, 1 if some row has padding after a real token (right padding), else 0 (left or none)."""
     mask = attention_mask.bool()
-    return not bool((mask[:, :-1] & ~mask[:, 1:]).any())
+    return (mask[:, :-1] & ~mask[:, 1:]).any().long().reshape(1)
 
 
-def _image_spans(image_mask: Tensor, sizes: list[int], adapter: str) -> list[tuple[int, Tensor]]:
-    """Each image's (row, positions) from the placeholder mask, images taken in row-major order."""
-    flat = image_mask.nonzero()  # (T, 2) row-major
+def _image_spans(flat: Tensor, rows: list[int], sizes: list[int], adapter: str) -> list[tuple[int, Tensor]]:
+    """Each image's (row, positions), images taken in row-major order.
+
+    ``flat``: ``(T, 2)`` (row, position) of every placeholder (``nonzero`` of the placeholder mask);
+    ``rows``: its first column, on the host.
+    """
     if flat.shape[0] != sum(sizes):
         raise InputError(
             f"{adapter}: the input has {flat.shape[0]} image placeholder tokens but the images encode to "
             f"{sum(sizes)} visual tokens ({sizes}); the processor and the model disagree"
         )
-    spans = []
-    for chunk in torch.split(flat, sizes):
-        rows = chunk[:, 0]
-        if bool((rows != rows[0]).any()):
+    spans, start = [], 0
+    for chunk, size in zip(torch.split(flat, sizes), sizes, strict=True):
+        if len(set(rows[start : start + size])) > 1:
             raise InputError(f"{adapter}: an image's placeholder tokens span two batch rows")
-        spans.append((int(rows[0]), chunk[:, 1]))
+        spans.append((rows[start], chunk[:, 1]))
+        start += size
     return spans
 
 
@@ -282,6 +288,8 @@ class Layout:
         spans: per image, ``(row, positions)`` of its placeholders, in placeholder order.
         sizes: per image, its number of placeholders.
         left_padded: the batch is padded on the left (or not at all).
+        lengths: per row, its real tokens (on the host).
+        prompt_lengths: per row, its prompt tokens (on the host).
     """
 
     real: Tensor
@@ -290,6 +298,8 @@ class Layout:
     spans: list[tuple[int, Tensor]]
     sizes: list[int]
     left_padded: bool
+    lengths: list[int]
+    prompt_lengths: list[int]
 
     @classmethod
     def locate(
@@ -316,29 +326,44 @@ class Layout:
             prompt_mask = prompt_tokens(input_ids, attention_mask).to(device=real.device, dtype=torch.bool)
             prompt_mask &= ~image_mask
         elif prompt_tokens == "text":
-            special = torch.tensor(sorted(adapter.special_token_ids()), dtype=input_ids.dtype, device=real.device)
+            special = torch.tensor(sorted(adapter.special_token_ids()), dtype=input_ids.dtype)
+            special = special.to(real.device, non_blocking=True)
             prompt_mask = real & ~image_mask & ~torch.isin(input_ids, special)
         else:
             raise ValueError(f"prompt_tokens must be one of {PROMPT_SCOPES} or a callable; got {prompt_tokens!r}")
-        spans = _image_spans(image_mask, sizes, adapter.name)
-        return cls(real, image_mask, prompt_mask, spans, list(sizes), _is_left_padded(attention_mask))
+        flat = image_mask.nonzero()  # (T, 2) row-major; its length is a read from the device
+        # everything else the host needs, in one more read
+        host = torch.cat([flat[:, 0], real.sum(dim=1), prompt_mask.sum(dim=1), _right_padded(attention_mask)])
+        host = host.tolist()
+        t, b = flat.shape[0], real.shape[0]
+        spans = _image_spans(flat, host[:t], sizes, adapter.name)
+        lengths, prompt_lengths = host[t : t + b], host[t + b : t + 2 * b]
+        return cls(real, image_mask, prompt_mask, spans, list(sizes), not host[-1], lengths, prompt_lengths)
 
     def keep_mask(self, kept: list[Tensor]) -> Tensor:
         """``(B, L)`` bool: every real text token, plus each image's kept placeholders (``kept[i]`` bool)."""
         keep = self.real & ~self.image_mask
         for (row, positions), mask in zip(self.spans, kept, strict=True):
-            keep[row, positions[mask]] = True
+            keep[row, positions] = mask  # placeholders are False in keep: set the kept ones (no host sync)
         return keep
 
     def stats(self, kept: list[Tensor], keep: Tensor, selection_ms: float) -> PruneStats:
+        """Statistics of a pruned call: one read from the device (tokens kept per image and per row)."""
+        counts = torch.cat([torch.stack([mask.sum() for mask in kept]), keep.sum(dim=1)]).tolist()
+        after = counts[: len(kept)]
         return PruneStats(
             visual_before=list(self.sizes),
-            visual_after=[int(mask.sum()) for mask in kept],
+            visual_after=after,
             selection_ms=selection_ms,
-            kept=[mask.nonzero()[:, 0] for mask in kept],
-            sequence_before=self.real.sum(dim=1).tolist(),
-            sequence_after=keep.sum(dim=1).tolist(),
+            kept=[_true_positions(mask, count) for mask, count in zip(kept, after, strict=True)],
+            sequence_before=list(self.lengths),
+            sequence_after=counts[len(kept) :],
         )
+
+
+def _true_positions(mask: Tensor, count: int) -> Tensor:
+    """The positions of the ``count`` True values of a 1-D bool ``mask``, ascending (no host sync)."""
+    return torch.sort(mask.to(torch.uint8), descending=True, stable=True).indices[:count]
 
 
 def select_per_image(
@@ -379,29 +404,38 @@ def select_per_image(
     selectable &= ~fixed
 
     rows = [row for row, _ in layout.spans]
-    prompt_lengths = layout.prompt_mask.sum(dim=1)
-    empty = [row for row in sorted(set(rows)) if int(prompt_lengths[row]) == 0]
+    lengths = [layout.prompt_lengths[row] for row in rows]
+    empty = sorted({row for row, length in zip(rows, lengths, strict=True) if length == 0})
     if empty and "prompt" in selector.requires:
         raise InputError(f"rows {empty} have images but no prompt text tokens to score them by")
-    m_max = max(1, int(prompt_lengths.max()))
+    m_max = max(1, *lengths)
     order = torch.sort(layout.prompt_mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :m_max]
-    row_index = torch.tensor(rows, device=device)
+    row_index = torch.tensor(rows).to(device, non_blocking=True)
     prompt = text.gather(1, order.unsqueeze(-1).expand(-1, -1, text.shape[-1]))[row_index]
-    prompt_real = (torch.arange(m_max, device=device) < prompt_lengths.unsqueeze(1))[row_index]
-    prompt_real[:, 0] = True  # rows without text (only possible when the method ignores the prompt)
+    # a row without text (only possible when the method ignores the prompt) marks one token real, so that
+    # the selector's check that every prompt has a token passes
+    real_lengths = [max(1, length) for length in lengths]
+    prompt_real = None  # every prompt the same length: no mask, and no read from the device to check it
+    if min(real_lengths) < m_max:
+        prompt_real = torch.arange(m_max) < torch.tensor(real_lengths).unsqueeze(1)
+        prompt_real = prompt_real.to(device, non_blocking=True)
 
-    counts = selectable.sum(dim=1).tolist()
+    if protected is None:
+        counts = list(sizes)
+    else:
+        fixed_counts = torch.stack([mask.sum() for mask in protected]).tolist()  # one read
+        counts = [size - fixed for size, fixed in zip(sizes, fixed_counts, strict=True)]
     if resolve_budget(budget, counts) == tuple(counts):  # keeps every token: nothing to choose
         every = selectable | fixed
         return [every[i, : sizes[i]] for i in range(n_images)], 0.0
 
     _sync(device)
     start = time.perf_counter()
-    chosen = selector(
+    chosen = selector(  # masks only where some row is shorter: the selector then need not read their counts
         visual,
         prompt=prompt.to(visual.dtype),
         budget=budget,
-        visual_mask=selectable,
+        visual_mask=None if min(counts) == n_max else selectable,
         prompt_mask=prompt_real,
         scores=padded_scores,
     )
@@ -452,7 +486,9 @@ def prune_inputs(
         scores=images.scores,
     )
     keep = layout.keep_mask(kept)
-    pruned = PrunedSequence.build(input_ids, keep, left=layout.left_padded, pad_token_id=adapter.pad_token_id())
-    features = [feats[mask] for feats, mask in zip(images.features, kept, strict=True)]
+    stats = layout.stats(kept, keep, selection_ms)
+    pad, lengths = adapter.pad_token_id(), stats.sequence_after
+    pruned = PrunedSequence.build(input_ids, keep, left=layout.left_padded, pad_token_id=pad, lengths=lengths)
+    features = [feats[index] for feats, index in zip(images.features, stats.kept, strict=True)]
     kwargs = adapter.rebuild(inputs, pruned, features)
-    return PrunedInputs(kwargs, keep, input_ids, layout.stats(kept, keep, selection_ms))
+    return PrunedInputs(kwargs, keep, input_ids, stats)
