@@ -1,6 +1,6 @@
 """Where a method's time goes on CUDA: wall time, host time, GPU kernels and host syncs of one call.
 
-    python benchmarks/profile_cuda.py                      # zspa, divprune, relevance at N=576,2880, D=4096, B=1
+    python benchmarks/profile_cuda.py                  # zspa, zspa+graph, divprune, relevance: N=576,2880, D=4096, B=1
     python benchmarks/profile_cuda.py --methods zspa --n 576 --batch 8
 
 Per method and N it prints the median wall time of a synchronized call, how long the host took to
@@ -31,7 +31,9 @@ def _ints(text: str) -> list[int]:
 
 def profile_call(name: str, n: int, d: int, batch: int, repeats: int) -> None:
     device = torch.device("cuda")
-    method = tokenprune.create_method(name)
+    graph = name.endswith("+graph")  # the method replayed as a CUDA graph (tokenprune.graphed)
+    method = tokenprune.create_method(name.removesuffix("+graph"))
+    method = tokenprune.graphed(method) if graph else method
     g = torch.Generator().manual_seed(0)
     visual = torch.randn(batch, n, d, generator=g).to(device)
     prompt = torch.randn(batch, 32, d, generator=g).to(device)
@@ -67,13 +69,13 @@ def profile_call(name: str, n: int, d: int, batch: int, repeats: int) -> None:
         f"(min {min(walls):.3f}), host returns after {statistics.median(host):.3f} ms, "
         f"{len(kernels)} GPU kernels/copies summing {gpu_ms:.3f} ms, {len(syncs)} host syncs"
     )
-    if name == "zspa":
+    if name in ("zspa", "zspa+graph"):
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="zspa,divprune,relevance")
+    parser.add_argument("--methods", default="zspa,zspa+graph,divprune,relevance")
     parser.add_argument("--n", type=_ints, default=[576, 2880])
     parser.add_argument("--d", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=1)

@@ -20,6 +20,7 @@ from tokenprune.errors import (
     TokenPruneError,
     UnknownMethodError,
 )
+from tokenprune.graphs import Graphed, graphed
 from tokenprune.hookspecs import hookimpl
 from tokenprune.integrations import PruneStats, PruningSession, apply
 from tokenprune.registry import (
@@ -39,6 +40,7 @@ __all__ = [
     "Budget",
     "BudgetError",
     "DuplicateMethodError",
+    "Graphed",
     "InputError",
     "Method",
     "MethodParameterError",
@@ -58,6 +60,7 @@ __all__ = [
     "apply",
     "create_method",
     "get_method_spec",
+    "graphed",
     "hookimpl",
     "list_methods",
     "register_method",

@@ -119,6 +119,10 @@ class Method(Selector):
         return self.selector.batch_invariant
 
     @property
+    def capturable(self) -> bool:
+        return self.selector.capturable
+
+    @property
     def score_source(self) -> str | None:
         return self.selector.score_source
 

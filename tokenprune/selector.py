@@ -245,6 +245,8 @@ class Selector(ABC):
     Attributes:
         requires: the optional inputs it needs (``"prompt"``, ``"scores"``).
         batch_invariant: whether each row's result is independent of the rest of the batch.
+        capturable: whether its device work can be recorded as a CUDA graph (:mod:`tokenprune.graphs`):
+            it reads nothing from the device and copies no host data (without masks).
         score_source: where ``scores`` come from inside a model (see :data:`SCORE_SOURCES`), or None.
         prune_layer: the language-model layer before which a model integration drops the tokens
             (FastV), or None to prune before the language model.
@@ -252,6 +254,7 @@ class Selector(ABC):
 
     requires: frozenset[str] = frozenset()
     batch_invariant: bool = True
+    capturable: bool = True
     score_source: str | None = None
     prune_layer: int | None = None
 
@@ -312,33 +315,43 @@ class Selector(ABC):
         self.check_inputs(tokens)
         target = resolve_budget(budget, tokens.counts)
         try:
-            selection = self.extend(tokens, Selection.empty(tokens), target)
+            reported, summary, indices = self.run(tokens, target)
         except Exception:
             tokens.check_finite()  # a non-finite input explains a failure better than the selector's error
             raise
-        self._check_result(tokens, selection, target)
-        indices = mask_to_indices(selection.mask, target)
+        self.check_result(tokens, reported, summary.tolist(), target)  # the call's one read without masks
         return indices.squeeze(0) if tokens.unbatched else indices
 
-    def _check_result(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> None:
-        """Raise if an input was not finite or the selection breaks the contract: one read from the device.
+    def run(self, tokens: TokenBatch, target: tuple[int, ...]) -> tuple[tuple[int, ...], Tensor, Tensor]:
+        """A call's device work, from validated inputs to indices; no host sync without masks.
 
-        The read (tokens per row, padding tokens picked, the inputs' :meth:`TokenBatch.finite_sums`) is
-        the only host sync of a call on a GPU without masks; every stage before it is sync-free.
+        Returns:
+            ``(reported, summary, indices)``: the per-row counts the selection reports (host ints);
+            a float64 ``summary`` on the device for :meth:`check_result` (tokens selected per row,
+            then padding tokens selected per row when there is padding, then the inputs'
+            :meth:`TokenBatch.finite_sums`); and the ``(B, max K)`` indices.
         """
-        mask, batch = selection.mask, tokens.batch_size
+        selection = self.extend(tokens, Selection.empty(tokens), target)
+        mask = selection.mask
         parts = [mask.sum(dim=1, dtype=torch.float64)]
         if not tokens.all_real:
             parts.append((mask & ~tokens.real).sum(dim=1, dtype=torch.float64))
-        counted = len(parts) * batch
-        values = torch.cat([*parts, tokens.finite_sums()]).tolist()
-        if not all(math.isfinite(v) for v in values[counted:]):
+        summary = torch.cat([*parts, tokens.finite_sums()])
+        return selection.counts, summary, mask_to_indices(mask, target)
+
+    def check_result(
+        self, tokens: TokenBatch, reported: tuple[int, ...], summary: list[float], target: tuple[int, ...]
+    ) -> None:
+        """Raise if an input was not finite or the selection broke the contract, from :meth:`run`'s summary."""
+        batch = tokens.batch_size
+        counted = batch if tokens.all_real else 2 * batch
+        if not all(math.isfinite(v) for v in summary[counted:]):
             tokens.check_finite()
-        picked, padding = tuple(int(v) for v in values[:batch]), int(sum(values[batch:counted]))
-        if selection.counts != target or picked != target or padding:
+        picked, padding = tuple(int(v) for v in summary[:batch]), int(sum(summary[batch:counted]))
+        if reported != target or picked != target or padding:
             raise SelectorError(
-                f"{self!r} broke the selector contract: it reported {list(selection.counts)} tokens per row and "
-                f"selected {list(picked)} ({int(padding)} of them padding); expected {list(target)} real tokens"
+                f"{self!r} broke the selector contract: it reported {list(reported)} tokens per row and "
+                f"selected {list(picked)} ({padding} of them padding); expected {list(target)} real tokens"
             )
 
     def check_inputs(self, tokens: TokenBatch, *, label: str | None = None) -> None:

@@ -105,6 +105,7 @@ class Scorer(ABC):
 
     requires: frozenset[str] = frozenset()
     batch_invariant: bool = True
+    capturable: bool = True  # see Selector.capturable
     score_source: str | None = None
 
     @abstractmethod
@@ -179,6 +180,7 @@ class RandomScores(Scorer):
 
     seed: int = 0
     batch_invariant = False
+    capturable = False  # its keys are drawn on the host and copied in: a graph would replay a stale copy
 
     def score(self, tokens: TokenBatch) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed)
@@ -202,6 +204,10 @@ class TopK(Selector):
     @property
     def batch_invariant(self) -> bool:
         return self.scorer.batch_invariant
+
+    @property
+    def capturable(self) -> bool:
+        return self.scorer.capturable
 
     @property
     def score_source(self) -> str | None:
@@ -363,6 +369,10 @@ class Hierarchical(Selector):
     @property
     def batch_invariant(self) -> bool:
         return self.core.batch_invariant and self.fill.batch_invariant
+
+    @property
+    def capturable(self) -> bool:
+        return self.core.capturable and self.fill.capturable
 
     @property
     def score_source(self) -> str | None:

@@ -1,0 +1,196 @@
+"""Replay a selector's device work as one CUDA graph per input shape (experimental).
+
+On a GPU at batch 1 a selector call is bound by the host: zspa issues about 40 small operations, and
+the host needs longer to launch them than the GPU needs to run them. :func:`graphed` records those
+operations once per input shape as a CUDA graph and afterwards launches the whole call at once::
+
+    zspa = tokenprune.graphed(tokenprune.create_method("zspa"))
+    keep = zspa(visual, prompt=prompt, budget=0.1)      # CUDA, no masks: captured, then replayed
+
+A replay copies the inputs into the graph's own buffers, launches the graph, reads the result check
+(one read from the device, as in an eager call) and returns a copy of the indices. The picks are
+those of the eager call; input checks, errors and the result check are the same.
+
+The graph is used only where it can be: inputs on a CUDA device, no ``visual_mask`` and no
+``prompt_mask`` (ragged batches read their counts from the device), and a selector whose device work
+reads nothing from the device (:attr:`tokenprune.Selector.capturable`; ``random``, which draws its
+keys on the CPU, is not). A capture that fails anyway falls back to the eager call for that shape,
+with a :class:`~tokenprune.errors.PluginWarning`. On a CPU the wrapper is the selector itself.
+
+Each shape keeps its graph and its buffers (for zspa at N = 2880, about 35 MB for the N x N
+similarities); at most ``max_graphs`` are kept, the least recently used dropped first.
+
+**Status.** The capture and replay logic is tested on CPU with a stand-in for the CUDA graph. It has
+not yet been run on a GPU (no device was lent to the session that wrote it); ``tests/test_graphs.py``
+holds the CUDA test that will check it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tokenprune.budget import Budget, resolve_budget
+from tokenprune.errors import PluginWarning
+from tokenprune.selector import Selection, Selector, TokenBatch
+
+__all__ = ["Graphed", "graphed"]
+
+
+@dataclass
+class _Captured:
+    """One shape's graph: its input buffers, and the outputs every replay rewrites in place."""
+
+    replay: Callable[[], None]
+    inputs: dict[str, Tensor]
+    tokens: TokenBatch
+    reported: tuple[int, ...]
+    summary: Tensor
+    indices: Tensor
+
+    def load(self, given: dict[str, Tensor]) -> None:
+        for name, buffer in self.inputs.items():
+            buffer.copy_(given[name])
+
+
+_EAGER = object()  # a shape whose capture failed: calls run eagerly
+
+
+def _cuda_capture(body: Callable[[], Any], device: torch.device) -> tuple[Callable[[], None], Any]:
+    """Capture ``body`` as a CUDA graph; returns ``(replay, outputs)``.
+
+    ``body`` runs twice first on a side stream (Triton compiles its kernel, cuBLAS picks its
+    algorithms, the caching allocator fills), as graph capture requires.
+    """
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            body()
+    current.wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = body()
+    return graph.replay, outputs
+
+
+class Graphed(Selector):
+    """``selector`` with its device work captured as a CUDA graph per input shape (see the module).
+
+    Args:
+        selector: any selector (a registered method or a composition).
+        max_graphs: shapes kept at once (least recently used dropped first).
+    """
+
+    def __init__(self, selector: Selector, *, max_graphs: int = 8) -> None:
+        if not isinstance(selector, Selector):
+            raise TypeError(f"graphed() takes a Selector; got {type(selector).__name__}")
+        if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
+            raise ValueError(f"max_graphs must be an int >= 1; got {max_graphs!r}")
+        self.selector = selector
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, Any] = OrderedDict()
+        self._capture: Callable[[Callable[[], Any], torch.device], tuple[Callable[[], None], Any]] = _cuda_capture
+        self._applies: Callable[[Tensor], bool] = lambda visual: visual.is_cuda
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return self.selector.requires
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self.selector.batch_invariant
+
+    @property
+    def capturable(self) -> bool:
+        return self.selector.capturable
+
+    @property
+    def score_source(self) -> str | None:
+        return self.selector.score_source
+
+    @property
+    def prune_layer(self) -> int | None:
+        return self.selector.prune_layer
+
+    def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
+        return self.selector.extend(tokens, selection, target)
+
+    def check_inputs(self, tokens: TokenBatch, *, label: str | None = None) -> None:
+        self.selector.check_inputs(tokens, label=label)
+
+    def __repr__(self) -> str:
+        return f"graphed({self.selector!r})"
+
+    @property
+    def graphs(self) -> int:
+        """Shapes captured and kept now."""
+        return sum(entry is not _EAGER for entry in self._graphs.values())
+
+    def _select(
+        self,
+        visual: Tensor,
+        prompt: Tensor | None,
+        budget: Budget,
+        visual_mask: Tensor | None,
+        prompt_mask: Tensor | None,
+        scores: Tensor | None,
+    ) -> Tensor:
+        eager = {"prompt": prompt, "budget": budget, "visual_mask": visual_mask, "prompt_mask": prompt_mask}
+        masked = visual_mask is not None or prompt_mask is not None
+        if masked or not self.capturable or not isinstance(visual, Tensor) or not self._applies(visual):
+            return self.selector(visual, **eager, scores=scores)
+        tokens = TokenBatch.from_inputs(visual, prompt=prompt, scores=scores)  # checks on the host only
+        self.check_inputs(tokens)
+        target = resolve_budget(budget, tokens.counts)
+        given = {"visual": visual, "prompt": prompt, "scores": scores}
+        given = {name: value for name, value in given.items() if value is not None}
+        key = (target, *((name, tuple(t.shape), t.dtype, t.device) for name, t in given.items()))
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._record(key, given, target)
+        else:
+            self._graphs.move_to_end(key)
+        if entry is _EAGER:
+            return self.selector(visual, **eager, scores=scores)
+        entry.load(given)
+        entry.replay()
+        self.selector.check_result(entry.tokens, entry.reported, entry.summary.tolist(), target)
+        indices = entry.indices.clone()  # the graph rewrites its buffer at the next replay
+        return indices.squeeze(0) if tokens.unbatched else indices
+
+    def _record(self, key: tuple, given: dict[str, Tensor], target: tuple[int, ...]) -> Any:
+        inputs = {name: value.clone() for name, value in given.items()}
+
+        def body() -> tuple[TokenBatch, tuple[int, ...], Tensor, Tensor]:
+            tokens = TokenBatch.from_inputs(inputs["visual"], prompt=inputs.get("prompt"), scores=inputs.get("scores"))
+            return (tokens, *self.selector.run(tokens, target))
+
+        try:
+            replay, (tokens, reported, summary, indices) = self._capture(body, inputs["visual"].device)
+        except Exception as exc:  # e.g. a selector that reads from the device or copies host data
+            warnings.warn(
+                f"{self.selector!r} could not be captured as a CUDA graph for this input shape "
+                f"({type(exc).__name__}: {exc}); it runs eagerly for it",
+                PluginWarning,
+                stacklevel=4,
+            )
+            entry: Any = _EAGER
+        else:
+            entry = _Captured(replay, inputs, tokens, reported, summary, indices)
+        self._graphs[key] = entry
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        return entry
+
+
+def graphed(selector: Selector, *, max_graphs: int = 8) -> Graphed:
+    """``selector`` with its device work replayed as a CUDA graph per input shape (see :mod:`tokenprune.graphs`)."""
+    return Graphed(selector, max_graphs=max_graphs)
