@@ -17,6 +17,9 @@ reads nothing from the device (:attr:`tokenprune.Selector.capturable`; ``random`
 keys on the CPU, is not). A capture that fails anyway falls back to the eager call for that shape,
 with a :class:`~tokenprune.errors.PluginWarning`. On a CPU the wrapper is the selector itself.
 
+A shape is every input's shape, dtype and device plus the tokens kept per row. Prompts of different
+lengths are different shapes, so a stream of varying prompts captures again for each new length.
+Capturing costs two eager calls and the capture itself, so it pays off when a shape repeats.
 Each shape keeps its graph and its buffers (for zspa at N = 2880, about 35 MB for the N x N
 similarities); at most ``max_graphs`` are kept, the least recently used dropped first.
 
