@@ -116,3 +116,21 @@ def test_the_model_is_restored_and_hooks_removed(model, inputs):
     layers = model.model.language_model.layers
     assert all(not layer._forward_pre_hooks for layer in layers)
     assert torch.equal(model.generate(**inputs, **GEN), stock)
+
+
+def test_fastv_reads_the_device_a_few_times(model, inputs):
+    """Inside the LM, pruning adds the same five reads as before it, however many images and rows.
+
+    The reads are the placeholder positions, the layout's counts, the selector's prompt-mask check
+    and result check, and the statistics. Mid-prefill each read waits for the layers before it.
+    """
+    from tokenprune.testing import HostTraffic
+
+    with torch.no_grad():
+        with HostTraffic() as stock:
+            model(**inputs)
+        with tokenprune.apply(model, "fastv", budget=0.25, layer=1) as session, HostTraffic() as pruned:
+            model(**inputs)
+    assert session.last.visual_after == [4, 4]
+    assert len(pruned.reads) - len(stock.reads) == 5, (stock.reads, pruned.reads)
+    assert pruned.blocking_copies == stock.blocking_copies

@@ -10,7 +10,6 @@ and drop the placeholders of the pruned tokens.
 
 from __future__ import annotations
 
-import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -265,15 +264,24 @@ def placeholder_runs(image_mask: Tensor) -> list[int]:
 
     Used when the image sizes are not known from encoded features (e.g. pruning inside the LM).
     Images whose placeholders touch, with no token between them, count as one image.
+
+    Example:
+        >>> import torch
+        >>> placeholder_runs(torch.tensor([[0, 1, 1, 0, 1], [1, 1, 1, 0, 0]]).bool())
+        [2, 1, 3]
     """
-    sizes = []
-    for row in image_mask:
-        positions = row.nonzero()[:, 0]
-        if positions.numel() == 0:
-            continue
-        breaks = (positions[1:] != positions[:-1] + 1).nonzero()[:, 0] + 1
-        edges = [0, *breaks.tolist(), positions.numel()]
-        sizes.extend(b - a for a, b in itertools.pairwise(edges))
+    rows, positions = image_mask.nonzero().T.tolist()
+    return _runs(rows, positions)
+
+
+def _runs(rows: list[int], positions: list[int]) -> list[int]:
+    """Lengths of the runs of consecutive positions within a row, from row-major placeholder coordinates."""
+    sizes: list[int] = []
+    for i, (row, position) in enumerate(zip(rows, positions, strict=True)):
+        if i and row == rows[i - 1] and position == positions[i - 1] + 1:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
     return sizes
 
 
@@ -320,8 +328,6 @@ class Layout:
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         real = attention_mask.bool()
         image_mask = (input_ids == adapter.image_token_id) & real
-        if sizes is None:
-            sizes = placeholder_runs(image_mask)
         if callable(prompt_tokens):
             prompt_mask = prompt_tokens(input_ids, attention_mask).to(device=real.device, dtype=torch.bool)
             prompt_mask &= ~image_mask
@@ -333,11 +339,14 @@ class Layout:
             raise ValueError(f"prompt_tokens must be one of {PROMPT_SCOPES} or a callable; got {prompt_tokens!r}")
         flat = image_mask.nonzero()  # (T, 2) row-major; its length is a read from the device
         # everything else the host needs, in one more read
-        host = torch.cat([flat[:, 0], real.sum(dim=1), prompt_mask.sum(dim=1), _right_padded(attention_mask)])
+        host = torch.cat([flat.T.flatten(), real.sum(dim=1), prompt_mask.sum(dim=1), _right_padded(attention_mask)])
         host = host.tolist()
         t, b = flat.shape[0], real.shape[0]
-        spans = _image_spans(flat, host[:t], sizes, adapter.name)
-        lengths, prompt_lengths = host[t : t + b], host[t + b : t + 2 * b]
+        rows, positions = host[:t], host[t : 2 * t]
+        if sizes is None:
+            sizes = _runs(rows, positions)
+        spans = _image_spans(flat, rows, sizes, adapter.name)
+        lengths, prompt_lengths = host[2 * t : 2 * t + b], host[2 * t + b : 2 * t + 2 * b]
         return cls(real, image_mask, prompt_mask, spans, list(sizes), not host[-1], lengths, prompt_lengths)
 
     def keep_mask(self, kept: list[Tensor]) -> Tensor:

@@ -145,8 +145,10 @@ class LayerPruner:
                 f"{type(cache).__name__} cannot hold them. Use the default DynamicCache (no cache_implementation)."
             )
         layout = self.layout
-        protected = self.protected or [None] * len(layout.sizes)
-        prunable = [n if p is None else n - int(p.sum()) for n, p in zip(layout.sizes, protected, strict=True)]
+        prunable = list(layout.sizes)
+        if self.protected is not None:  # one read for every image's protected count
+            fixed = torch.stack([mask.sum() for mask in self.protected]).tolist()
+            prunable = [n - f for n, f in zip(layout.sizes, fixed, strict=True)]
         if resolve_budget(self.budget, prunable) == tuple(prunable):  # keeps everything: nothing to score
             kept = [torch.ones(n, dtype=torch.bool, device=hidden.device) for n in layout.sizes]
             self.stats = layout.stats(kept, layout.keep_mask(kept), 0.0)
@@ -166,9 +168,11 @@ class LayerPruner:
         _sync(hidden.device)
         keep = layout.keep_mask(kept)
         self.stats = layout.stats(kept, keep, (time.perf_counter() - start) * 1e3)  # scores + selection
-        if not bool((keep != layout.real).any()):
+        lengths = self.stats.sequence_after
+        if lengths == layout.lengths:  # keep is within the real tokens: as many kept means all kept
             return  # everything kept: the model runs exactly as stock
-        self.pruned = PrunedSequence.build(self.input_ids, keep, left=layout.left_padded, pad_token_id=0)
+        left = layout.left_padded
+        self.pruned = PrunedSequence.build(self.input_ids, keep, left=left, pad_token_id=0, lengths=lengths)
 
     def _shrink(self, index: int, hidden: Tensor, kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         pruned = self.pruned
