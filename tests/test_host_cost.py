@@ -177,6 +177,7 @@ def test_the_recorders_see_reads_blocking_copies_and_operations():
         x.to(torch.float64)  # a dtype, not a device
         x.unsqueeze(0)  # a view launches nothing
     assert traffic.reads == ["__bool__", "__int__", "tolist"]
+    assert len(traffic.where) == 3 and all("test_host_cost.py:" in where for where in traffic.where)
     assert traffic.blocking_copies == ["torch.tensor(..., device=...)", "Tensor.to(device)"]
     assert ops.ops["any"] == 1 and ops.ops["_to_copy"] == 1 and "unsqueeze" not in ops.ops
 

@@ -1,5 +1,7 @@
 """tokenprune.apply on a tiny random LlavaNextForConditionalGeneration (anyres tiles, image_newline tokens)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -162,3 +164,27 @@ def test_fastv_keeps_newlines_outside_the_budget():
     with tokenprune.apply(model, "fastv", budget=4, layer=1) as session:
         model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert session.last.visual_after == [4 + n for n in newlines]
+
+
+@pytest.mark.parametrize("method", ["zspa", "fastv"])
+def test_tokenprune_reads_the_device_seven_times_here(method):
+    """Images of two sizes, protected newlines, prompts of two lengths: tokenprune's own code reads
+    the device 7 times, whatever the number of images. They are the placeholders, the layout's counts,
+    the newline counts, and in the selector the real-token counts, the prompt-mask check and the
+    result check, then the statistics. (transformers' anyres helpers read each image's size too, as
+    they do in a stock call.) zspa runs the GPU's fill here; the CPU's blocked fill reads by design.
+    """
+    from tokenprune.stages import Hierarchical, MaxMin, Relevance, TopK
+    from tokenprune.testing import HostTraffic
+
+    model = tiny_llava_next(seed=0, layers=3)
+    inputs = tiny_llava_next_inputs(model, [[[5, 6], [7, 8, 9]], [[3], [4]]], [(40, 100), (90, 60)])
+    if method == "zspa":
+        selector, params = Hierarchical(TopK(Relevance()), MaxMin(block_size=0), core_ratio=0.2), {}
+    else:
+        selector, params = "fastv", {"layer": 1}
+    with torch.no_grad(), tokenprune.apply(model, selector, budget=4, **params), HostTraffic() as traffic:
+        model(**inputs)
+    package = str(Path(tokenprune.__file__).parent)
+    ours = [where for where in traffic.where if where.startswith(package)]
+    assert len(ours) == 7, ours

@@ -32,6 +32,7 @@ __all__ = [
     "PrunedSequence",
     "UnsupportedScoresError",
     "placeholder_runs",
+    "prunable_counts",
     "prune_inputs",
     "select_per_image",
 ]
@@ -375,6 +376,14 @@ def _true_positions(mask: Tensor, count: int) -> Tensor:
     return torch.sort(mask.to(torch.uint8), descending=True, stable=True).indices[:count]
 
 
+def prunable_counts(sizes: list[int], protected: list[Tensor] | None) -> list[int]:
+    """Per image, its tokens minus its protected ones (one read from the device when some are protected)."""
+    if protected is None:
+        return list(sizes)
+    fixed = torch.stack([mask.sum() for mask in protected]).tolist()
+    return [size - count for size, count in zip(sizes, fixed, strict=True)]
+
+
 def select_per_image(
     selector: Selector,
     budget: Budget,
@@ -384,6 +393,7 @@ def select_per_image(
     *,
     protected: list[Tensor] | None = None,
     scores: list[Tensor] | None = None,
+    prunable: list[int] | None = None,
 ) -> tuple[list[Tensor], float]:
     """Run the selector once over every image of the batch (ragged counts masked).
 
@@ -392,6 +402,8 @@ def select_per_image(
         text: ``(B, L, D)`` embeddings of the sequence, from which each image's row gives the prompt.
         protected: per image, ``(N_i,)`` bool of tokens always kept and outside the budget.
         scores: per image, ``(N_i,)`` scores for methods that use them.
+        prunable: per image, its tokens minus the protected ones, when the caller already read them
+            (:func:`prunable_counts`).
 
     Returns:
         Per image, an ``(N_i,)`` bool mask of the kept tokens; and the selector's time in ms.
@@ -429,11 +441,7 @@ def select_per_image(
         prompt_real = torch.arange(m_max) < torch.tensor(real_lengths).unsqueeze(1)
         prompt_real = prompt_real.to(device, non_blocking=True)
 
-    if protected is None:
-        counts = list(sizes)
-    else:
-        fixed_counts = torch.stack([mask.sum() for mask in protected]).tolist()  # one read
-        counts = [size - fixed for size, fixed in zip(sizes, fixed_counts, strict=True)]
+    counts = prunable_counts(sizes, protected) if prunable is None else prunable
     if resolve_budget(budget, counts) == tuple(counts):  # keeps every token: nothing to choose
         every = selectable | fixed
         return [every[i, : sizes[i]] for i in range(n_images)], 0.0

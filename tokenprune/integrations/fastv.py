@@ -36,6 +36,7 @@ from tokenprune.integrations.base import (
     PruneStats,
     _cache,
     _sync,
+    prunable_counts,
     select_per_image,
 )
 from tokenprune.selector import Selector
@@ -145,10 +146,7 @@ class LayerPruner:
                 f"{type(cache).__name__} cannot hold them. Use the default DynamicCache (no cache_implementation)."
             )
         layout = self.layout
-        prunable = list(layout.sizes)
-        if self.protected is not None:  # one read for every image's protected count
-            fixed = torch.stack([mask.sum() for mask in self.protected]).tolist()
-            prunable = [n - f for n, f in zip(layout.sizes, fixed, strict=True)]
+        prunable = prunable_counts(layout.sizes, self.protected)
         if resolve_budget(self.budget, prunable) == tuple(prunable):  # keeps everything: nothing to score
             kept = [torch.ones(n, dtype=torch.bool, device=hidden.device) for n in layout.sizes]
             self.stats = layout.stats(kept, layout.keep_mask(kept), 0.0)
@@ -163,7 +161,14 @@ class LayerPruner:
         features = [hidden[row, pos] for row, pos in layout.spans]
         scores = [weights[row, pos] for row, pos in layout.spans]
         kept, _ = select_per_image(
-            self.selector, self.budget, layout, features, hidden, protected=self.protected, scores=scores
+            self.selector,
+            self.budget,
+            layout,
+            features,
+            hidden,
+            protected=self.protected,
+            scores=scores,
+            prunable=prunable,
         )
         _sync(hidden.device)
         keep = layout.keep_mask(kept)

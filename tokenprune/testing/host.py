@@ -16,6 +16,7 @@ also checks that the inputs were finite), and once more per mask (see ``tests/te
 
 from __future__ import annotations
 
+import traceback
 from collections import Counter
 from typing import Any
 
@@ -34,6 +35,8 @@ class HostTraffic(TorchFunctionMode):
 
     Attributes:
         reads: the name of each reading call (one of :data:`READS`).
+        where: for each read, ``path:line`` of the code that made it (the innermost frame outside
+            torch), e.g. ``".../tokenprune/selector.py:322"``.
         blocking_copies: each ``torch.tensor(..., device=...)`` / ``torch.as_tensor(..., device=...)``,
             and each ``Tensor.to(device)`` without ``non_blocking=True``. On a CPU-only machine these
             copy nothing; on a GPU each would wait for the device.
@@ -42,6 +45,7 @@ class HostTraffic(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.reads: list[str] = []
+        self.where: list[str] = []
         self.blocking_copies: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None) -> Any:
@@ -49,11 +53,21 @@ class HostTraffic(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in READS:
             self.reads.append(name)
+            self.where.append(_caller())
         elif name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
             self.blocking_copies.append(f"torch.{name}(..., device=...)")
         elif name == "to" and _names_device(args[1:], kwargs) and not kwargs.get("non_blocking", False):
             self.blocking_copies.append("Tensor.to(device)")
         return func(*args, **kwargs)
+
+
+def _caller() -> str:
+    """``path:line`` of the innermost frame outside torch and this module."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        path = frame.filename.replace("\\", "/")
+        if "/torch/" not in path and not path.endswith("tokenprune/testing/host.py"):
+            return f"{path}:{frame.lineno}"
+    return "?"
 
 
 def _names_device(args: tuple, kwargs: dict) -> bool:
