@@ -41,7 +41,7 @@ from torch import Tensor
 
 from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import PluginWarning
-from tokenprune.selector import Selection, Selector, TokenBatch
+from tokenprune.selector import Selector, TokenBatch, Wrapper
 
 __all__ = ["Graphed", "graphed"]
 
@@ -84,7 +84,7 @@ def _cuda_capture(body: Callable[[], Any], device: torch.device) -> tuple[Callab
     return graph.replay, outputs
 
 
-class Graphed(Selector):
+class Graphed(Wrapper):
     """``selector`` with its device work captured as a CUDA graph per input shape (see the module).
 
     Args:
@@ -97,37 +97,11 @@ class Graphed(Selector):
             raise TypeError(f"graphed() takes a Selector; got {type(selector).__name__}")
         if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
             raise ValueError(f"max_graphs must be an int >= 1; got {max_graphs!r}")
-        self.selector = selector
+        super().__init__(selector)
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[tuple, Any] = OrderedDict()
         self._capture: Callable[[Callable[[], Any], torch.device], tuple[Callable[[], None], Any]] = _cuda_capture
         self._applies: Callable[[Tensor], bool] = lambda visual: visual.is_cuda
-
-    @property
-    def requires(self) -> frozenset[str]:
-        return self.selector.requires
-
-    @property
-    def batch_invariant(self) -> bool:
-        return self.selector.batch_invariant
-
-    @property
-    def capturable(self) -> bool:
-        return self.selector.capturable
-
-    @property
-    def score_source(self) -> str | None:
-        return self.selector.score_source
-
-    @property
-    def prune_layer(self) -> int | None:
-        return self.selector.prune_layer
-
-    def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
-        return self.selector.extend(tokens, selection, target)
-
-    def check_inputs(self, tokens: TokenBatch, *, label: str | None = None) -> None:
-        self.selector.check_inputs(tokens, label=label)
 
     def __repr__(self) -> str:
         return f"graphed({self.selector!r})"

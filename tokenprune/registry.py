@@ -29,7 +29,7 @@ from tokenprune.errors import (
     TokenPruneError,
     UnknownMethodError,
 )
-from tokenprune.selector import Selection, Selector, TokenBatch
+from tokenprune.selector import Selector, TokenBatch, Wrapper
 
 __all__ = [
     "Method",
@@ -97,7 +97,7 @@ def _factory_params(name: str, factory: Callable[..., Any]) -> dict[str, Any]:
     return params
 
 
-class Method(Selector):
+class Method(Wrapper):
     """A selector created by name from the registry, with its parameters.
 
     It behaves as the selector it wraps (and composes like one), and adds the method's name and the
@@ -108,30 +108,7 @@ class Method(Selector):
         self.spec = spec
         self.name = spec.name
         self.params = MappingProxyType(dict(params))
-        self.selector = selector
-
-    @property
-    def requires(self) -> frozenset[str]:
-        return self.selector.requires
-
-    @property
-    def batch_invariant(self) -> bool:
-        return self.selector.batch_invariant
-
-    @property
-    def capturable(self) -> bool:
-        return self.selector.capturable
-
-    @property
-    def score_source(self) -> str | None:
-        return self.selector.score_source
-
-    @property
-    def prune_layer(self) -> int | None:
-        return self.selector.prune_layer
-
-    def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
-        return self.selector.extend(tokens, selection, target)
+        super().__init__(selector)
 
     def check_inputs(self, tokens: TokenBatch, *, label: str | None = None) -> None:
         self.selector.check_inputs(tokens, label=label or f"method {self.name!r}")

@@ -24,7 +24,7 @@ from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import InputError, MissingInputError, SelectorError
 from tokenprune.functional import mask_to_indices, token_norms
 
-__all__ = ["SCORE_SOURCES", "Selection", "Selector", "TokenBatch"]
+__all__ = ["SCORE_SOURCES", "Selection", "Selector", "TokenBatch", "Wrapper"]
 
 SCORE_SOURCES = {
     "external": "passed by the caller as scores=",
@@ -360,3 +360,41 @@ class Selector(ABC):
             if getattr(tokens, name) is None:
                 who = label or type(self).__name__
                 raise MissingInputError(f"{who} needs {name}= ({_INPUT_HELP[name]}); got None")
+
+
+class Wrapper(Selector):
+    """A selector that behaves as the one it wraps (``self.selector``) and adds something around its calls.
+
+    Its inputs, properties and selection are the wrapped selector's; subclasses change how a call runs
+    (:class:`tokenprune.registry.Method` names its errors, :class:`tokenprune.graphs.Graphed` replays
+    CUDA graphs).
+    """
+
+    def __init__(self, selector: Selector) -> None:
+        self.selector = selector
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return self.selector.requires
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self.selector.batch_invariant
+
+    @property
+    def capturable(self) -> bool:
+        return self.selector.capturable
+
+    @property
+    def score_source(self) -> str | None:
+        return self.selector.score_source
+
+    @property
+    def prune_layer(self) -> int | None:
+        return self.selector.prune_layer
+
+    def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
+        return self.selector.extend(tokens, selection, target)
+
+    def check_inputs(self, tokens: TokenBatch, *, label: str | None = None) -> None:
+        self.selector.check_inputs(tokens, label=label)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import InputError, TokenPruneError
+from tokenprune.functional import mask_to_indices
 from tokenprune.selector import SCORE_SOURCES, Selector
 
 __all__ = [
@@ -365,15 +366,10 @@ class Layout:
             visual_before=list(self.sizes),
             visual_after=after,
             selection_ms=selection_ms,
-            kept=[_true_positions(mask, count) for mask, count in zip(kept, after, strict=True)],
+            kept=[mask_to_indices(mask.unsqueeze(0), [count])[0] for mask, count in zip(kept, after, strict=True)],
             sequence_before=list(self.lengths),
             sequence_after=counts[len(kept) :],
         )
-
-
-def _true_positions(mask: Tensor, count: int) -> Tensor:
-    """The positions of the ``count`` True values of a 1-D bool ``mask``, ascending (no host sync)."""
-    return torch.sort(mask.to(torch.uint8), descending=True, stable=True).indices[:count]
 
 
 def prunable_counts(sizes: list[int], protected: list[Tensor] | None) -> list[int]:
