@@ -88,3 +88,22 @@ def test_unusable_arguments_are_refused(adapted):
     text = {"input_ids": inputs["input_ids"][:, -2:], "attention_mask": inputs["attention_mask"][:, -2:]}
     with pytest.raises(ValueError, match="no image placeholder"):
         assert_adapter_contract(model, text)
+
+
+def test_the_check_catches_a_read_per_decoding_step(adapted, monkeypatch):
+    """A static cache keeps its length on the device: a wrapper that reads it each step is caught."""
+    from tokenprune.integrations import session
+
+    model, inputs = adapted(PluginLlavaAdapter)
+    has_images = session._has_images
+
+    def reads_the_cache(adapter, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None:
+            bool(cache.get_seq_length() == 0)  # a device read on a static cache, as a naive prefill test makes
+        return has_images(adapter, kwargs)
+
+    monkeypatch.setattr(session, "_has_images", reads_the_cache)
+    message = r"with a static cache the code outside transformers read the device \d+ times"
+    with pytest.raises(AssertionError, match=message):
+        assert_adapter_contract(model, inputs, methods=("zspa",))

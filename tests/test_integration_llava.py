@@ -178,3 +178,35 @@ def test_a_pruned_forward_reads_the_device_a_few_times(model, inputs):
     assert session.last.visual_after == [4, 4]
     assert len(pruned.reads) - len(stock.reads) == 5, (stock.reads, pruned.reads)
     assert pruned.blocking_copies == stock.blocking_copies
+
+
+def test_compiled_decoding_with_a_static_cache_runs_as_one_graph(model, inputs):
+    """transformers compiles the decoding step when the cache is static (on a GPU by default): the
+    wrappers must not break that graph. ``fullgraph=True`` turns any break into an error."""
+    from transformers import CompileConfig
+
+    torch._dynamo.reset()  # this test's compilations only, whatever ran before
+    config = CompileConfig(backend="eager", fullgraph=True, mode=None)  # dynamo's tracing without inductor
+    config._compile_all_devices = True  # also on CPU
+    with tokenprune.apply(model, "zspa", budget=0.5) as session:
+        eager = model.generate(**inputs, **GEN)
+        compiled = model.generate(**inputs, **GEN, cache_implementation="static", compile_config=config)
+    assert torch.equal(compiled, eager)
+    assert [s.visual_after for s in session.stats] == [[8, 8], [8, 8]]
+    assert "_compiled_call" in model.__dict__  # the steps did run compiled
+    torch._dynamo.reset()
+
+
+def test_pre_encoded_images_are_refused_not_passed_on_unpruned(model, inputs):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    features = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output
+    encoded = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    encoded["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+    with tokenprune.apply(model, "zspa", budget=0.5) as session:
+        with pytest.raises(TokenPruneError, match=r"pass the processor's pixel_values .* not pre-encoded mm_encoder"):
+            model.generate(**encoded, **GEN)
+        with pytest.raises(TokenPruneError, match="not pre-encoded mm_encoder_outputs"):
+            model(**encoded)
+    assert session.stats == []
+    assert model.generate(**encoded, **GEN).shape[1] == inputs["input_ids"].shape[1] + GEN["max_new_tokens"]

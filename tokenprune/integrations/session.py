@@ -60,6 +60,17 @@ def _has_images(adapter: ModelAdapter, kwargs: dict[str, Any]) -> bool:
     )
 
 
+def _refuse_encoded_images(kwargs: dict[str, Any]) -> None:
+    """A caller's own ``mm_encoder_outputs`` would reach the LM unpruned: say so instead."""
+    encoded = kwargs.get("mm_encoder_outputs")  # stock generate passes {} for a text-only call
+    if encoded and any(value is not None for value in (encoded.values() if isinstance(encoded, dict) else [encoded])):
+        raise TokenPruneError(
+            "tokenprune.apply prunes the images it encodes itself: pass the processor's pixel_values (and "
+            "image_sizes / image_grid_thw), not pre-encoded mm_encoder_outputs, which would reach the language "
+            "model unpruned"
+        )
+
+
 def _is_prefill(kwargs: dict[str, Any]) -> bool:
     cache = _cache(kwargs)
     return cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0)
@@ -99,6 +110,10 @@ class PruningSession:
         self.stats: list[PruneStats] = []
         self._saved: dict[str, Any] = {}
         self._prefill_ms: float | None = None  # set by the forward wrapper at each prefill
+        # True from the start of a pruned generate until its first forward, the prefill. The forward
+        # wrapper tells prefill from decoding by this flag, not by reading the cache: a static cache keeps
+        # its length on the device, and reading it would sync every decoding step and break torch.compile.
+        self._prefill_pending = False
 
     @property
     def last(self) -> PruneStats | None:
@@ -133,33 +148,45 @@ class PruningSession:
         stock_generate, stock_forward = self.model.generate, self.model.forward
         inside_lm = self.selector.prune_layer is not None
 
+        def pruned_generate(**kwargs: Any) -> Any:  # the prefill is the first forward it makes
+            self._prefill_pending = True
+            try:
+                return stock_generate(**kwargs)
+            finally:
+                self._prefill_pending = False
+
         @functools.wraps(stock_generate)
         def generate(*args: Any, **kwargs: Any) -> Any:
             kwargs = _positional(args, kwargs)
+            _refuse_encoded_images(kwargs)
             if not _has_images(self.adapter, kwargs):
                 return stock_generate(**kwargs)
             self._prefill_ms = None
             if inside_lm:
                 pruner = self._layer_pruner(kwargs)
                 with pruner.installed():
-                    out = stock_generate(**kwargs)
+                    out = pruned_generate(**kwargs)
                 self._record(pruner.stats)
                 return out
             with torch.no_grad():  # generate never backpropagates: keep no graph of the vision tower
                 pruned = prune_inputs(
                     self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens
                 )
-            out = stock_generate(**pruned.kwargs)
+            out = pruned_generate(**pruned.kwargs)
             self._record(pruned.stats)
             return _restore_prompt(out, pruned)
 
         @functools.wraps(stock_forward)
         def forward(*args: Any, **kwargs: Any) -> Any:
             kwargs = _positional(args, kwargs)
+            if self._prefill_pending:  # the prefill inside our own generate call: already pruned
+                self._prefill_pending = False
+                return self._timed_prefill(lambda: stock_forward(**kwargs))
+            if not _has_images(self.adapter, kwargs):  # e.g. a decoding step: nothing to read, nothing to do
+                _refuse_encoded_images(kwargs)
+                return stock_forward(**kwargs)
             if not _is_prefill(kwargs):
                 return stock_forward(**kwargs)
-            if not _has_images(self.adapter, kwargs):  # e.g. the prefill inside our own generate call
-                return self._timed_prefill(lambda: stock_forward(**kwargs))
             self._prefill_ms = None
             if inside_lm:
                 labels = kwargs.pop("labels", None)

@@ -13,6 +13,10 @@ checks, with every method at budget ``1.0`` and then at each budget:
   ``sequence_after`` each row's text plus its kept visual tokens;
 * ``forward`` with labels runs on the pruned sequence: logits of the pruned length, a finite loss,
   a recorded prefill time, the tokens ``generate`` keeps and the next token ``generate`` picks;
+* with a static cache (``cache_implementation="static"``, where the model supports one, as
+  ``torch.compile``'d decoding needs) a pruned ``generate`` gives the same tokens, and the code outside
+  transformers (tokenprune, the adapter) reads the device no more often than with the default cache:
+  nothing per decoding step;
 * the model is restored after the block — no instance ``generate``/``forward`` left, its class
   untouched, output equal to stock — also after an error inside the block, tokenprune's or the caller's;
 * calls without images (``generate`` and ``forward``) pass through unchanged and record no statistics.
@@ -31,6 +35,7 @@ from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import BudgetError
 from tokenprune.integrations import PruneStats, get_adapter
 from tokenprune.selector import Selector
+from tokenprune.testing.host import HostTraffic
 from tokenprune.testing.models import lm_input_lengths
 
 __all__ = ["assert_adapter_contract"]
@@ -231,11 +236,13 @@ class _Contract:
         self.at(method, budget)
         layer = self.adapter.language_model().layers[0]
         with tokenprune.apply(self.model, method, budget=budget) as session:
-            seen, out = lm_input_lengths(self.model, self.generate, layer=layer)
+            with HostTraffic() as traffic:
+                seen, out = lm_input_lengths(self.model, self.generate, layer=layer)
             forward = self.model(**self.inputs, labels=self.labels)
         self.check_uninstalled()
         self.check(len(session.stats) == 2, f"{len(session.stats)} stats for one generate and one forward")
         stats, forward_stats = session.stats
+        self.check_static_cache(method, budget, _sequences(out), _own_reads(traffic))
 
         # the statistics: K per image (+ its protected tokens, all kept); text + kept tokens per row
         self.check(stats.visual_before == self.sizes, f"visual_before {stats.visual_before}, {self.sizes} at 1.0")
@@ -293,6 +300,27 @@ class _Contract:
                 torch.equal(predicted, generated),
                 f"forward predicts {predicted.tolist()} next, generate picked {generated.tolist()}",
             )
+
+    def check_static_cache(self, method: str | Selector, budget: Budget, sequences: Tensor, reads: int) -> None:
+        """A static cache: the same tokens, and no more reads of the device outside transformers than with
+        the default cache. The cache keeps its length on the device, so a per-step test of it would show."""
+        if not getattr(self.model, "_can_compile_fullgraph", False) or any(
+            name in self.generate_kwargs for name in ("cache_implementation", "cache", "past_key_values")
+        ):
+            return  # the model has no static cache, or the caller chose the cache
+        with tokenprune.apply(self.model, method, budget=budget), HostTraffic() as traffic:
+            static = _sequences(self.generate(cache_implementation="static"))
+        self.check_uninstalled()
+        self.check(
+            torch.equal(static, sequences),
+            f"generate with a static cache differs from the default cache:\n{static.tolist()}\n{sequences.tolist()}",
+        )
+        own = _own_reads(traffic)
+        self.check(
+            own <= reads,
+            f"with a static cache the code outside transformers read the device {own} times, {reads} with the "
+            f"default cache (a read per decoding step would sync every step and break torch.compile)",
+        )
 
     def all_ended(self, new_tokens: Tensor) -> bool:
         eos = self.model.generation_config.eos_token_id
@@ -356,3 +384,8 @@ def _runs(row: Tensor) -> list[int]:
             runs.append(length)
             length = 0
     return runs
+
+
+def _own_reads(traffic: HostTraffic) -> int:
+    """Reads of the device made outside transformers: by tokenprune, the adapter, the caller."""
+    return sum("/transformers/" not in where for where in traffic.where)
