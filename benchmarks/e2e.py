@@ -13,8 +13,23 @@ and beside each, the **ideal**: the same model given an input that already holds
 tokens per image (vision encoding included, no selection, no input rewrite). ``pruned / ideal`` is
 what tokenprune adds; the targets on a GPU are <= 1.03 for time and memory.
 
+The two arms run the same language model on sequences of the same length, so a noisy host moves both.
+The benchmark therefore also reports:
+
+* the **paired ratio**: the arms alternate within each repeat (which one goes first alternates too),
+  each repeat gives one ratio, and the ratio is their geometric mean with a 95% t-interval over the
+  repeats' log-ratios;
+* the **added** ms: tokenprune's own work before the language model (finding the image spans,
+  selecting, rewriting the input), timed alone ``--direct-repeats`` times on the already encoded
+  images. ``added / ideal`` is what tokenprune adds to the end-to-end time, measured without the
+  noise of decoding.
+
+The time target is **met** when the interval lies at or below 1.03, **missed** when it lies above, and
+otherwise not settled by the end-to-end times (the added share then says by how much it would be met).
+
     python benchmarks/e2e.py                         # small stand-ins, every family, CPU or GPU
     python benchmarks/e2e.py --size real --device cuda --families llava
+    python benchmarks/e2e.py --size real --device cuda --cache static   # decoding compiled (CUDA graphs)
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ import argparse
 import contextlib
 import gc
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -34,10 +50,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy import stats as scipy_stats
 
 import tokenprune
 from tokenprune.integrations import get_adapter, prune_inputs
 from tokenprune.stages import Stride
+
+TARGET = 1.03  # pruned / ideal, time and peak memory (the issue's target on a GPU)
 
 IMAGE, VISION_START, VISION_END = 900, 901, 902  # placeholder ids inside the vocabularies built below
 
@@ -222,36 +241,104 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paired_ratio(values: list[float], ideal: list[float]) -> dict[str, Any]:
+    """Geometric mean of the per-repeat ratios ``values[i] / ideal[i]``, with a 95% t-interval.
+
+    The interval is over the log-ratios (Student's t, ``n - 1`` degrees of freedom); with one repeat it
+    is ``None``.
+    """
+    if len(values) != len(ideal) or not values:
+        raise ValueError(f"need paired, non-empty times; got {len(values)} and {len(ideal)}")
+    logs = [math.log(v / i) for v, i in zip(values, ideal, strict=True)]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return {"ratio": math.exp(mean), "low": None, "high": None, "n": 1}
+    half = scipy_stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return {"ratio": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half), "n": len(logs)}
+
+
+def time_verdict(ratio: dict[str, Any], target: float = TARGET) -> str:
+    """``met`` (the interval at or below ``target``), ``missed`` (above it) or ``not settled``."""
+    if ratio["high"] is None:
+        return "not settled"
+    if ratio["high"] <= target:
+        return "met"
+    if ratio["low"] > target:
+        return "missed"
+    return "not settled"
+
+
+def _encoded_adapter(model: Any, inputs: dict[str, Any], scores: str | None) -> Any:
+    """An adapter of ``model`` whose ``encode_images`` returns the images of ``inputs``, encoded once."""
+    adapter = get_adapter(model)
+    with torch.inference_mode():
+        images = adapter.encode_images(inputs, scores=scores)
+    adapter.encode_images = lambda _inputs, *, scores=None: images  # this adapter instance only
+    return adapter
+
+
+def added_ms(model: Any, inputs: dict[str, Any], method: str, keep: float, repeats: int, meter: Meter) -> list[float]:
+    """Times of tokenprune's own work before the LM (layout, selection, input rewrite), images pre-encoded."""
+    selector = tokenprune.create_method(method)
+    source = selector.score_source if "scores" in selector.requires else None
+    adapter = _encoded_adapter(model, inputs, source)
+    times = []
+    for _ in range(repeats + 1):  # the first call warms up
+        times.append(meter.run(lambda: prune_inputs(adapter, selector, keep, inputs))[0])
+    return times[1:]
+
+
 def measure(
     family: str, model: Any, inputs: dict[str, Any], method: str, keep: float, args: argparse.Namespace
 ) -> dict[str, Any]:
     meter = Meter(args.device)
-    gen = {"do_sample": False, "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
-    first = {"do_sample": False, "max_new_tokens": 1}
+    cache = {"cache_implementation": "static"} if args.cache == "static" else {}
+    if args.cache == "static" and args.no_compile:
+        cache["disable_compile"] = True
+    gen = {"do_sample": False, "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, **cache}
+    first = {"do_sample": False, "max_new_tokens": 1, **cache}
     adapter = get_adapter(model)
     with torch.inference_mode():
         ideal = prune_inputs(adapter, Stride(), keep, inputs).kwargs  # K tokens per image, chosen in advance
     encode_args = {k: v for k, v in inputs.items() if k in ("pixel_values", "image_sizes", "image_grid_thw")}
 
-    def ideal_call(kwargs: dict[str, Any]) -> Callable[[], Any]:
+    def generate(kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
+        # transformers sizes a static cache for the longest call the model has seen; each arm gets its own
+        model.__dict__.pop("_previous_max_cache_length", None)
+        return model.generate(**kwargs, **options)
+
+    def ideal_call(options: dict[str, Any]) -> Callable[[], Any]:
         def call() -> Any:
             model.model.get_image_features(**encode_args)  # the vision tower runs in both arms
-            return model.generate(**ideal, **kwargs)
+            return generate(ideal, options)
 
         return call
 
-    rows: dict[str, list[Any]] = {key: [] for key in ("sel", "pre", "e2e", "mem", "i_pre", "i_e2e", "i_mem")}
-    for repeat in range(args.warmup + args.repeats):  # the arms alternate, so drift hits both alike
+    def pruned_arm() -> tuple[float, ...]:
         with tokenprune.apply(model, method, budget=keep) as session:
-            pre, _ = meter.run(lambda: model.generate(**inputs, **first))
+            pre, _ = meter.run(lambda: generate(inputs, first))
             selection = session.last.selection_ms
-            e2e, mem = meter.run(lambda: model.generate(**inputs, **gen))
-            kept = session.last.visual_after
+            e2e, mem = meter.run(lambda: generate(inputs, gen))
+        return selection, pre, e2e, mem, session.last.visual_after
+
+    def ideal_arm() -> tuple[float, ...]:
         i_pre, _ = meter.run(ideal_call(first))
         i_e2e, i_mem = meter.run(ideal_call(gen))
+        return i_pre, i_e2e, i_mem
+
+    rows: dict[str, list[Any]] = {key: [] for key in ("sel", "pre", "e2e", "mem", "i_pre", "i_e2e", "i_mem")}
+    for repeat in range(args.warmup + args.repeats):  # the arms alternate, and so does which goes first
+        if repeat % 2:
+            ideal_times = ideal_arm()
+            *pruned_times, kept = pruned_arm()
+        else:
+            *pruned_times, kept = pruned_arm()
+            ideal_times = ideal_arm()
         if repeat >= args.warmup:
-            for key, value in zip(rows, (selection, pre, e2e, mem, i_pre, i_e2e, i_mem), strict=True):
+            for key, value in zip(rows, (*pruned_times, *ideal_times), strict=True):
                 rows[key].append(value)
+    inside_lm = tokenprune.create_method(method).prune_layer is not None
+    added = None if inside_lm else added_ms(model, inputs, method, keep, args.direct_repeats, meter)
     result = {
         "family": family,
         "method": method,
@@ -262,15 +349,33 @@ def measure(
         "e2e_ms": _median(rows["e2e"]),
         "ideal_prefill_ms": _median(rows["i_pre"]),
         "ideal_e2e_ms": _median(rows["i_e2e"]),
-        "raw": rows,
+        "prefill_paired": paired_ratio(rows["pre"], rows["i_pre"]),
+        "e2e_paired": paired_ratio(rows["e2e"], rows["i_e2e"]),
+        "added_ms": None if added is None else _median(added),
+        "raw": {**rows, "added": added},
     }
     for key, ideal_key in (("prefill", "ideal_prefill"), ("e2e", "ideal_e2e")):
         result[f"{key}_ratio"] = result[f"{key}_ms"] / result[f"{ideal_key}_ms"]
+    result["added_share"] = None if added is None else result["added_ms"] / result["ideal_e2e_ms"]
     if None not in rows["mem"] and None not in rows["i_mem"]:
         result["peak_mem_mb"] = max(rows["mem"])
         result["ideal_peak_mem_mb"] = max(rows["i_mem"])
         result["mem_ratio"] = result["peak_mem_mb"] / result["ideal_peak_mem_mb"]
+    result["verdict"] = verdict(result, inside_lm)
     return result
+
+
+def verdict(result: dict[str, Any], inside_lm: bool) -> dict[str, str]:
+    """The targets for one row: time (paired interval), memory; ``n/a`` where they do not apply."""
+    if result["keep"] >= 1.0:
+        return {"time": "n/a (nothing pruned)", "memory": "n/a (nothing pruned)"}
+    if inside_lm:  # its first layers run on every token by design: the ideal of pre-LM pruning is not its own
+        return {"time": "n/a (prunes inside the LM)", "memory": "n/a (prunes inside the LM)"}
+    memory = result.get("mem_ratio")
+    return {
+        "time": time_verdict(result["e2e_paired"]),
+        "memory": "n/a (not measured)" if memory is None else ("met" if memory <= TARGET else "missed"),
+    }
 
 
 def metadata(args: argparse.Namespace) -> dict[str, Any]:
@@ -293,28 +398,59 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "direct_repeats": args.direct_repeats,
+        "cache": args.cache,
+        "compiled_decoding": args.cache == "static" and not args.no_compile and device.type == "cuda",
+        "target": TARGET,
         "timestamp": datetime.now(timezone.utc).isoformat(),
     }
 
 
+def _interval(paired: dict[str, Any]) -> str:
+    if paired["low"] is None:
+        return f"{paired['ratio']:.3f}"
+    return f"{paired['ratio']:.3f} [{paired['low']:.3f}, {paired['high']:.3f}]"
+
+
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (
-        f"{'family':<11} {'method':<9} {'keep':>5} {'K':>5} {'sel ms':>8} {'prefill':>9} {'ideal':>9} {'ratio':>6} "
-        f"{'e2e ms':>9} {'ideal':>9} {'ratio':>6} {'mem MB':>8} {'ratio':>6} {'e2e vs 100%':>11}"
+        f"{'family':<11} {'method':<9} {'keep':>5} {'K':>5} {'sel ms':>8} {'added ms':>9} {'prefill':>9} "
+        f"{'ideal':>9} {'ratio':>6} {'e2e ms':>9} {'ideal':>9} {'paired e2e / ideal [95% CI]':>28} "
+        f"{'added/ideal':>11} {'mem MB':>8} {'ratio':>6} {'e2e vs 100%':>11}"
     )
     print(header)
     print("-" * len(header))
     full = {(r["family"], r["method"]): r["e2e_ms"] for r in results if r["keep"] == 1.0}
+    nan = float("nan")
     for r in results:
         speedup = full.get((r["family"], r["method"]))
+        added, share = r["added_ms"], r["added_share"]
         print(
             f"{r['family']:<11} {r['method']:<9} {r['keep']:>5.2f} {r['visual_tokens_kept'][0]:>5} "
-            f"{r['selection_ms']:>8.2f} {r['prefill_ms']:>9.1f} {r['ideal_prefill_ms']:>9.1f} "
-            f"{r['prefill_ratio']:>6.3f} "
-            f"{r['e2e_ms']:>9.1f} {r['ideal_e2e_ms']:>9.1f} {r['e2e_ratio']:>6.3f} "
-            f"{r.get('peak_mem_mb', float('nan')):>8.0f} {r.get('mem_ratio', float('nan')):>6.3f} "
-            f"{(speedup / r['e2e_ms'] if speedup else float('nan')):>10.2f}x"
+            f"{r['selection_ms']:>8.2f} {nan if added is None else added:>9.2f} {r['prefill_ms']:>9.1f} "
+            f"{r['ideal_prefill_ms']:>9.1f} {r['prefill_ratio']:>6.3f} {r['e2e_ms']:>9.1f} {r['ideal_e2e_ms']:>9.1f} "
+            f"{_interval(r['e2e_paired']):>28} {'-' if share is None else f'{share:.2%}':>11} "
+            f"{r.get('peak_mem_mb', nan):>8.0f} {r.get('mem_ratio', nan):>6.3f} "
+            f"{(speedup / r['e2e_ms'] if speedup else nan):>10.2f}x"
         )
+
+
+def print_verdicts(results: list[dict[str, Any]]) -> bool:
+    """One line per pruned row and target; False if a target was missed."""
+    print(f"\nTargets: end-to-end time and peak memory within {TARGET - 1:.0%} of the ideal")
+    missed = False
+    for r in results:
+        time, memory = r["verdict"]["time"], r["verdict"]["memory"]
+        if time.startswith("n/a"):
+            continue
+        missed |= "missed" in (time, memory)
+        added = f"; tokenprune's own work {r['added_ms']:.2f} ms = {r['added_share']:.2%} of the ideal"
+        print(
+            f"  {r['family']} {r['method']} keep={r['keep']}: time {time.upper()} "
+            f"(paired e2e / ideal {_interval(r['e2e_paired'])}{added}), memory {memory.upper()}"
+            + ("" if r.get("mem_ratio") is None else f" ({r['mem_ratio']:.3f})")
+        )
+    return not missed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,9 +465,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--direct-repeats", type=int, default=20, help="timed calls of tokenprune's own work alone (the added ms)"
+    )
+    parser.add_argument(
+        "--cache",
+        choices=("dynamic", "static"),
+        default="dynamic",
+        help="static: a static KV cache, and transformers compiles the decoding step on a GPU (CUDA graphs)",
+    )
+    parser.add_argument("--no-compile", action="store_true", help="with --cache static: decode without compiling")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the shared CI machines are noisy)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0 or args.direct_repeats < 1:
+        parser.error(
+            f"--repeats and --direct-repeats must be >= 1 and --warmup >= 0; got {args.repeats}, "
+            f"{args.direct_repeats} and {args.warmup}"
+        )
 
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -347,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown families {unknown}; choose from {', '.join(BUILDERS)}")
     keeps = [float(k) for k in args.keep.split(",")]
     methods = [m for m in args.methods.split(",") if m]
+    inside = [m for m in methods if tokenprune.create_method(m).prune_layer is not None]
+    if args.cache == "static" and inside:
+        parser.error(
+            f"--cache static cannot run {', '.join(inside)}: pruning inside the LM leaves layers with caches of "
+            f"different lengths, which a static cache cannot hold; use --cache dynamic for them"
+        )
 
     out = args.json or Path("benchmarks/results") / f"e2e-{args.device.type}-{args.size}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -363,8 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(measure(family, model, inputs, method, keep, args))
                 r = results[-1]
                 print(
-                    f"[e2e] {family} {method} keep={keep}: e2e {r['e2e_ms']:.1f} ms / ideal {r['ideal_e2e_ms']:.1f} ms "
-                    f"= {r['e2e_ratio']:.3f}, memory ratio {r.get('mem_ratio', float('nan')):.3f}",
+                    f"[e2e] {family} {method} keep={keep}: {r['e2e_ms']:.1f} ms, ideal {r['ideal_e2e_ms']:.1f} ms; "
+                    f"paired {_interval(r['e2e_paired'])}, memory ratio {r.get('mem_ratio', float('nan')):.3f}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -376,9 +534,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
 
     print_table(results)
+    met = print_verdicts(results)
     out.write_text(json.dumps({"metadata": meta, "results": results, "complete": True}, indent=2))
     print(f"\nwrote {out}", file=sys.stderr)
-    return 0
+    return 0 if met or not args.strict else 1
 
 
 if __name__ == "__main__":

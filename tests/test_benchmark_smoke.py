@@ -1,28 +1,44 @@
-"""Smoke test of benchmarks/selection.py: its --quick path on a tiny grid, in a few seconds."""
+"""Smoke tests of the benchmarks: selection.py's --quick path on a tiny grid, and e2e.py on one small
+family, in a few seconds each; and the statistics e2e.py's verdicts rest on."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "selection.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    path = BENCHMARKS / f"{name}.py"
+    if not path.exists():
+        pytest.skip(f"benchmarks/{name}.py is not in this checkout")
+    spec = importlib.util.spec_from_file_location(f"tokenprune_benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    if not BENCHMARK.exists():
-        pytest.skip("benchmarks/selection.py is not in this checkout")
-    spec = importlib.util.spec_from_file_location("tokenprune_benchmark_selection", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
+    module = _load("selection")
     yield module
-    sys.modules.pop(spec.name, None)
+    sys.modules.pop(module.__name__, None)
+
+
+@pytest.fixture(scope="module")
+def e2e():
+    module = _load("e2e")
+    yield module
+    sys.modules.pop(module.__name__, None)
 
 
 def test_quick_run_writes_expected_json(bench, tmp_path, capsys):
@@ -73,3 +89,87 @@ def test_baseline_matches_divprune(bench):
     # float32 inputs run too, and keep distinct tokens
     single = bench.divprune_loop_single(visual[0].float(), 9)
     assert single.unique().numel() == 9
+
+
+def test_e2e_run_writes_paired_ratios_added_time_and_verdicts(e2e, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    out = tmp_path / "e2e.json"
+    argv = ["--families", "llava", "--methods", "zspa,fastv", "--keep", "0.5", "--repeats", "2", "--warmup", "0"]
+    argv += ["--new-tokens", "2", "--direct-repeats", "2", "--json", str(out)]
+    try:
+        assert e2e.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    run = json.loads(out.read_text())
+    assert run["complete"] is True
+    meta = run["metadata"]
+    assert meta["cache"] == "dynamic" and meta["compiled_decoding"] is False and meta["target"] == 1.03
+    rows = {(r["method"], r["keep"]): r for r in run["results"]}
+    assert set(rows) == {("zspa", 0.5), ("fastv", 0.5)}
+    for (method, _keep), r in rows.items():
+        assert len(r["raw"]["e2e"]) == len(r["raw"]["i_e2e"]) == 2
+        paired = r["e2e_paired"]
+        ratios = [a / b for a, b in zip(r["raw"]["e2e"], r["raw"]["i_e2e"], strict=True)]
+        assert paired["n"] == 2 and paired["ratio"] == pytest.approx((ratios[0] * ratios[1]) ** 0.5)
+        assert paired["low"] <= paired["ratio"] <= paired["high"]
+        assert r["visual_tokens_kept"] == [288]
+        if method == "fastv":  # pruning inside the LM: no pre-LM work to time, and no ideal of its own
+            assert r["added_ms"] is None and r["verdict"]["time"].startswith("n/a")
+        else:
+            assert len(r["raw"]["added"]) == 2 and r["added_ms"] > 0
+            assert r["added_share"] == pytest.approx(r["added_ms"] / r["ideal_e2e_ms"])
+    unpruned = e2e.verdict({**rows[("zspa", 0.5)], "keep": 1.0}, inside_lm=False)
+    assert unpruned == {"time": "n/a (nothing pruned)", "memory": "n/a (nothing pruned)"}
+    assert rows[("zspa", 0.5)]["verdict"]["time"] in ("met", "missed", "not settled")
+    assert rows[("zspa", 0.5)]["verdict"]["memory"] in ("met", "missed")
+    stdout = capsys.readouterr().out
+    assert "paired e2e / ideal [95% CI]" in stdout
+    assert "llava zspa keep=0.5: time " in stdout and "llava fastv keep=0.5" not in stdout
+
+
+def test_paired_ratio_is_a_geometric_mean_with_a_t_interval(e2e):
+    from scipy import stats
+
+    values, ideal = [110.0, 99.0, 104.0, 120.0], [100.0, 100.0, 100.0, 100.0]
+    logs = [math.log(v / i) for v, i in zip(values, ideal, strict=True)]
+    mean, sd = sum(logs) / 4, statistics.stdev(logs)
+    half = stats.t.ppf(0.975, 3) * sd / 2
+    paired = e2e.paired_ratio(values, ideal)
+    assert paired["ratio"] == pytest.approx(math.exp(mean))
+    assert (paired["low"], paired["high"]) == pytest.approx((math.exp(mean - half), math.exp(mean + half)))
+    assert e2e.paired_ratio([5.0], [4.0]) == {"ratio": 1.25, "low": None, "high": None, "n": 1}
+    with pytest.raises(ValueError, match="need paired, non-empty times; got 2 and 1"):
+        e2e.paired_ratio([1.0, 2.0], [1.0])
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "verdict"),
+    [
+        (0.98, 1.02, "met"),
+        (1.0, 1.03, "met"),
+        (1.01, 1.05, "not settled"),
+        (1.031, 1.2, "missed"),
+        (None, None, "not settled"),
+    ],
+)
+def test_the_time_target_is_met_or_missed_only_when_the_interval_says_so(e2e, low, high, verdict):
+    assert e2e.time_verdict({"ratio": 1.0, "low": low, "high": high}) == verdict
+
+
+def test_e2e_with_a_static_cache(e2e, tmp_path, capsys):
+    """Both arms decode with a static cache, each sized for its own call; FastV cannot, and is refused."""
+    threads = torch.get_num_threads()
+    out = tmp_path / "e2e.json"
+    argv = ["--families", "llava", "--keep", "0.5", "--repeats", "1", "--warmup", "0", "--new-tokens", "2"]
+    try:
+        assert e2e.main([*argv, "--direct-repeats", "1", "--cache", "static", "--json", str(out)]) == 0
+        with pytest.raises(SystemExit) as refused:
+            e2e.main([*argv, "--methods", "zspa,fastv", "--cache", "static"])
+    finally:
+        torch.set_num_threads(threads)
+    run = json.loads(out.read_text())
+    assert run["metadata"]["cache"] == "static"
+    (row,) = run["results"]
+    assert row["e2e_paired"]["n"] == 1 and row["verdict"]["time"] == "not settled"
+    assert refused.value.code == 2
+    assert "--cache static cannot run fastv" in capsys.readouterr().err
