@@ -268,6 +268,15 @@ def time_verdict(ratio: dict[str, Any], target: float = TARGET) -> str:
     return "not settled"
 
 
+def make_selector(spec: str) -> tokenprune.Selector:
+    """A registered method by name; ``NAME+graph`` is ``tokenprune.graphed`` of it (CUDA graphs)."""
+    name, graph = (spec[: -len("+graph")], True) if spec.endswith("+graph") else (spec, False)
+    selector = tokenprune.create_method(name)
+    if graph and not selector.capturable:
+        raise ValueError(f"{name} cannot be captured in a CUDA graph, so {spec} does not exist")
+    return tokenprune.graphed(selector) if graph else selector
+
+
 def _encoded_adapter(model: Any, inputs: dict[str, Any], scores: str | None) -> Any:
     """An adapter of ``model`` whose ``encode_images`` returns the images of ``inputs``, encoded once."""
     adapter = get_adapter(model)
@@ -277,9 +286,10 @@ def _encoded_adapter(model: Any, inputs: dict[str, Any], scores: str | None) -> 
     return adapter
 
 
-def added_ms(model: Any, inputs: dict[str, Any], method: str, keep: float, repeats: int, meter: Meter) -> list[float]:
+def added_ms(
+    model: Any, inputs: dict[str, Any], selector: tokenprune.Selector, keep: float, repeats: int, meter: Meter
+) -> list[float]:
     """Times of tokenprune's own work before the LM (layout, selection, input rewrite), images pre-encoded."""
-    selector = tokenprune.create_method(method)
     source = selector.score_source if "scores" in selector.requires else None
     adapter = _encoded_adapter(model, inputs, source)
     times = []
@@ -292,6 +302,7 @@ def measure(
     family: str, model: Any, inputs: dict[str, Any], method: str, keep: float, args: argparse.Namespace
 ) -> dict[str, Any]:
     meter = Meter(args.device)
+    selector = make_selector(method)  # one object for every call, so a graphed one replays its graphs
     cache = {"cache_implementation": "static"} if args.cache == "static" else {}
     if args.cache == "static" and args.no_compile:
         cache["disable_compile"] = True
@@ -315,7 +326,7 @@ def measure(
         return call
 
     def pruned_arm() -> tuple[float, ...]:
-        with tokenprune.apply(model, method, budget=keep) as session:
+        with tokenprune.apply(model, selector, budget=keep) as session:
             pre, _ = meter.run(lambda: generate(inputs, first))
             selection = session.last.selection_ms
             e2e, mem = meter.run(lambda: generate(inputs, gen))
@@ -337,8 +348,8 @@ def measure(
         if repeat >= args.warmup:
             for key, value in zip(rows, (*pruned_times, *ideal_times), strict=True):
                 rows[key].append(value)
-    inside_lm = tokenprune.create_method(method).prune_layer is not None
-    added = None if inside_lm else added_ms(model, inputs, method, keep, args.direct_repeats, meter)
+    inside_lm = selector.prune_layer is not None
+    added = None if inside_lm else added_ms(model, inputs, selector, keep, args.direct_repeats, meter)
     result = {
         "family": family,
         "method": method,
@@ -414,7 +425,7 @@ def _interval(paired: dict[str, Any]) -> str:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (
-        f"{'family':<11} {'method':<9} {'keep':>5} {'K':>5} {'sel ms':>8} {'added ms':>9} {'prefill':>9} "
+        f"{'family':<11} {'method':<11} {'keep':>5} {'K':>5} {'sel ms':>8} {'added ms':>9} {'prefill':>9} "
         f"{'ideal':>9} {'ratio':>6} {'e2e ms':>9} {'ideal':>9} {'paired e2e / ideal [95% CI]':>28} "
         f"{'added/ideal':>11} {'mem MB':>8} {'ratio':>6} {'e2e vs 100%':>11}"
     )
@@ -426,7 +437,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         speedup = full.get((r["family"], r["method"]))
         added, share = r["added_ms"], r["added_share"]
         print(
-            f"{r['family']:<11} {r['method']:<9} {r['keep']:>5.2f} {r['visual_tokens_kept'][0]:>5} "
+            f"{r['family']:<11} {r['method']:<11} {r['keep']:>5.2f} {r['visual_tokens_kept'][0]:>5} "
             f"{r['selection_ms']:>8.2f} {nan if added is None else added:>9.2f} {r['prefill_ms']:>9.1f} "
             f"{r['ideal_prefill_ms']:>9.1f} {r['prefill_ratio']:>6.3f} {r['e2e_ms']:>9.1f} {r['ideal_e2e_ms']:>9.1f} "
             f"{_interval(r['e2e_paired']):>28} {'-' if share is None else f'{share:.2%}':>11} "
@@ -456,7 +467,9 @@ def print_verdicts(results: list[dict[str, Any]]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", default=",".join(BUILDERS))
-    parser.add_argument("--methods", default="zspa")
+    parser.add_argument(
+        "--methods", default="zspa", help="registered methods; NAME+graph: tokenprune.graphed(NAME), on CUDA"
+    )
     parser.add_argument("--keep", default="1.0,0.5,0.3,0.1")
     parser.add_argument("--size", choices=("small", "real"), default="small")
     parser.add_argument("--device", default="auto")
@@ -499,7 +512,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown families {unknown}; choose from {', '.join(BUILDERS)}")
     keeps = [float(k) for k in args.keep.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    inside = [m for m in methods if tokenprune.create_method(m).prune_layer is not None]
+    try:
+        inside = [m for m in methods if make_selector(m).prune_layer is not None]
+    except (ValueError, TypeError, LookupError) as error:
+        parser.error(f"--methods: {error}")
     if args.cache == "static" and inside:
         parser.error(
             f"--cache static cannot run {', '.join(inside)}: pruning inside the LM leaves layers with caches of "

@@ -173,3 +173,15 @@ def test_e2e_with_a_static_cache(e2e, tmp_path, capsys):
     assert row["e2e_paired"]["n"] == 1 and row["verdict"]["time"] == "not settled"
     assert refused.value.code == 2
     assert "--cache static cannot run fastv" in capsys.readouterr().err
+
+
+def test_e2e_method_specs(e2e, capsys):
+    import tokenprune
+
+    assert isinstance(e2e.make_selector("zspa+graph"), tokenprune.graphs.Graphed)
+    assert e2e.make_selector("divprune") == tokenprune.create_method("divprune")
+    with pytest.raises(ValueError, match=r"random cannot be captured in a CUDA graph, so random\+graph does not exist"):
+        e2e.make_selector("random+graph")
+    with pytest.raises(SystemExit) as refused:
+        e2e.main(["--methods", "zspa,nosuch", "--families", "llava"])
+    assert refused.value.code == 2 and "--methods: " in capsys.readouterr().err
