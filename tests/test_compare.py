@@ -2,6 +2,8 @@
 
 The model is ``tiny_llava`` with a real ``LlavaProcessor`` whose tokenizer gives every id a word, so that the
 predictions of different configurations differ visibly; the benchmark is ``scenes`` (generated offline).
+LLaVA-NeXT runs once too, with its real processor, on a local POPE copy. Qwen2.5-VL's processor needs
+torchvision for its video processor, which these CPU machines do not install.
 """
 
 import json
@@ -327,3 +329,44 @@ def test_torchrun_shards_the_samples_and_rank_0_merges(model_dir, baseline, tmp_
         (r["label"], r["keep"], r["score"], r["p_value_vs_none"]) for r in expected["results"]
     ]
     assert done.stdout.count("┃ method") == 2  # one main table and one family table, printed once (rank 0)
+
+
+def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_size(tmp_path):
+    """LLaVA-NeXT (anyres tiles, newline tokens) under the same harness: pre-LM, inside-LM and CLS-attention
+    methods, on a local POPE copy whose images all have different shapes, so rows of a batch hold different token
+    counts."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from tokenprune.testing.models import llava_next_image_tokens, tiny_llava_next, tiny_llava_next_processor
+
+    sizes = [(100, 40), (60, 90), (100, 100), (40, 100), (90, 60), (56, 56)]  # (width, height)
+    rows = {
+        "question_id": [str(i) for i in range(6)],
+        "question": ["Is there a cube in the image?"] * 6,
+        "answer": ["yes", "no"] * 3,
+        "image_source": [f"img{i}" for i in range(6)],
+        "image": [Image.new("RGB", size, (40 * i, 200 - 30 * i, 90)) for i, size in enumerate(sizes)],
+        "category": ["random"] * 6,
+    }
+    pope = tmp_path / "pope" / "data" / "test-00000-of-00001.parquet"
+    pope.parent.mkdir(parents=True)
+    datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).to_parquet(str(pope))
+    model = tiny_llava_next(seed=0)
+    model.save_pretrained(tmp_path / "model")
+    tiny_llava_next_processor(model, full_vocab=True).save_pretrained(tmp_path / "model")
+
+    run = {"methods": "zspa,fastv:layer=1,fastervlm", "keeps": (0.25,), "seed": 0, "model": tmp_path / "model"}
+    run["benchmarks"] = [("pope", str(tmp_path / "pope"))]
+    batched = run_comparison(**run, batch_size=3, output=None)
+    one = run_comparison(**run, batch_size=1, output=None)
+    assert _predictions(one) == _predictions(batched)
+    assert batched.computed == 6 * 4
+    (bench,) = batched.benchmarks
+    none, *pruned = batched.configs
+    tokens = [llava_next_image_tokens(model, height, width)[0] for width, height in sizes]  # newlines included
+    assert [r["visual_before"] for r in batched.records_for(none, bench)] == tokens
+    assert len(set(tokens)) == 6  # every image its own token count
+    for config in pruned:
+        for n, record in zip(tokens, batched.records_for(config, bench), strict=True):
+            assert record["visual_before"] == n and 0 < record["visual_after"] < n, (config, record)

@@ -27,14 +27,12 @@ from tokenprune.evaluation.visualize import (
 )
 from tokenprune.integrations import question_tokens
 from tokenprune.testing.models import (
-    LLAVA_CHAT_TEMPLATE,
-    LLAVA_NEXT_PINPOINTS,
     tiny_llava,
     tiny_llava_next,
+    tiny_llava_next_processor,
     tiny_llava_processor,
     tiny_qwen2_5_vl,
     tiny_qwen2_5_vl_inputs,
-    tiny_tokenizer,
 )
 
 Image = pytest.importorskip("PIL.Image")
@@ -52,27 +50,6 @@ def gradient(width: int, height: int) -> Image.Image:
 
 def centres(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-
-
-def llava_next_processor(model):
-    from transformers import LlavaNextProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-    tile = model.config.vision_config.image_size
-    images = LlavaNextImageProcessorPil(
-        size={"shortest_edge": tile},
-        crop_size={"height": tile, "width": tile},
-        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
-    )
-    tokenizer = tiny_tokenizer()
-    return LlavaNextProcessor(
-        image_processor=images,
-        tokenizer=tokenizer,
-        patch_size=model.config.vision_config.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS, which "default" drops
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +121,7 @@ def test_qwen_boxes_follow_image_grid_thw_in_raster_order():
 
 def test_llava_next_has_a_base_view_and_an_anyres_view_without_newlines():
     model = tiny_llava_next()
-    processor = llava_next_processor(model)
+    processor = tiny_llava_next_processor(model)
     width, height = 100, 60
     inputs = processor(images=[gradient(width, height)], text=["USER: <image>\nwhat ASSISTANT:"], return_tensors="pt")
     num_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())

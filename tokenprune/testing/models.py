@@ -282,7 +282,13 @@ def tiny_qwen2_5_vl_inputs(
 
 # LLaVA-NeXT: anyres tiles of 56 px (4 x 4 patches of 14 px); the grid pinpoints allow 1x2, 2x1 and 2x2 tiles.
 LLAVA_NEXT_PINPOINTS = [[56, 112], [112, 56], [112, 112]]
-__all__ += ["LLAVA_NEXT_PINPOINTS", "llava_next_image_tokens", "tiny_llava_next", "tiny_llava_next_inputs"]
+__all__ += [
+    "LLAVA_NEXT_PINPOINTS",
+    "llava_next_image_tokens",
+    "tiny_llava_next",
+    "tiny_llava_next_inputs",
+    "tiny_llava_next_processor",
+]
 
 
 def tiny_llava_next(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
@@ -309,6 +315,33 @@ def tiny_llava_next(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
     model = LlavaNextForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = 0
     return model
+
+
+def tiny_llava_next_processor(model: Any, *, full_vocab: bool = False) -> Any:
+    """A real ``LlavaNextProcessor`` for :func:`tiny_llava_next`: the PIL anyres image processor (56 px tiles,
+    :data:`LLAVA_NEXT_PINPOINTS`) and :func:`tiny_tokenizer`, left padding.
+
+    Needs Pillow (no torchvision). ``full_vocab``: every id of the model's vocabulary decodes to a word.
+    """
+    from transformers import LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tile = model.config.vision_config.image_size
+    images = LlavaNextImageProcessorPil(
+        size={"shortest_edge": tile},
+        crop_size={"height": tile, "width": tile},
+        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+    )
+    tokenizer = tiny_tokenizer(model.config.text_config.vocab_size if full_vocab else None)
+    tokenizer.padding_side = "left"
+    return LlavaNextProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=model.config.vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS, which "default" drops
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
 
 
 def llava_next_image_tokens(model: Any, height: int, width: int) -> tuple[int, int]:
