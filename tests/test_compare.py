@@ -331,42 +331,78 @@ def test_torchrun_shards_the_samples_and_rank_0_merges(model_dir, baseline, tmp_
     assert done.stdout.count("┃ method") == 2  # one main table and one family table, printed once (rank 0)
 
 
-def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_size(tmp_path):
-    """LLaVA-NeXT (anyres tiles, newline tokens) under the same harness: pre-LM, inside-LM and CLS-attention
-    methods, on a local POPE copy whose images all have different shapes, so rows of a batch hold different token
-    counts."""
+SIZES = [(100, 40), (60, 90), (100, 100), (40, 100), (90, 60), (56, 56)]  # (width, height) of the POPE images
+
+
+@pytest.fixture(scope="module")
+def pope_shapes(tmp_path_factory):
+    """A local POPE copy (the hub's parquet layout) of six images, each of its own shape."""
     datasets = pytest.importorskip("datasets")
     from PIL import Image
 
-    from tokenprune.testing.models import llava_next_image_tokens, tiny_llava_next, tiny_llava_next_processor
-
-    sizes = [(100, 40), (60, 90), (100, 100), (40, 100), (90, 60), (56, 56)]  # (width, height)
     rows = {
         "question_id": [str(i) for i in range(6)],
         "question": ["Is there a cube in the image?"] * 6,
         "answer": ["yes", "no"] * 3,
         "image_source": [f"img{i}" for i in range(6)],
-        "image": [Image.new("RGB", size, (40 * i, 200 - 30 * i, 90)) for i, size in enumerate(sizes)],
+        "image": [Image.new("RGB", size, (40 * i, 200 - 30 * i, 90)) for i, size in enumerate(SIZES)],
         "category": ["random"] * 6,
     }
-    pope = tmp_path / "pope" / "data" / "test-00000-of-00001.parquet"
-    pope.parent.mkdir(parents=True)
-    datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).to_parquet(str(pope))
+    root = tmp_path_factory.mktemp("pope")
+    parquet = root / "data" / "test-00000-of-00001.parquet"
+    parquet.parent.mkdir(parents=True)
+    datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).to_parquet(str(parquet))
+    return str(root)
+
+
+def _check_family_run(batched, one, tokens):
+    """Batched == one at a time; rows of a batch with different token counts; every method kept some, not all."""
+    assert _predictions(one) == _predictions(batched)
+    assert batched.computed == 6 * len(batched.configs)
+    (bench,) = batched.benchmarks
+    none, *pruned = batched.configs
+    assert [r["visual_before"] for r in batched.records_for(none, bench)] == tokens
+    assert len(set(tokens[:3])) == 3  # the first batch of three: three different counts
+    for config in pruned:
+        for n, record in zip(tokens, batched.records_for(config, bench), strict=True):
+            assert record["visual_before"] == n and 0 < record["visual_after"] < n, (config, record)
+
+
+def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_size(tmp_path, pope_shapes):
+    """LLaVA-NeXT (anyres tiles, newline tokens) under the same harness: pre-LM, inside-LM and CLS-attention
+    methods, with its real processor, on images of six shapes, so rows of a batch hold different counts."""
+    from tokenprune.testing.models import llava_next_image_tokens, tiny_llava_next, tiny_llava_next_processor
+
     model = tiny_llava_next(seed=0)
     model.save_pretrained(tmp_path / "model")
     tiny_llava_next_processor(model, full_vocab=True).save_pretrained(tmp_path / "model")
 
     run = {"methods": "zspa,fastv:layer=1,fastervlm", "keeps": (0.25,), "seed": 0, "model": tmp_path / "model"}
-    run["benchmarks"] = [("pope", str(tmp_path / "pope"))]
+    run["benchmarks"] = [("pope", pope_shapes)]
     batched = run_comparison(**run, batch_size=3, output=None)
     one = run_comparison(**run, batch_size=1, output=None)
-    assert _predictions(one) == _predictions(batched)
-    assert batched.computed == 6 * 4
-    (bench,) = batched.benchmarks
-    none, *pruned = batched.configs
-    tokens = [llava_next_image_tokens(model, height, width)[0] for width, height in sizes]  # newlines included
-    assert [r["visual_before"] for r in batched.records_for(none, bench)] == tokens
-    assert len(set(tokens)) == 6  # every image its own token count
-    for config in pruned:
-        for n, record in zip(tokens, batched.records_for(config, bench), strict=True):
-            assert record["visual_before"] == n and 0 < record["visual_after"] < n, (config, record)
+    tokens = [llava_next_image_tokens(model, height, width)[0] for width, height in SIZES]  # newlines included
+    _check_family_run(batched, one, tokens)
+
+
+def test_qwen2_5_vl_runs_under_the_same_harness_and_does_not_depend_on_the_batch_size(
+    tmp_path, pope_shapes, monkeypatch
+):
+    """Qwen2.5-VL (dynamic resolution, 3-D M-RoPE) with its real processor's chat template and image
+    processor, on images of six shapes. The processor has no video processor (that needs torchvision), so
+    ``AutoProcessor`` cannot load it: the runner is handed the model and processor objects."""
+    from tokenprune.evaluation import runner
+    from tokenprune.testing.models import tiny_qwen2_5_vl, tiny_qwen2_5_vl_processor
+
+    model = tiny_qwen2_5_vl(seed=0)
+    processor = tiny_qwen2_5_vl_processor(model, full_vocab=True)
+    model.save_pretrained(tmp_path)  # the runner reads the config and fingerprints the directory
+    monkeypatch.setattr(runner, "load_model", lambda model_id, device: (model, processor))
+    run = {"methods": "zspa,divprune,fastv:layer=1", "keeps": (0.25,), "seed": 0, "model": tmp_path}
+    run["benchmarks"] = [("pope", pope_shapes)]
+    batched = run_comparison(**run, batch_size=3, output=None)
+    one = run_comparison(**run, batch_size=1, output=None)
+    from PIL import Image
+
+    grids = processor.image_processor(images=[Image.new("RGB", size) for size in SIZES])["image_grid_thw"]
+    _check_family_run(batched, one, [int(grid.prod()) // 4 for grid in grids])

@@ -182,7 +182,31 @@ def tiny_llava_inputs(
 
 # Qwen2.5-VL: the image placeholder is IMAGE_TOKEN; these mark the other vision tokens of its tiny vocabulary.
 QWEN_VIDEO_TOKEN, QWEN_VISION_START, QWEN_VISION_END = 101, 102, 103
-__all__ += ["QWEN_VIDEO_TOKEN", "QWEN_VISION_END", "QWEN_VISION_START", "tiny_qwen2_5_vl", "tiny_qwen2_5_vl_inputs"]
+__all__ += [
+    "QWEN_CHAT_TEMPLATE",
+    "QWEN_VIDEO_TOKEN",
+    "QWEN_VISION_END",
+    "QWEN_VISION_START",
+    "tiny_qwen2_5_vl",
+    "tiny_qwen2_5_vl_inputs",
+    "tiny_qwen2_5_vl_processor",
+]
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""Qwen2.5-VL's chat template without its system turn: ``<|im_start|>user\n<|vision_start|><|image_pad|>...``."""
+_QWEN_SPECIAL = {
+    "<|image_pad|>": IMAGE_TOKEN,
+    "<|video_pad|>": QWEN_VIDEO_TOKEN,
+    "<|vision_start|>": QWEN_VISION_START,
+    "<|vision_end|>": QWEN_VISION_END,
+}
+_QWEN_WORDS = ["<|im_start|>", "<|im_end|>", "user", "assistant"]
 
 
 def tiny_qwen2_5_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
@@ -236,6 +260,41 @@ def tiny_qwen2_5_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = 0
     return model
+
+
+def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
+    """A real ``Qwen2_5_VLProcessor`` for :func:`tiny_qwen2_5_vl`, for images only, left padding.
+
+    The PIL image processor (dynamic resolution, 14 px patches merged 2 x 2, at most 64 merged tokens per
+    image) and a word-level tokenizer with Qwen's special tokens and :data:`QWEN_CHAT_TEMPLATE`. It has no
+    video processor: transformers' needs torchvision, which CPU machines here do not install. So
+    ``AutoProcessor.from_pretrained`` cannot load it back; use the object itself. ``full_vocab``: every id
+    of the model's vocabulary decodes to a word.
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    class ImagesOnly(Qwen2_5_VLProcessor):
+        def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
+            if attribute_name == "video_processor" and arg is None:
+                return None
+            return super().check_argument_for_proper_class(attribute_name, arg)
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **_QWEN_SPECIAL}
+    vocab.update({word: i + 10 for i, word in enumerate([*_WORDS, *_QWEN_WORDS])})
+    used = set(vocab.values())
+    vocab.update({f"t{i}": i for i in range(model.config.text_config.vocab_size if full_vocab else 0) if i not in used})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"<\|[a-z_]+\|>|\n| |[:?]"), behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [*_QWEN_SPECIAL, *_QWEN_WORDS[:2]]})
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.padding_side = "left"
+    images = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+    return ImagesOnly(image_processor=images, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
 
 
 def tiny_qwen2_5_vl_inputs(
