@@ -210,3 +210,11 @@ def test_pre_encoded_images_are_refused_not_passed_on_unpruned(model, inputs):
             model(**encoded)
     assert session.stats == []
     assert model.generate(**encoded, **GEN).shape[1] == inputs["input_ids"].shape[1] + GEN["max_new_tokens"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_adapter_contract_on_cuda():
+    """The whole contract with the model and inputs on the GPU: the route a deployment takes."""
+    model = tiny_llava(seed=0).cuda()
+    inputs = {key: value.cuda() for key, value in tiny_llava_inputs(model, PROMPTS).items()}
+    assert_adapter_contract(model, inputs, generate_kwargs=GEN)

@@ -263,3 +263,11 @@ def test_video_inputs_are_refused_clearly(model, inputs):
     ):
         model.generate(**video, **GEN)
     assert session.stats == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_adapter_contract_on_cuda():
+    """The whole contract on the GPU, positions included (budget 1.0 gives the stock tokens)."""
+    model = tiny_qwen2_5_vl(seed=1).cuda()
+    inputs = {key: value.cuda() for key, value in tiny_qwen2_5_vl_inputs(model, PROMPTS, GRIDS).items()}
+    assert_adapter_contract(model, inputs, generate_kwargs=GEN)
