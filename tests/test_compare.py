@@ -2,11 +2,13 @@
 
 The model is ``tiny_llava`` with a real ``LlavaProcessor`` whose tokenizer gives every id a word, so that the
 predictions of different configurations differ visibly; the benchmark is ``scenes`` (generated offline).
-LLaVA-NeXT runs once too, with its real processor, on a local POPE copy. Qwen2.5-VL's processor needs
-torchvision for its video processor, which these CPU machines do not install.
+LLaVA-NeXT and Qwen2.5-VL run once too, with their real processors, on a local POPE copy. Qwen2.5-VL's
+loads for images only: its video processor needs torchvision, which these CPU machines do not install.
 """
 
+import importlib.util
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -385,24 +387,48 @@ def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_s
     _check_family_run(batched, one, tokens)
 
 
-def test_qwen2_5_vl_runs_under_the_same_harness_and_does_not_depend_on_the_batch_size(
-    tmp_path, pope_shapes, monkeypatch
-):
+def test_qwen2_5_vl_runs_under_the_same_harness_and_batch_size_changes_nothing(tmp_path, pope_shapes):
     """Qwen2.5-VL (dynamic resolution, 3-D M-RoPE) with its real processor's chat template and image
-    processor, on images of six shapes. The processor has no video processor (that needs torchvision), so
-    ``AutoProcessor`` cannot load it: the runner is handed the model and processor objects."""
-    from tokenprune.evaluation import runner
+    processor, on images of six shapes. The checkpoint names a video processor, which needs torchvision;
+    without it the processor loads for images only, with a warning."""
+    from PIL import Image
+
     from tokenprune.testing.models import tiny_qwen2_5_vl, tiny_qwen2_5_vl_processor
 
     model = tiny_qwen2_5_vl(seed=0)
     processor = tiny_qwen2_5_vl_processor(model, full_vocab=True)
-    model.save_pretrained(tmp_path)  # the runner reads the config and fingerprints the directory
-    monkeypatch.setattr(runner, "load_model", lambda model_id, device: (model, processor))
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    video = {"video_processor_type": "Qwen2VLVideoProcessor", "processor_class": "Qwen2_5_VLProcessor"}
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(video))  # as the hub's checkpoints have
     run = {"methods": "zspa,divprune,fastv:layer=1", "keeps": (0.25,), "seed": 0, "model": tmp_path}
     run["benchmarks"] = [("pope", pope_shapes)]
-    batched = run_comparison(**run, batch_size=3, output=None)
-    one = run_comparison(**run, batch_size=1, output=None)
-    from PIL import Image
-
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batched = run_comparison(**run, batch_size=3, output=None)
+        one = run_comparison(**run, batch_size=1, output=None)
+    if importlib.util.find_spec("torchvision") is None:
+        assert any("for images only" in str(w.message) for w in caught if w.category is RuntimeWarning)
     grids = processor.image_processor(images=[Image.new("RGB", size) for size in SIZES])["image_grid_thw"]
     _check_family_run(batched, one, [int(grid.prod()) // 4 for grid in grids])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="the video processor loads")
+def test_a_processor_whose_video_part_cannot_load_loads_for_images_only(tmp_path):
+    from tokenprune.evaluation.runner import load_processor
+    from tokenprune.testing.models import tiny_qwen2_5_vl, tiny_qwen2_5_vl_processor, tiny_tokenizer
+
+    model = tiny_qwen2_5_vl(seed=0)
+    model.save_pretrained(tmp_path / "qwen")
+    tiny_qwen2_5_vl_processor(model).save_pretrained(tmp_path / "qwen")
+    with pytest.warns(RuntimeWarning, match=r"video processor did not load .* Qwen2_5_VLProcessor for images only"):
+        processor = load_processor(str(tmp_path / "qwen"))
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor" and not hasattr(processor, "video_processor")
+    assert processor.image_token_id == model.config.image_token_id and processor.chat_template
+
+    # a failure that is not the video processor's is the caller's error, as transformers raised it
+    llava = tiny_llava(seed=0)
+    llava.save_pretrained(tmp_path / "llava")
+    tiny_tokenizer().save_pretrained(tmp_path / "llava")  # a tokenizer, no image processor
+    with pytest.raises(OSError, match=r"image processor|preprocessor_config"):
+        load_processor(str(tmp_path / "llava"))

@@ -55,6 +55,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,7 @@ __all__ = [
     "default_model_path",
     "default_output_dir",
     "load_model",
+    "load_processor",
     "max_new_tokens_for",
     "read_records",
     "run_comparison",
@@ -308,14 +310,66 @@ def _resolve_device(device: str | torch.device, local_rank: int) -> torch.device
     return resolved
 
 
+def load_processor(model: str) -> Any:
+    """The checkpoint's processor (``AutoProcessor``), or, where only its video processor fails to load,
+    the same processor class for images only, with a warning.
+
+    Qwen2.5-VL's processor includes a video processor, and transformers' video processors need torchvision,
+    which a CPU-only machine may not have (its CPU build can break transformers' imports). Images do not
+    need it: the image processor has a PIL backend.
+    """
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(model)
+    except (ImportError, OSError, ValueError) as error:
+        cls = _processor_class(model)
+        if cls is None or "video_processor" not in cls.get_attributes():
+            raise
+
+        class ImagesOnly(cls):  # the checkpoint's processor class, without its video processor
+            @classmethod
+            def get_attributes(cls) -> list[str]:
+                return [name for name in super().get_attributes() if name != "video_processor"]
+
+        ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__  # what save_pretrained writes
+        try:
+            processor = ImagesOnly.from_pretrained(model)
+        except Exception:
+            raise error from None
+        reason = " ".join(str(error).split())
+        warnings.warn(
+            f"{model}: the processor's video processor did not load ({type(error).__name__}: {reason[:200]}); "
+            f"using {cls.__name__} for images only (videos are not supported)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return processor
+
+
+def _processor_class(model: str) -> Any:
+    """The processor class transformers maps the checkpoint's model type to, or None."""
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    try:
+        model_type = AutoConfig.from_pretrained(model).model_type
+    except (OSError, ValueError):
+        return None
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    return getattr(transformers, name, None) if isinstance(name, str) else None
+
+
 def load_model(model: str, device: torch.device) -> tuple[Any, Any]:
     """``(model, processor)`` from a local directory or hub id through ``from_pretrained``.
 
     float32 on CPU; the checkpoint's own dtype elsewhere. The tokenizer pads on the left (generation).
+    The processor comes from :func:`load_processor`.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
-    processor = AutoProcessor.from_pretrained(model)
+    processor = load_processor(model)
     dtype = torch.float32 if device.type == "cpu" else "auto"
     vlm = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval()
     tokenizer = getattr(processor, "tokenizer", None)

@@ -267,19 +267,21 @@ def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
 
     The PIL image processor (dynamic resolution, 14 px patches merged 2 x 2, at most 64 merged tokens per
     image) and a word-level tokenizer with Qwen's special tokens and :data:`QWEN_CHAT_TEMPLATE`. It has no
-    video processor: transformers' needs torchvision, which CPU machines here do not install. So
-    ``AutoProcessor.from_pretrained`` cannot load it back; use the object itself. ``full_vocab``: every id
-    of the model's vocabulary decodes to a word.
+    video processor: transformers' needs torchvision, which CPU machines here do not install. Saved with
+    ``save_pretrained``, it reads as a ``Qwen2_5_VLProcessor`` checkpoint, which ``AutoProcessor`` cannot load
+    without its video processor; :func:`tokenprune.evaluation.runner.load_processor` can. ``full_vocab``:
+    every id of the model's vocabulary decodes to a word.
     """
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     class ImagesOnly(Qwen2_5_VLProcessor):
-        def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
-            if attribute_name == "video_processor" and arg is None:
-                return None
-            return super().check_argument_for_proper_class(attribute_name, arg)
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return [name for name in super().get_attributes() if name != "video_processor"]
+
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = Qwen2_5_VLProcessor.__name__  # saved as a real checkpoint is
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **_QWEN_SPECIAL}
     vocab.update({word: i + 10 for i, word in enumerate([*_WORDS, *_QWEN_WORDS])})
