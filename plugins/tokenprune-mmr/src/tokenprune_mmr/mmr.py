@@ -39,7 +39,9 @@ def select_mmr(
     lam: float,
     norms: Tensor | None = None,
 ) -> Tensor:
-    """Greedy MMR: add ``add[b]`` tokens to row ``b``, one mat-vec per step for the whole batch.
+    """Greedy MMR: add ``add[b]`` tokens to row ``b``, one mat-vec per row and step.
+
+    On a GPU every step runs for the whole batch at once; on CPU the rows run one after the other.
 
     Each step picks, in every row that still needs tokens, the available token maximising
     ``lam * relevance - (1 - lam) * (max cosine to the tokens selected so far)``; a row with nothing
@@ -69,6 +71,25 @@ def select_mmr(
         >>> select_mmr(v, rel, none, every, [0], [2], lam=1.0).nonzero()[:, 1]  # relevance alone
         tensor([0, 1])
     """
+    if visual.device.type == "cpu" and visual.shape[0] > 1:
+        # row by row on CPU: a row's tokens then stay in cache from one step to the next, where a batched
+        # step reads every row's tokens each time (up to 1.7x slower per image at B = 8, D = 4096)
+        rows = [slice(b, b + 1) for b in range(visual.shape[0])]
+        return torch.cat(
+            [
+                select_mmr(
+                    visual[row],
+                    relevance[row],
+                    selected[row],
+                    available[row],
+                    seed_counts[row],
+                    add[row],
+                    lam=lam,
+                    norms=None if norms is None else norms[row],
+                )
+                for row in rows
+            ]
+        )
     new = torch.zeros_like(selected)
     steps = max(add, default=0)
     if steps == 0:
