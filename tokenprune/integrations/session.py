@@ -243,6 +243,8 @@ def apply(
 
     Inside, ``model.generate(**inputs)`` and ``model(**inputs)`` run with each image's visual tokens
     selected by ``method`` before the language model; outside, the model behaves exactly as before.
+    ``generate`` may use a static cache (``cache_implementation="static"``, which transformers compiles
+    on a GPU) with every method that prunes before the language model; FastV needs the default cache.
 
     Args:
         model: a supported transformers VLM (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL) or one a plugin adapts.
