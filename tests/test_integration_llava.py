@@ -218,3 +218,12 @@ def test_the_adapter_contract_on_cuda():
     model = tiny_llava(seed=0).cuda()
     inputs = {key: value.cuda() for key, value in tiny_llava_inputs(model, PROMPTS).items()}
     assert_adapter_contract(model, inputs, generate_kwargs=GEN)
+
+
+def test_a_chunked_prefill_gives_the_same_tokens(model, inputs):
+    """``prefill_chunk_size``: the pruned sequence reaches the LM in several forward calls, all already pruned."""
+    with tokenprune.apply(model, "zspa", budget=0.5) as session:
+        whole = model.generate(**inputs, **GEN)
+        chunked = model.generate(**inputs, **GEN, prefill_chunk_size=4)
+    assert torch.equal(chunked, whole)
+    assert [s.visual_after for s in session.stats] == [[8, 8], [8, 8]]

@@ -271,3 +271,11 @@ def test_the_adapter_contract_on_cuda():
     model = tiny_qwen2_5_vl(seed=1).cuda()
     inputs = {key: value.cuda() for key, value in tiny_qwen2_5_vl_inputs(model, PROMPTS, GRIDS).items()}
     assert_adapter_contract(model, inputs, generate_kwargs=GEN)
+
+
+def test_a_chunked_prefill_gives_the_same_tokens_and_positions(model, inputs):
+    """``prefill_chunk_size``: the pruned sequence, with its original M-RoPE positions, in several chunks."""
+    with tokenprune.apply(model, "zspa", budget=0.5):
+        whole = model.generate(**inputs, **GEN)
+        chunked = model.generate(**inputs, **GEN, prefill_chunk_size=4)
+    assert torch.equal(chunked, whole)

@@ -110,9 +110,10 @@ class PruningSession:
         self.stats: list[PruneStats] = []
         self._saved: dict[str, Any] = {}
         self._prefill_ms: float | None = None  # set by the forward wrapper at each prefill
-        # True from the start of a pruned generate until its first forward, the prefill. The forward
-        # wrapper tells prefill from decoding by this flag, not by reading the cache: a static cache keeps
-        # its length on the device, and reading it would sync every decoding step and break torch.compile.
+        # While a pruned generate runs, its forward calls are already pruned; the first is the prefill. The
+        # forward wrapper knows both from these flags, not by reading the cache: a static cache keeps its
+        # length on the device, and reading it would sync every decoding step and break torch.compile.
+        self._generating = False
         self._prefill_pending = False
 
     @property
@@ -149,11 +150,11 @@ class PruningSession:
         inside_lm = self.selector.prune_layer is not None
 
         def pruned_generate(**kwargs: Any) -> Any:  # the prefill is the first forward it makes
-            self._prefill_pending = True
+            self._generating = self._prefill_pending = True
             try:
                 return stock_generate(**kwargs)
             finally:
-                self._prefill_pending = False
+                self._generating = self._prefill_pending = False
 
         @functools.wraps(stock_generate)
         def generate(*args: Any, **kwargs: Any) -> Any:
@@ -179,10 +180,12 @@ class PruningSession:
         @functools.wraps(stock_forward)
         def forward(*args: Any, **kwargs: Any) -> Any:
             kwargs = _positional(args, kwargs)
-            if self._prefill_pending:  # the prefill inside our own generate call: already pruned
+            if self._generating:  # inside our own generate: the call is already pruned
+                if not self._prefill_pending:  # a decoding step (or a later chunk of a chunked prefill)
+                    return stock_forward(**kwargs)
                 self._prefill_pending = False
                 return self._timed_prefill(lambda: stock_forward(**kwargs))
-            if not _has_images(self.adapter, kwargs):  # e.g. a decoding step: nothing to read, nothing to do
+            if not _has_images(self.adapter, kwargs):  # text only, or the caller's own decoding steps
                 _refuse_encoded_images(kwargs)
                 return stock_forward(**kwargs)
             if not _is_prefill(kwargs):
