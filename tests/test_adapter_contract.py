@@ -95,15 +95,15 @@ def test_the_check_catches_a_read_per_decoding_step(adapted, monkeypatch):
     from tokenprune.integrations import session
 
     model, inputs = adapted(PluginLlavaAdapter)
-    has_images = session._has_images
+    positional = session._positional  # the first thing every wrapped call does
 
-    def reads_the_cache(adapter, kwargs):
+    def reads_the_cache(args, kwargs):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None:
             bool(cache.get_seq_length() == 0)  # a device read on a static cache, as a naive prefill test makes
-        return has_images(adapter, kwargs)
+        return positional(args, kwargs)
 
-    monkeypatch.setattr(session, "_has_images", reads_the_cache)
+    monkeypatch.setattr(session, "_positional", reads_the_cache)
     message = r"with a static cache the code outside transformers read the device \d+ times"
     with pytest.raises(AssertionError, match=message):
         assert_adapter_contract(model, inputs, methods=("zspa",))
