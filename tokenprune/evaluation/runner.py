@@ -79,6 +79,7 @@ __all__ = [
     "check_in_model",
     "default_model_path",
     "default_output_dir",
+    "images_only",
     "load_model",
     "load_processor",
     "max_new_tokens_for",
@@ -326,15 +327,8 @@ def load_processor(model: str) -> Any:
         cls = _processor_class(model)
         if cls is None or "video_processor" not in cls.get_attributes():
             raise
-
-        class ImagesOnly(cls):  # the checkpoint's processor class, without its video processor
-            @classmethod
-            def get_attributes(cls) -> list[str]:
-                return [name for name in super().get_attributes() if name != "video_processor"]
-
-        ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__  # what save_pretrained writes
         try:
-            processor = ImagesOnly.from_pretrained(model)
+            processor = images_only(cls).from_pretrained(model)
         except Exception:
             raise error from None
         reason = " ".join(str(error).split())
@@ -345,6 +339,22 @@ def load_processor(model: str) -> Any:
             stacklevel=2,
         )
         return processor
+
+
+def images_only(processor_class: type) -> type:
+    """``processor_class`` (a transformers processor class) without its video processor.
+
+    The subclass keeps the class's name, which ``save_pretrained`` writes, so what it saves reads as a
+    checkpoint of the original class.
+    """
+
+    class ImagesOnly(processor_class):
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return [name for name in super().get_attributes() if name != "video_processor"]
+
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = processor_class.__name__
+    return ImagesOnly
 
 
 def _processor_class(model: str) -> Any:

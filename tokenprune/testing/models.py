@@ -276,12 +276,7 @@ def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
     from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    class ImagesOnly(Qwen2_5_VLProcessor):
-        @classmethod
-        def get_attributes(cls) -> list[str]:
-            return [name for name in super().get_attributes() if name != "video_processor"]
-
-    ImagesOnly.__name__ = ImagesOnly.__qualname__ = Qwen2_5_VLProcessor.__name__  # saved as a real checkpoint is
+    from tokenprune.evaluation.runner import images_only
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **_QWEN_SPECIAL}
     vocab.update({word: i + 10 for i, word in enumerate([*_WORDS, *_QWEN_WORDS])})
@@ -296,7 +291,9 @@ def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     tokenizer.padding_side = "left"
     images = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
-    return ImagesOnly(image_processor=images, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+    return images_only(Qwen2_5_VLProcessor)(
+        image_processor=images, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
+    )
 
 
 def tiny_qwen2_5_vl_inputs(
