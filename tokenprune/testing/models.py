@@ -43,20 +43,28 @@ def tiny_tokenizer(vocab_size: int | None = None) -> Any:
     few words from 10 on. ``vocab_size``: also give every other id below it a word (``t<id>``), so that
     whatever a tiny model generates decodes to visible text.
     """
+    words = {"<image>": IMAGE_TOKEN, **{word: i + 10 for i, word in enumerate(_WORDS)}}
+    return _word_tokenizer(words, ["<image>"], r"<image>|\n| |[:?]", LLAVA_CHAT_TEMPLATE, vocab_size)
+
+
+def _word_tokenizer(
+    words: dict[str, int], special: list[str], split: str, template: str, vocab_size: int | None
+) -> Any:
+    """Word-level: PAD 0, BOS 1, EOS 2, UNK 3, ``words`` at their ids (``special`` among them marked
+    special), and ``t<id>`` for every other id below ``vocab_size``; text is split by the regex ``split``."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<image>": IMAGE_TOKEN}
-    vocab.update({word: i + 10 for i, word in enumerate(_WORDS)})
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **words}
     used = set(vocab.values())
     vocab.update({f"t{i}": i for i in range(vocab_size or 0) if i not in used})
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"<image>|\n| |[:?]"), behavior="isolated")
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(split), behavior="isolated")
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
+    tokenizer.add_special_tokens({"additional_special_tokens": special})
+    tokenizer.chat_template = template
     return tokenizer
 
 
@@ -272,23 +280,15 @@ def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
     without its video processor; :func:`tokenprune.evaluation.runner.load_processor` can. ``full_vocab``:
     every id of the model's vocabulary decodes to a word.
     """
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor
+    from transformers import Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from tokenprune.evaluation.runner import images_only
 
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **_QWEN_SPECIAL}
-    vocab.update({word: i + 10 for i, word in enumerate([*_WORDS, *_QWEN_WORDS])})
-    used = set(vocab.values())
-    vocab.update({f"t{i}": i for i in range(model.config.text_config.vocab_size if full_vocab else 0) if i not in used})
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"<\|[a-z_]+\|>|\n| |[:?]"), behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": [*_QWEN_SPECIAL, *_QWEN_WORDS[:2]]})
-    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    words = {**_QWEN_SPECIAL, **{word: i + 10 for i, word in enumerate([*_WORDS, *_QWEN_WORDS])}}
+    special = [*_QWEN_SPECIAL, *_QWEN_WORDS[:2]]
+    vocab_size = model.config.text_config.vocab_size if full_vocab else None
+    tokenizer = _word_tokenizer(words, special, r"<\|[a-z_]+\|>|\n| |[:?]", QWEN_CHAT_TEMPLATE, vocab_size)
     tokenizer.padding_side = "left"
     images = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
     return images_only(Qwen2_5_VLProcessor)(
