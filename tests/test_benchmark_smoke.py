@@ -185,3 +185,24 @@ def test_e2e_method_specs(e2e, capsys):
     with pytest.raises(SystemExit) as refused:
         e2e.main(["--methods", "zspa,nosuch", "--families", "llava"])
     assert refused.value.code == 2 and "--methods: " in capsys.readouterr().err
+
+
+def test_a_missed_target_is_printed_and_fails_strict_runs(e2e, capsys):
+    row = {
+        "family": "llava",
+        "method": "zspa",
+        "keep": 0.1,
+        "e2e_paired": {"ratio": 1.10, "low": 1.05, "high": 1.15, "n": 4},
+        "added_ms": 30.0,
+        "added_share": 0.1,
+        "mem_ratio": 1.0,
+    }
+    row["verdict"] = e2e.verdict(row, inside_lm=False)
+    assert row["verdict"] == {"time": "missed", "memory": "met"}
+    assert e2e.print_verdicts([row]) is False
+    out = capsys.readouterr().out
+    assert "llava zspa keep=0.1: time MISSED (paired e2e / ideal 1.100 [1.050, 1.150]" in out
+    assert "tokenprune's own work 30.00 ms = 10.00% of the ideal), memory MET (1.000)" in out
+    met = {**row, "e2e_paired": {"ratio": 1.0, "low": 0.99, "high": 1.01, "n": 4}}
+    met["verdict"] = e2e.verdict(met, inside_lm=False)
+    assert e2e.print_verdicts([met]) is True
