@@ -1,9 +1,10 @@
 """tokenprune.graphed: a selector's device work replayed as one CUDA graph per input shape.
 
 On CPU the capture is a stand-in that records the call's outputs and, at each replay, reruns the
-call and writes its results into those same tensors, as a CUDA graph rewrites its buffers. That
-checks everything around the graph (input buffers, keys, copies, checks, fallbacks); the CUDA test
-at the end checks the real graph.
+call and writes its results into those same tensors, as a CUDA graph rewrites its buffers. It also
+checks that the captured work neither reads from the device nor copies host data to it, which would
+fail a CUDA capture. That checks everything around the graph (input buffers, keys, copies, checks,
+fallbacks); the CUDA tests at the end check the real graph.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 import tokenprune
 from tokenprune import InputError, PluginWarning, TokenBatch
-from tokenprune.stages import Hierarchical, MaxMin, Relevance, TopK
+from tokenprune.stages import Hierarchical, MaxMin, Relevance, Stride, TopK
 from tokenprune.testing import HostTraffic
 
 
@@ -36,15 +37,33 @@ def _rewrite(old, new) -> None:
             _rewrite(a, b)
 
 
+def _captured(body):
+    """``body()``, which must neither read from the device nor copy host data to it: on a GPU either
+    would fail the capture."""
+    with HostTraffic() as traffic:
+        outputs = body()
+    assert traffic.reads == [], traffic.where
+    assert traffic.blocking_copies == traffic.async_copies == []
+    return outputs
+
+
 def _stand_in(body, device):
+    outputs = _captured(body)
+    return (lambda: _rewrite(outputs, _captured(body))), outputs
+
+
+def _lenient_stand_in(body, device):
     outputs = body()
     return (lambda: _rewrite(outputs, body())), outputs
 
 
-def _graphed(selector, **kwargs):
+def _graphed(selector, *, strict=True, **kwargs):
+    """``graphed(selector)`` on CPU tensors with the stand-in capture. ``strict=False`` for a built-in
+    method, whose max-min fill takes its CPU route on CPU tensors (which reads from the device);
+    ``_gpu_zspa`` takes the route a GPU takes, and is checked strictly."""
     wrapper = tokenprune.graphed(selector, **kwargs)
     wrapper._applies = lambda visual: True  # CPU tensors take the graph route
-    wrapper._capture = _stand_in
+    wrapper._capture = _stand_in if strict else _lenient_stand_in
     return wrapper
 
 
@@ -85,7 +104,7 @@ def test_unbatched_input_and_every_capturable_builtin():
     scores = torch.rand(1, 48, generator=torch.Generator().manual_seed(1))
     for name in ("zspa", "divprune", "relevance", "stride", "attention", "fastervlm"):
         method = tokenprune.create_method(name)
-        wrapper = _graphed(method)
+        wrapper = _graphed(method, strict=False)
         kwargs = {key: value[0] for key, value in (("prompt", prompt), ("scores", scores)) if key in method.requires}
         for _ in range(2):
             keep = wrapper(visual[0], budget=7, **kwargs)
@@ -123,19 +142,60 @@ def test_a_non_finite_input_raises_on_replay_as_it_does_eagerly():
     assert torch.equal(wrapper(visual, prompt=prompt, budget=10), _gpu_zspa()(visual, prompt=prompt, budget=10))
 
 
-def test_masks_random_and_cpu_tensors_run_eagerly():
-    visual, prompt = _inputs(0)
-    mask = torch.ones(2, 48, dtype=torch.bool)
-    mask[1, 30:] = False
+def _ragged(seed, real, prompt_real, n=48, prompt_tokens=5):
+    """Inputs with masks: row ``b`` has ``real[b]`` real tokens and ``prompt_real[b]`` real prompt tokens,
+    at positions drawn by ``seed`` (so that two seeds give the same counts at different places)."""
+    g = torch.Generator().manual_seed(seed)
+    visual, prompt = _inputs(seed, batch=len(real), n=n, prompt_tokens=prompt_tokens)
+    visual_mask = torch.zeros(len(real), n, dtype=torch.bool)
+    prompt_mask = torch.zeros(len(real), prompt_tokens, dtype=torch.bool)
+    for row, (count, words) in enumerate(zip(real, prompt_real, strict=True)):
+        visual_mask[row, torch.randperm(n, generator=g)[:count]] = True
+        prompt_mask[row, :words] = True
+    visual[~visual_mask] = float("nan")  # padding may hold anything
+    return visual, prompt, {"visual_mask": visual_mask, "prompt_mask": prompt_mask}
+
+
+def test_masked_replays_make_the_eager_picks_and_the_counts_are_part_of_the_shape():
+    eager, wrapper = _gpu_zspa(), _graphed(_gpu_zspa())
+    for seed, real in ((0, (48, 30, 11)), (1, (48, 30, 11)), (2, (48, 30, 11)), (3, (20, 30, 11))):
+        visual, prompt, masks = _ragged(seed, real, (5, 2, 1))
+        keep = wrapper(visual, prompt=prompt, budget=0.25, **masks)
+        assert torch.equal(keep, eager(visual, prompt=prompt, budget=0.25, **masks)), seed
+        assert (keep >= 0).sum(dim=1).tolist() == [round(0.25 * count) for count in real]
+    assert wrapper.graphs == 2, "one graph for the first three calls, one for the new counts"
+
+
+def test_a_masked_replay_reads_the_device_for_the_masks_and_the_result_as_an_eager_call_does():
     wrapper = _graphed(_gpu_zspa())
-    keep = wrapper(visual, prompt=prompt, budget=0.25, visual_mask=mask)
-    assert torch.equal(keep, _gpu_zspa()(visual, prompt=prompt, budget=0.25, visual_mask=mask))
+    visual, prompt, masks = _ragged(0, (48, 30), (5, 3))
+    wrapper(visual, prompt=prompt, budget=10, **masks)  # capture
+    visual, prompt, masks = _ragged(1, (48, 30), (5, 3))
+    with HostTraffic() as traffic:
+        keep = wrapper(visual, prompt=prompt, budget=10, **masks)
+    assert torch.equal(keep, _gpu_zspa()(visual, prompt=prompt, budget=10, **masks))
+    assert traffic.reads == ["tolist", "tolist"] and traffic.blocking_copies == []
+
+
+def test_bad_masks_raise_before_any_graph_as_they_do_eagerly():
+    wrapper = _graphed(_gpu_zspa())
+    visual, prompt, masks = _ragged(0, (48, 0), (5, 3))
+    with pytest.raises(InputError, match="visual_mask row 1 marks no real token"):
+        wrapper(visual, prompt=prompt, budget=10, **masks)
+    visual, prompt, masks = _ragged(0, (48, 30), (0, 3))
+    with pytest.raises(InputError, match=r"prompt_mask marks no real token in rows \[0\]"):
+        wrapper(visual, prompt=prompt, budget=10, **masks)
+    assert wrapper.graphs == 0
+
+
+def test_random_and_cpu_tensors_run_eagerly():
+    visual, prompt = _inputs(0)
     random = _graphed(tokenprune.create_method("random", seed=3))
     assert not random.capturable
     assert torch.equal(random(visual, budget=9), tokenprune.create_method("random", seed=3)(visual, budget=9))
     plain = tokenprune.graphed(_gpu_zspa())  # the real capture: CUDA tensors only
     assert torch.equal(plain(visual, prompt=prompt, budget=9), _gpu_zspa()(visual, prompt=prompt, budget=9))
-    assert wrapper.graphs == random.graphs == plain.graphs == 0
+    assert random.graphs == plain.graphs == 0
 
 
 def test_a_failed_capture_warns_and_runs_eagerly():
@@ -179,9 +239,39 @@ def test_cuda_graph_replays_match_eager_calls(name):
     assert wrapper.graphs == 2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["zspa", "divprune"])
+def test_cuda_graph_replays_match_eager_calls_with_masks(name):
+    """Ragged rows (LLaVA-NeXT's images always are: its newline tokens are masked out) replay too."""
+    method = tokenprune.create_method(name)
+    wrapper = tokenprune.graphed(method)
+    for seed in range(3):
+        visual, prompt, masks = _ragged(seed, (2880, 2301), (12, 7), n=2880, prompt_tokens=12)
+        visual, prompt = visual[..., :1].expand(-1, -1, 256) + _inputs(seed, 2, 2880, 256)[0], prompt.repeat(1, 1, 16)
+        visual, prompt, masks = visual.cuda(), prompt.cuda(), {key: mask.cuda() for key, mask in masks.items()}
+        kwargs = {"prompt": prompt, "prompt_mask": masks["prompt_mask"]} if "prompt" in method.requires else {}
+        keep = wrapper(visual, budget=0.1, visual_mask=masks["visual_mask"], **kwargs)
+        assert torch.equal(keep, method(visual, budget=0.1, visual_mask=masks["visual_mask"], **kwargs))
+    assert wrapper.graphs == 1
+
+
 @pytest.mark.parametrize("name", ["zspa", "divprune", "relevance", "stride", "attention"])
 def test_the_graphed_route_conforms(name):
     """The selector contract on the degenerate cases (duplicates, zero vectors, K = N, K = 1, masks)."""
     from tokenprune.testing import assert_conforms
 
-    assert_conforms(_graphed(tokenprune.create_method(name)))
+    assert_conforms(_graphed(tokenprune.create_method(name), strict=False))
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [_gpu_zspa(), MaxMin(block_size=0), TopK(Relevance()), Stride()],
+    ids=["zspa", "divprune", "relevance", "stride"],
+)
+@pytest.mark.filterwarnings("error::tokenprune.PluginWarning")  # a failed capture fails the test
+def test_the_route_a_gpu_takes_conforms_and_captures_nothing_it_cannot(selector):
+    """The selector contract on the degenerate cases (ragged masks included), with the strict stand-in:
+    nothing captured reads from the device or copies host memory, as a CUDA graph requires."""
+    from tokenprune.testing import assert_conforms
+
+    assert_conforms(_graphed(selector))

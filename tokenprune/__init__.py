@@ -32,13 +32,14 @@ from tokenprune.registry import (
     list_methods,
     register_method,
 )
-from tokenprune.selector import Selection, Selector, TokenBatch
+from tokenprune.selector import CheckedInputs, Selection, Selector, TokenBatch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Budget",
     "BudgetError",
+    "CheckedInputs",
     "DuplicateMethodError",
     "Graphed",
     "InputError",

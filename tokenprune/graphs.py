@@ -5,25 +5,30 @@ the host needs longer to launch them than the GPU needs to run them. :func:`grap
 operations once per input shape as a CUDA graph and afterwards launches the whole call at once::
 
     zspa = tokenprune.graphed(tokenprune.create_method("zspa"))
-    keep = zspa(visual, prompt=prompt, budget=0.1)      # CUDA, no masks: captured, then replayed
+    keep = zspa(visual, prompt=prompt, budget=0.1)      # CUDA: captured once per shape, then replayed
 
 A replay copies the inputs into the graph's own buffers, launches the graph, reads the result check
 (one read from the device, as in an eager call) and returns a copy of the indices. The picks are
 those of the eager call; input checks, errors and the result check are the same.
 
-The graph is used only where it can be: inputs on a CUDA device, no ``visual_mask`` and no
-``prompt_mask`` (ragged batches read their counts from the device), and a selector whose device work
+The graph is used only where it can be: inputs on a CUDA device, and a selector whose device work
 reads nothing from the device (:attr:`tokenprune.Selector.capturable`; ``random``, which draws its
 keys on the CPU, is not). A capture that fails anyway falls back to the eager call for that shape,
 with a :class:`~tokenprune.errors.PluginWarning`. On a CPU the wrapper is the selector itself.
 
-A shape is every input's shape, dtype and device plus the tokens kept per row. Prompts of different
-lengths are different shapes, so a stream of varying prompts captures again for each new length.
+A shape is every input's shape, dtype and device, the real tokens per row and the tokens kept per
+row. Ragged batches (``visual_mask``, ``prompt_mask``) are captured too: as in an eager call, their
+masks are read once before the call (the real tokens per row are part of the shape), and the graph
+then takes the masks as inputs like the tokens. LLaVA-NeXT's images are always ragged (their
+``image_newline`` tokens are masked out), so the same image size repeats a graph, and a new size
+captures again. Prompts of different lengths are different shapes too, so a stream of varying
+prompts captures again for each new length.
 Capturing costs two eager calls and the capture itself, so it pays off when a shape repeats.
 Each shape keeps its graph and its buffers (for zspa at N = 2880, about 35 MB for the N x N
 similarities); at most ``max_graphs`` are kept, the least recently used dropped first.
 
-**Status.** The capture and replay logic is tested on CPU with a stand-in for the CUDA graph. It has
+**Status.** The capture and replay logic is tested on CPU with a stand-in for the CUDA graph, which
+also fails on any read from the device or copy of host memory inside the captured work. It has
 not yet been run on a GPU (no device was lent to the session that wrote it); ``tests/test_graphs.py``
 holds the CUDA test that will check it.
 """
@@ -41,7 +46,7 @@ from torch import Tensor
 
 from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import PluginWarning
-from tokenprune.selector import Selector, TokenBatch, Wrapper
+from tokenprune.selector import CheckedInputs, Selector, TokenBatch, Wrapper
 
 __all__ = ["Graphed", "graphed"]
 
@@ -120,38 +125,43 @@ class Graphed(Wrapper):
         prompt_mask: Tensor | None,
         scores: Tensor | None,
     ) -> Tensor:
-        eager = {"prompt": prompt, "budget": budget, "visual_mask": visual_mask, "prompt_mask": prompt_mask}
-        masked = visual_mask is not None or prompt_mask is not None
-        if masked or not self.capturable or not isinstance(visual, Tensor) or not self._applies(visual):
-            return self.selector(visual, **eager, scores=scores)
-        tokens = TokenBatch.from_inputs(visual, prompt=prompt, scores=scores)  # checks on the host only
-        self.check_inputs(tokens)
-        target = resolve_budget(budget, tokens.counts)
-        given = {"visual": visual, "prompt": prompt, "scores": scores}
-        given = {name: value for name, value in given.items() if value is not None}
-        key = (target, *((name, tuple(t.shape), t.dtype, t.device) for name, t in given.items()))
+        if not self.capturable or not isinstance(visual, Tensor) or not self._applies(visual):
+            return self.selector(
+                visual, prompt=prompt, budget=budget, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
+            )
+        # the checks and the masks' one read happen here, outside the graph, as in an eager call
+        checked = TokenBatch.check(
+            visual, prompt=prompt, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
+        )
+        self.check_inputs(checked)
+        target = resolve_budget(budget, checked.counts)
+        given = checked.tensors()
+        key = (target, checked.counts, *((name, tuple(t.shape), t.dtype, t.device) for name, t in given.items()))
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._record(key, given, target)
+            entry = self._record(key, checked, target)
         else:
             self._graphs.move_to_end(key)
         if entry is _EAGER:
-            return self.selector(visual, **eager, scores=scores)
+            return self.selector(
+                visual, prompt=prompt, budget=budget, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
+            )
         entry.load(given)
         entry.replay()
         self.selector.check_result(entry.tokens, entry.reported, entry.summary.tolist(), target)
         indices = entry.indices.clone()  # the graph rewrites its buffer at the next replay
-        return indices.squeeze(0) if tokens.unbatched else indices
+        return indices.squeeze(0) if checked.unbatched else indices
 
-    def _record(self, key: tuple, given: dict[str, Tensor], target: tuple[int, ...]) -> Any:
-        inputs = {name: value.clone() for name, value in given.items()}
+    def _record(self, key: tuple, checked: CheckedInputs, target: tuple[int, ...]) -> Any:
+        inputs = {name: value.clone() for name, value in checked.tensors().items()}
+        static = checked.replace(inputs)  # the graph reads its inputs from these buffers
 
         def body() -> tuple[TokenBatch, tuple[int, ...], Tensor, Tensor]:
-            tokens = TokenBatch.from_inputs(inputs["visual"], prompt=inputs.get("prompt"), scores=inputs.get("scores"))
+            tokens = TokenBatch.from_checked(static)
             return (tokens, *self.selector.run(tokens, target))
 
         try:
-            replay, (tokens, reported, summary, indices) = self._capture(body, inputs["visual"].device)
+            replay, (tokens, reported, summary, indices) = self._capture(body, static.visual.device)
         except Exception as exc:  # e.g. a selector that reads from the device or copies host data
             warnings.warn(
                 f"{self.selector!r} could not be captured as a CUDA graph for this input shape "

@@ -29,7 +29,7 @@ from tokenprune.errors import (
     TokenPruneError,
     UnknownMethodError,
 )
-from tokenprune.selector import Selector, TokenBatch, Wrapper
+from tokenprune.selector import CheckedInputs, Selector, TokenBatch, Wrapper
 
 __all__ = [
     "Method",
@@ -110,7 +110,7 @@ class Method(Wrapper):
         self.params = MappingProxyType(dict(params))
         super().__init__(selector)
 
-    def check_inputs(self, tokens: TokenBatch, *, label: str | None = None) -> None:
+    def check_inputs(self, tokens: TokenBatch | CheckedInputs, *, label: str | None = None) -> None:
         self.selector.check_inputs(tokens, label=label or f"method {self.name!r}")
 
     def __call__(self, visual: Tensor, **kwargs: Any) -> Tensor:

@@ -11,6 +11,7 @@ core or the fill of another (see :class:`tokenprune.stages.Hierarchical`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import InputError, MissingInputError, SelectorError
 from tokenprune.functional import mask_to_indices, token_norms
 
-__all__ = ["SCORE_SOURCES", "Selection", "Selector", "TokenBatch", "Wrapper"]
+__all__ = ["SCORE_SOURCES", "CheckedInputs", "Selection", "Selector", "TokenBatch", "Wrapper"]
 
 SCORE_SOURCES = {
     "external": "passed by the caller as scores=",
@@ -147,9 +148,27 @@ class TokenBatch:
     ) -> TokenBatch:
         """Check the selector inputs and batch them; raises :class:`InputError` saying what is wrong.
 
-        Shapes, dtypes, devices and masks are checked here, on the host. Whether the values are finite
-        is checked by the selector call, with its result (:meth:`finite_sums`), so that a call on a
-        GPU reads from the device once.
+        The same as :meth:`check` followed by :meth:`from_checked`.
+        """
+        checked = cls.check(visual, prompt=prompt, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores)
+        return cls.from_checked(checked)
+
+    @staticmethod
+    def check(
+        visual: Tensor,
+        *,
+        prompt: Tensor | None = None,
+        visual_mask: Tensor | None = None,
+        prompt_mask: Tensor | None = None,
+        scores: Tensor | None = None,
+    ) -> CheckedInputs:
+        """Check the selector inputs; raises :class:`InputError` saying what is wrong.
+
+        Shapes, dtypes and devices are checked on the host. Masks are read from the device once, in
+        one copy, for the real visual tokens per row and whether every prompt row has a real token
+        (integer masks are first checked to hold only 0 and 1, one read each); without masks nothing
+        is read. Whether the values are finite is checked by the selector call, with its result
+        (:meth:`finite_sums`), so that a call on a GPU reads from the device as little as it can.
         """
         if not isinstance(visual, Tensor):
             raise InputError(f"visual must be a torch.Tensor of shape (B, N, D) or (N, D); got {type(visual).__name__}")
@@ -164,18 +183,7 @@ class TokenBatch:
         if batch == 0 or n == 0 or dim == 0:
             raise InputError(f"visual needs at least one image, one token and one feature; got {_shape(visual)}")
         device = visual.device
-        compute = torch.float32 if visual.dtype in _HALF else visual.dtype
-        real = _as_mask("visual_mask", visual_mask, (batch, n), device)
-        if real is None:
-            real = torch.ones((batch, n), dtype=torch.bool, device=device)
-        visual = visual.to(compute)
-        if visual_mask is not None:  # padding may hold anything; make it inert (zero) once, here
-            visual = visual.masked_fill(~real.unsqueeze(-1), 0.0)
-        # without a mask every token is real: no need to ask the device (a host sync on CUDA)
-        counts = (n,) * batch if visual_mask is None else tuple(int(c) for c in real.sum(dim=1).tolist())
-        for row, count in enumerate(counts):
-            if count == 0:
-                raise InputError(f"visual_mask row {row} marks no real token; every image needs at least one")
+        visual_mask = _as_mask("visual_mask", visual_mask, (batch, n), device)
 
         if prompt is not None:
             if not isinstance(prompt, Tensor) or prompt.dim() != 3 or not prompt.is_floating_point():
@@ -188,12 +196,6 @@ class TokenBatch:
             if prompt.device != device:
                 raise InputError(f"prompt is on {prompt.device} but visual is on {device}; move them to one device")
             prompt_mask = _as_mask("prompt_mask", prompt_mask, tuple(prompt.shape[:2]), device)
-            if prompt_mask is not None and not bool(prompt_mask.any(dim=1).all()):
-                empty = (~prompt_mask.any(dim=1)).nonzero()[:, 0].tolist()
-                raise InputError(f"prompt_mask marks no real token in rows {empty}; every prompt needs one")
-            prompt = prompt.to(compute)
-            if prompt_mask is not None:
-                prompt = prompt.masked_fill(~prompt_mask.unsqueeze(-1), 0.0)
         elif prompt_mask is not None:
             raise InputError("prompt_mask was given without prompt")
 
@@ -202,10 +204,84 @@ class TokenBatch:
                 raise InputError(f"scores must be a float tensor of shape ({batch}, {n}); got {_shape(scores)}")
             if scores.device != device:
                 raise InputError(f"scores is on {scores.device} but visual is on {device}; move them to one device")
+
+        # without masks every token is real and every prompt token too: no need to ask the device (a host
+        # sync on CUDA); with masks, one read for both
+        parts = [] if visual_mask is None else [visual_mask.sum(dim=1)]
+        parts += [] if prompt_mask is None else [prompt_mask.any(dim=1).long()]
+        host = torch.cat(parts).tolist() if parts else []
+        counts = (n,) * batch if visual_mask is None else tuple(int(c) for c in host[:batch])
+        for row, count in enumerate(counts):
+            if count == 0:
+                raise InputError(f"visual_mask row {row} marks no real token; every image needs at least one")
+        if prompt_mask is not None:
+            empty = [row for row, has in enumerate(host[-batch:]) if not has]
+            if empty:
+                raise InputError(f"prompt_mask marks no real token in rows {empty}; every prompt needs one")
+        return CheckedInputs(visual, counts, prompt, visual_mask, prompt_mask, scores, unbatched)
+
+    @classmethod
+    def from_checked(cls, checked: CheckedInputs) -> TokenBatch:
+        """Batch inputs that passed :meth:`check`: device work only, nothing read from the device.
+
+        Half precision is upcast to float32, and padding (masked-out tokens) is zeroed, so that it is
+        inert in every stage.
+        """
+        visual, visual_mask, prompt, prompt_mask, scores = (
+            checked.visual,
+            checked.visual_mask,
+            checked.prompt,
+            checked.prompt_mask,
+            checked.scores,
+        )
+        compute = torch.float32 if visual.dtype in _HALF else visual.dtype
+        real = (
+            visual_mask
+            if visual_mask is not None
+            else torch.ones(visual.shape[:2], dtype=torch.bool, device=visual.device)
+        )
+        visual = visual.to(compute)
+        if visual_mask is not None:  # padding may hold anything; make it inert (zero) once, here
+            visual = visual.masked_fill(~real.unsqueeze(-1), 0.0)
+        if prompt is not None:
+            prompt = prompt.to(compute)
+            if prompt_mask is not None:
+                prompt = prompt.masked_fill(~prompt_mask.unsqueeze(-1), 0.0)
+        if scores is not None:
             scores = scores.to(compute)
             if visual_mask is not None:
                 scores = scores.masked_fill(~real, 0.0)
-        return cls(visual, real, counts, prompt, prompt_mask, scores, unbatched)
+        return cls(visual, real, checked.counts, prompt, prompt_mask, scores, checked.unbatched)
+
+
+@dataclass(frozen=True, eq=False)
+class CheckedInputs:
+    """Selector inputs that passed :meth:`TokenBatch.check`: batched, masks as bool, real tokens counted.
+
+    Attributes:
+        visual: ``(B, N, D)`` float, as given (not yet upcast or zeroed at padding).
+        counts: real visual tokens per row, on the host.
+        prompt, visual_mask, prompt_mask, scores: batched, masks bool; None where not given.
+        unbatched: the caller passed ``(N, D)``.
+    """
+
+    visual: Tensor
+    counts: tuple[int, ...]
+    prompt: Tensor | None
+    visual_mask: Tensor | None
+    prompt_mask: Tensor | None
+    scores: Tensor | None
+    unbatched: bool
+
+    TENSORS = ("visual", "prompt", "visual_mask", "prompt_mask", "scores")
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The tensors given, by name (``visual``, then those of the others that are not None)."""
+        return {name: getattr(self, name) for name in self.TENSORS if getattr(self, name) is not None}
+
+    def replace(self, tensors: dict[str, Tensor]) -> CheckedInputs:
+        """These inputs with the named tensors swapped for others of the same shapes."""
+        return dataclasses.replace(self, **tensors)
 
 
 @dataclass(frozen=True, eq=False)
@@ -354,7 +430,7 @@ class Selector(ABC):
                 f"selected {list(picked)} ({padding} of them padding); expected {list(target)} real tokens"
             )
 
-    def check_inputs(self, tokens: TokenBatch, *, label: str | None = None) -> None:
+    def check_inputs(self, tokens: TokenBatch | CheckedInputs, *, label: str | None = None) -> None:
         """Raise :class:`MissingInputError` if an input in :attr:`requires` is missing."""
         for name in sorted(self.requires):
             if getattr(tokens, name) is None:
@@ -396,5 +472,5 @@ class Wrapper(Selector):
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
         return self.selector.extend(tokens, selection, target)
 
-    def check_inputs(self, tokens: TokenBatch, *, label: str | None = None) -> None:
+    def check_inputs(self, tokens: TokenBatch | CheckedInputs, *, label: str | None = None) -> None:
         self.selector.check_inputs(tokens, label=label)

@@ -37,12 +37,19 @@ _PAIR_CHUNK = 1024  # rows of the N x N similarity computed at once by isolated_
 def _per_row(counts: Sequence[int], device: torch.device) -> int | Tensor:
     """``counts`` as a ``(B, 1)`` long tensor on ``device``, or as one int when every row has the same.
 
-    The int costs nothing on the device. The tensor is copied without waiting for the device (a
-    blocking copy of host memory would be a host sync on CUDA).
+    The int costs nothing on the device. The tensor is written on the device, one fill per run of
+    equal counts, rather than copied from host memory: a copy of host memory would wait for the device
+    (blocking) or could not be captured in a CUDA graph (non-blocking; :func:`tokenprune.graphed`).
     """
     if len(set(counts)) <= 1:
         return counts[0] if counts else 0
-    return torch.tensor(list(counts), dtype=torch.long).unsqueeze(1).to(device, non_blocking=True)
+    column = torch.empty((len(counts), 1), dtype=torch.long, device=device)
+    start = 0
+    for row in range(1, len(counts) + 1):
+        if row == len(counts) or counts[row] != counts[start]:
+            column[start:row].fill_(counts[start])
+            start = row
+    return column
 
 
 def _leading(counts: Sequence[int], width: int, device: torch.device) -> Tensor | None:

@@ -11,7 +11,8 @@ see both on any device, so a CPU test can bound what a GPU call will cost::
     print(ops.total, ops.ops.most_common(5))
 
 tokenprune's own selectors read the device once per call without masks (the result check, which
-also checks that the inputs were finite), and once more per mask (see ``tests/test_host_cost.py``).
+also checks that the inputs were finite), and once more when masks are given, for all of them (see
+``tests/test_host_cost.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class HostTraffic(TorchFunctionMode):
         blocking_copies: each ``torch.tensor(..., device=...)`` / ``torch.as_tensor(..., device=...)``,
             and each ``Tensor.to(device)`` without ``non_blocking=True``. On a CPU-only machine these
             copy nothing; on a GPU each would wait for the device.
+        async_copies: each ``Tensor.to(device, non_blocking=True)``. It does not wait, but a CUDA
+            graph cannot capture a copy of host memory it does not own (:func:`tokenprune.graphed`).
     """
 
     def __init__(self) -> None:
@@ -47,6 +50,7 @@ class HostTraffic(TorchFunctionMode):
         self.reads: list[str] = []
         self.where: list[str] = []
         self.blocking_copies: list[str] = []
+        self.async_copies: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None) -> Any:
         kwargs = kwargs or {}
@@ -56,8 +60,11 @@ class HostTraffic(TorchFunctionMode):
             self.where.append(_caller())
         elif name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
             self.blocking_copies.append(f"torch.{name}(..., device=...)")
-        elif name == "to" and _names_device(args[1:], kwargs) and not kwargs.get("non_blocking", False):
-            self.blocking_copies.append("Tensor.to(device)")
+        elif name == "to" and _names_device(args[1:], kwargs):
+            if kwargs.get("non_blocking", False):
+                self.async_copies.append("Tensor.to(device, non_blocking=True)")
+            else:
+                self.blocking_copies.append("Tensor.to(device)")
         return func(*args, **kwargs)
 
 
