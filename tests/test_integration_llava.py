@@ -31,29 +31,82 @@ def test_the_adapter_contract(model, inputs, rows):
     assert_adapter_contract(model, inputs if rows == 2 else tiny_llava_inputs(model, PROMPTS[:1]), generate_kwargs=GEN)
 
 
+def _fed_directly(model, inputs, kept):
+    """The short sequence built by hand around each image's ``kept`` tokens: left-padded embeddings,
+    attention mask, and the position each token had in the full sequence."""
+    features = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    rows, positions = [], []
+    for b in range(len(kept)):
+        real = inputs["attention_mask"][b].bool()
+        ids, emb = inputs["input_ids"][b][real], embeds[b][real]
+        image = (ids == IMAGE_TOKEN).nonzero()[:, 0]
+        before, after = emb[: image[0]], emb[image[-1] + 1 :]
+        rows.append(torch.cat([before, features[b][kept[b]], after]))
+        where = torch.arange(len(ids))
+        positions.append(torch.cat([where[: image[0]], image[kept[b]], where[image[-1] + 1 :]]))
+    width = max(r.shape[0] for r in rows)
+    short = torch.zeros(len(rows), width, embeds.shape[-1])
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    original = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, (r, p) in enumerate(zip(rows, positions, strict=True)):
+        short[b, width - r.shape[0] :], mask[b, width - r.shape[0] :], original[b, width - r.shape[0] :] = r, 1, p
+    return short, mask, original
+
+
 def test_pruned_generation_equals_the_lm_fed_text_plus_k_directly(model, inputs):
     """The ideal: build the short sequence by hand (same kept tokens) and run stock generate on embeddings."""
     with tokenprune.apply(model, "zspa", budget=5, core_ratio=0.4) as session:
         out = model.generate(**inputs, **GEN)
-    new_tokens = out[:, inputs["input_ids"].shape[1] :]
-
-    features = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output
-    embeds = model.get_input_embeddings()(inputs["input_ids"])
-    rows = []
-    for b in range(2):
-        real = inputs["attention_mask"][b].bool()
-        ids, emb = inputs["input_ids"][b][real], embeds[b][real]
-        image = (ids == IMAGE_TOKEN).nonzero()[:, 0]
-        kept = session.last.kept[b]
-        before, after = emb[: image[0]], emb[image[-1] + 1 :]
-        rows.append(torch.cat([before, features[b][kept], after]))
-    width = max(r.shape[0] for r in rows)
-    short = torch.zeros(2, width, embeds.shape[-1])
-    mask = torch.zeros(2, width, dtype=torch.long)
-    for b, r in enumerate(rows):
-        short[b, width - r.shape[0] :], mask[b, width - r.shape[0] :] = r, 1
+    assert session.positions == "contiguous"
+    short, mask, _ = _fed_directly(model, inputs, session.last.kept)
     ideal = model.generate(inputs_embeds=short, attention_mask=mask, **GEN)
-    assert torch.equal(new_tokens, ideal)
+    assert torch.equal(out[:, inputs["input_ids"].shape[1] :], ideal)
+
+
+def test_original_positions_equal_the_lm_fed_the_kept_tokens_at_their_own_positions(model, inputs):
+    with tokenprune.apply(model, "zspa", budget=5, core_ratio=0.4, positions="original") as session:
+        out = model.generate(**inputs, **GEN)
+    short, mask, original = _fed_directly(model, inputs, session.last.kept)
+    ideal = model.generate(inputs_embeds=short, attention_mask=mask, position_ids=original, **GEN)
+    assert torch.equal(out[:, inputs["input_ids"].shape[1] :], ideal)
+    contiguous = model.generate(inputs_embeds=short, attention_mask=mask, **GEN)
+    assert not torch.equal(ideal, contiguous), "the positions change this model's answers"
+
+
+def test_the_language_model_sees_the_original_positions_in_the_prefill_and_while_decoding(model, inputs):
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"].clone()), with_kwargs=True
+    )
+    try:
+        with tokenprune.apply(model, "divprune", budget=3, positions="original") as session:
+            model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    finally:
+        hook.remove()
+    _, mask, original = _fed_directly(model, inputs, session.last.kept)
+    prefill, *steps = seen
+    assert torch.equal(prefill * mask, original)
+    lengths = inputs["attention_mask"].sum(dim=1)  # the full rows' lengths: decoding continues after them
+    assert [step[:, -1].tolist() for step in steps] == [(lengths + t).tolist() for t in range(len(steps))]
+
+
+def test_a_positions_mode_the_model_or_method_cannot_use_is_a_clear_error(model, inputs):
+    with pytest.raises(tokenprune.InputError, match=r"positions must be one of \['contiguous', 'original'\]"):
+        with tokenprune.apply(model, "zspa", budget=5, positions="kept"):
+            pass
+    with pytest.raises(tokenprune.InputError, match="prunes inside the language model"):
+        with tokenprune.apply(model, "fastv", budget=5, positions="contiguous"):
+            pass
+    with tokenprune.apply(model, "fastv", budget=5, layer=1) as session:
+        assert session.positions == "original"
+    full = torch.arange(inputs["input_ids"].shape[1]).expand(2, -1)
+    with pytest.raises(tokenprune.InputError, match="numbered afresh"):
+        with tokenprune.apply(model, "zspa", budget=5):
+            model(**inputs, position_ids=full)
+    with tokenprune.apply(model, "zspa", budget=5, positions="original") as session:
+        model(**inputs, position_ids=full + 100)  # the caller's own positions, at the kept tokens
+    assert session.last.visual_after == [5, 5]
 
 
 def test_each_row_is_pruned_by_its_own_prompt(model, inputs):

@@ -188,3 +188,30 @@ def test_tokenprune_reads_the_device_six_times_here(method):
     package = str(Path(tokenprune.__file__).parent)
     ours = [where for where in traffic.where if where.startswith(package)]
     assert len(ours) == 6, ours
+
+
+def test_original_positions_keep_every_kept_token_and_the_text_where_they_were(model, inputs):
+    """Kept patches, newlines and text keep their full-sequence positions; decoding continues after them."""
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["position_ids"].clone()), with_kwargs=True
+    )
+    try:
+        with tokenprune.apply(model, "zspa", budget=0.25, positions="original") as session:
+            model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    finally:
+        hook.remove()
+    prefill, *steps = seen
+    kept = iter(session.last.kept)
+    for row, (ids, real) in enumerate(zip(inputs["input_ids"], inputs["attention_mask"].bool(), strict=True)):
+        ids = ids[real]
+        image = (ids == IMAGE_TOKEN).nonzero()[:, 0]
+        runs = torch.tensor_split(image, (torch.diff(image) > 1).nonzero()[:, 0] + 1)  # one run per image
+        keep = torch.ones(len(ids), dtype=torch.bool)
+        for run in runs:
+            keep[run] = False
+            keep[run[next(kept)]] = True
+        expected = torch.arange(len(ids))[keep]
+        assert prefill[row, -len(expected) :].tolist() == expected.tolist(), row
+    lengths = inputs["attention_mask"].sum(dim=1)
+    assert [step[:, -1].tolist() for step in steps] == [(lengths + t).tolist() for t in range(len(steps))]

@@ -279,3 +279,15 @@ def test_a_chunked_prefill_gives_the_same_tokens_and_positions(model, inputs):
         whole = model.generate(**inputs, **GEN)
         chunked = model.generate(**inputs, **GEN, prefill_chunk_size=4)
     assert torch.equal(chunked, whole)
+
+
+def test_original_is_the_only_positions_mode_and_the_default(model, inputs):
+    with pytest.raises(tokenprune.InputError, match="supports positions \\['original'\\]"):
+        with tokenprune.apply(model, "zspa", budget=0.3, positions="contiguous"):
+            pass
+    outs = []
+    for positions in (None, "original"):
+        with tokenprune.apply(model, "zspa", budget=0.3, positions=positions) as session:
+            outs.append(model.generate(**inputs, max_new_tokens=4, do_sample=False))
+        assert session.positions == "original"
+    assert torch.equal(*outs)

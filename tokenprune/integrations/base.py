@@ -25,6 +25,7 @@ from tokenprune.functional import mask_to_indices
 from tokenprune.selector import SCORE_SOURCES, Selector
 
 __all__ = [
+    "POSITIONS",
     "ImageTokens",
     "Layout",
     "ModelAdapter",
@@ -35,10 +36,19 @@ __all__ = [
     "placeholder_runs",
     "prunable_counts",
     "prune_inputs",
+    "resolve_positions",
     "select_per_image",
 ]
 
 PROMPT_SCOPES = ("text",)
+
+POSITIONS = {
+    "contiguous": "the shorter sequence numbered 0, 1, 2, ... as if each image had only its kept tokens "
+    "(what the reference code of DivPrune and ZSPAPrune feeds LLaVA)",
+    "original": "every kept token keeps the position it had in the full sequence; the text after an image "
+    "and the generated tokens keep theirs too (what FastV does, and Qwen2.5-VL's M-RoPE always)",
+}
+"""How the language model positions the tokens of a pruned sequence (``tokenprune.apply(positions=...)``)."""
 
 
 class UnsupportedScoresError(TokenPruneError, ValueError):
@@ -109,6 +119,10 @@ class ModelAdapter(ABC):
     #: keyword arguments of generate/forward that describe raw images; replaced by ``mm_encoder_outputs``
     image_kwargs: tuple[str, ...] = ("pixel_values", "image_sizes")
 
+    #: the :data:`POSITIONS` modes this family supports, its default first. The base class handles both
+    #: for a 1-D rotary LM (:meth:`original_positions`); a family with other positions overrides this.
+    position_modes: tuple[str, ...] = ("contiguous", "original")
+
     def __init__(self, model: Any) -> None:
         self.model = model
 
@@ -170,6 +184,26 @@ class ModelAdapter(ABC):
     def embed(self, input_ids: Tensor) -> Tensor:
         """The language model's input embeddings of ``input_ids``."""
         return self.model.get_input_embeddings()(input_ids)
+
+    def original_positions(self, inputs: Mapping[str, Any], pruned: PrunedSequence) -> Tensor:
+        """``(B, L')`` position ids of the kept tokens in the full sequence, for ``positions="original"``.
+
+        The full sequence's positions are the caller's ``position_ids`` when given, else those stock
+        ``generate`` builds from the attention mask (``cumsum - 1``, 0 at padding). Stock ``generate``
+        continues each row from its last position + 1, so decoding keeps the original positions too.
+        """
+        input_ids = inputs["input_ids"]
+        given = inputs.get("position_ids")
+        if given is None:
+            mask = inputs.get("attention_mask")
+            mask = torch.ones_like(input_ids) if mask is None else mask.long()
+            given = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        elif given.dim() != 2 or given.shape[-1] != input_ids.shape[1] or given.shape[0] not in (1, input_ids.shape[0]):
+            raise InputError(
+                f"{self.name}: position_ids must be (B, L) or (1, L) for input_ids {tuple(input_ids.shape)}; "
+                f"got {tuple(given.shape)}"
+            )
+        return pruned.take(given.expand(input_ids.shape[0], -1), fill=0)
 
     def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
         """New keyword arguments for the stock generate/forward: shorter ids, mask, pre-encoded features."""
@@ -467,6 +501,7 @@ def prune_inputs(
     inputs: Mapping[str, Any],
     *,
     prompt_tokens: str | Callable[[Tensor, Tensor], Tensor] = "text",
+    positions: str | None = None,
 ) -> PrunedInputs:
     """Select each image's visual tokens and rewrite the call around the kept ones.
 
@@ -478,7 +513,18 @@ def prune_inputs(
         prompt_tokens: ``"text"`` — every real text token that is not an image placeholder or a
             special token — or a callable ``(input_ids, attention_mask) -> (B, L) bool`` marking the
             prompt tokens to use (e.g. only the question inside a chat template).
+        positions: a :data:`POSITIONS` mode the adapter supports; None for its default.
     """
+    positions = resolve_positions(adapter, positions)
+    if (
+        positions == "contiguous"
+        and inputs.get("position_ids") is not None
+        and "position_ids" not in adapter.image_kwargs
+    ):
+        raise InputError(
+            "position_ids were given for the full sequence; with positions='contiguous' the pruned sequence is "
+            "numbered afresh. Leave them out, or pass positions='original' to keep them at the kept tokens"
+        )
     source = selector.score_source if "scores" in selector.requires else None
     if source == "external":
         raise UnsupportedScoresError(
@@ -504,4 +550,34 @@ def prune_inputs(
     pruned = PrunedSequence.build(input_ids, keep, left=layout.left_padded, pad_token_id=pad, lengths=lengths)
     features = [feats[index] for feats, index in zip(images.features, stats.kept, strict=True)]
     kwargs = adapter.rebuild(inputs, pruned, features)
+    if positions != adapter.position_modes[0]:  # the family's default is what rebuild gives
+        kwargs["position_ids"] = adapter.original_positions(inputs, pruned)
     return PrunedInputs(kwargs, keep, input_ids, stats)
+
+
+def resolve_positions(adapter: ModelAdapter, positions: str | None, *, inside_lm: bool = False) -> str:
+    """The :data:`POSITIONS` mode to use: ``positions``, or the family's default when None.
+
+    ``inside_lm``: the method prunes inside the language model (FastV), where kept tokens always keep
+    their positions. Raises :class:`InputError` for a mode that is unknown or that the family or the
+    method cannot use.
+    """
+    if positions is not None and positions not in POSITIONS:
+        raise InputError(
+            f"positions must be one of {sorted(POSITIONS)} (or None for the model's default); got {positions!r}"
+        )
+    if inside_lm:
+        if positions not in (None, "original"):
+            raise InputError(
+                "a method that prunes inside the language model (fastv) keeps every kept token at its original "
+                f"position; positions={positions!r} applies to methods that prune before it"
+            )
+        return "original"
+    if positions is None:
+        return adapter.position_modes[0]
+    if positions not in adapter.position_modes:
+        raise InputError(
+            f"{adapter.name} supports positions {list(adapter.position_modes)}; got {positions!r}"
+            + ("" if positions != "contiguous" else " (its positions are the image grid's, which a pruned image keeps)")
+        )
+    return positions

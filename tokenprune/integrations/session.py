@@ -20,7 +20,15 @@ from torch import Tensor
 
 from tokenprune.budget import Budget
 from tokenprune.errors import TokenPruneError
-from tokenprune.integrations.base import ModelAdapter, PrunedInputs, PruneStats, _cache, _sync, prune_inputs
+from tokenprune.integrations.base import (
+    ModelAdapter,
+    PrunedInputs,
+    PruneStats,
+    _cache,
+    _sync,
+    prune_inputs,
+    resolve_positions,
+)
 from tokenprune.integrations.fastv import LayerPruner
 from tokenprune.registry import create_method
 from tokenprune.selector import Selector
@@ -90,6 +98,8 @@ class PruningSession:
     Attributes:
         selector: the selector in use.
         budget: the budget per image.
+        positions: how the kept tokens are positioned in the language model (a key of
+            :data:`tokenprune.integrations.base.POSITIONS`).
         stats: one :class:`~tokenprune.integrations.PruneStats` per pruned call, in order.
     """
 
@@ -101,12 +111,14 @@ class PruningSession:
         budget: Budget,
         *,
         prompt_tokens: str | Callable[[Tensor, Tensor], Tensor] = "text",
+        positions: str | None = None,
     ) -> None:
         self.model = model
         self.adapter = adapter
         self.selector = selector
         self.budget = budget
         self.prompt_tokens = prompt_tokens
+        self.positions = resolve_positions(adapter, positions, inside_lm=selector.prune_layer is not None)
         self.stats: list[PruneStats] = []
         self._saved: dict[str, Any] = {}
         self._prefill_ms: float | None = None  # set by the forward wrapper at each prefill
@@ -134,6 +146,11 @@ class PruningSession:
         _sync(device)
         self._prefill_ms = (time.perf_counter() - start) * 1e3
         return out
+
+    def _prune(self, kwargs: dict[str, Any]) -> PrunedInputs:
+        return prune_inputs(
+            self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens, positions=self.positions
+        )
 
     def _layer_pruner(self, kwargs: dict[str, Any]) -> LayerPruner:
         return LayerPruner(self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens)
@@ -170,9 +187,7 @@ class PruningSession:
                 self._record(pruner.stats)
                 return out
             with torch.no_grad():  # generate never backpropagates: keep no graph of the vision tower
-                pruned = prune_inputs(
-                    self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens
-                )
+                pruned = self._prune(kwargs)
             out = pruned_generate(**pruned.kwargs)
             self._record(pruned.stats)
             return _restore_prompt(out, pruned)
@@ -203,7 +218,7 @@ class PruningSession:
                     out.loss = self.model.loss_function(logits=out.logits, labels=labels, vocab_size=vocab)
                 self._record(pruner.stats)
                 return out
-            pruned = prune_inputs(self.adapter, self.selector, self.budget, kwargs, prompt_tokens=self.prompt_tokens)
+            pruned = self._prune(kwargs)
             out = self._timed_prefill(lambda: stock_forward(**pruned.kwargs))
             self._record(pruned.stats)
             return out
@@ -239,6 +254,7 @@ def apply(
     *,
     budget: Budget,
     prompt_tokens: str | Callable[[Tensor, Tensor], Tensor] = "text",
+    positions: str | None = None,
     adapter: ModelAdapter | None = None,
     **method_params: Any,
 ) -> Iterator[PruningSession]:
@@ -258,6 +274,13 @@ def apply(
             ``(input_ids, attention_mask) -> (B, L) bool`` such as
             :func:`tokenprune.integrations.question_tokens(processor) <tokenprune.integrations.prompt.question_tokens>`,
             which keeps only the user's question when a chat template adds system and role tokens.
+        positions: how the language model positions the kept tokens. ``"contiguous"``: the shorter
+            sequence is numbered afresh, as if each image had only its kept tokens (the default for
+            LLaVA-1.5 and LLaVA-NeXT, as in the reference code of DivPrune and ZSPAPrune).
+            ``"original"``: each kept token keeps the position it had in the full sequence, and the text
+            after the image and the generated tokens keep theirs (FastV, which prunes inside the LM,
+            always does; Qwen2.5-VL's M-RoPE grid positions too, its only mode). None: the model's default.
+            The choice changes accuracy, so compare methods under one setting.
         adapter: the :class:`~tokenprune.integrations.ModelAdapter` to use instead of the one the
             ``tokenprune_model_adapter`` hook gives (:func:`get_adapter`); e.g. one whose ``encode_images``
             reuses the image features of a batch across several blocks, as ``tokenprune compare`` does.
@@ -282,7 +305,7 @@ def apply(
         adapter = get_adapter(model)
     elif not isinstance(adapter, ModelAdapter) or adapter.model is not model:
         raise TypeError(f"adapter must be a tokenprune.integrations.ModelAdapter of this model; got {adapter!r}")
-    session = PruningSession(model, adapter, selector, budget, prompt_tokens=prompt_tokens)
+    session = PruningSession(model, adapter, selector, budget, prompt_tokens=prompt_tokens, positions=positions)
     session.install()
     try:
         yield session
