@@ -165,6 +165,38 @@ def test_records_are_keyed_by_method_parameters_keep_and_seed(model_dir, baselin
     assert no_resume.computed == 2 * 2
 
 
+def test_positions_are_part_of_a_configuration_and_of_its_records(model_dir, baseline, tmp_path):
+    import shutil
+
+    from tokenprune.evaluation.report import summarize
+
+    output = shutil.copytree(baseline.metadata["output"], tmp_path / "records")
+    run = run_comparison(
+        "zspa,zspa:positions=contiguous,zspa:positions=original",
+        keeps=(0.25,),
+        limit=6,
+        seed=0,
+        model=model_dir,
+        batch_size=3,
+        output=output,
+    )
+    assert [config.label for config in run.configs] == [
+        "none",
+        "zspa",
+        "zspa:positions=contiguous",
+        "zspa:positions=original",
+    ]
+    assert (run.computed, run.reused) == (12, 12), "none and zspa (the model's default) come from the baseline"
+    bench = run.benchmarks[0]
+    default, contiguous, original = (run.records_for(config, bench) for config in run.configs[1:])
+    assert [r["prediction"] for r in default] == [r["prediction"] for r in contiguous]  # LLaVA's default
+    assert {r["positions"] for r in original} == {"original"} and {r["positions"] for r in contiguous} == {"contiguous"}
+    rows = summarize(run)["results"]
+    assert [row["positions"] for row in rows] == [None, None, "contiguous", "original"]
+    everything = run_comparison("zspa", keeps=(0.25,), limit=6, model=model_dir, output=output, positions="original")
+    assert everything.computed == 0 and everything.configs[1].label == "zspa:positions=original"
+
+
 def test_the_summary_matches_significance_py_on_the_same_records(baseline):
     summary = summarize(baseline, n_resamples=200)
     (run,) = baseline.benchmarks

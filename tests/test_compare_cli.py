@@ -29,6 +29,9 @@ def run_cli(capsys, *argv):
         (["--batch-size", "0"], "expected an integer >= 1; got '0'"),
         (["--device", "tpu"], "expected auto, cpu, cuda or cuda:N; got 'tpu'"),
         (["--limit", "x"], "expected an integer >= 1; got 'x'"),
+        (["--positions", "grid"], "argument --positions: invalid choice: 'grid'"),
+        (["--methods", "fastv", "--positions", "contiguous"], "'fastv' prunes inside the language model"),
+        (["--methods", "zspa:positions=kept"], "positions of 'zspa' must be one of ['contiguous', 'original']"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line_naming_what_exists(capsys, argv, expected):

@@ -38,6 +38,20 @@ def test_equal_full_parameters_are_one_configuration_and_none_is_implicit():
     )
 
 
+def test_positions_is_a_harness_setting_not_a_method_parameter():
+    methods = parse_methods("zspa,zspa:positions=original,fastv:layer=2,positions=original")
+    assert [str(m) for m in methods] == ["zspa", "zspa:positions=original", "fastv:layer=2,positions=original"]
+    assert [m.positions for m in methods] == [None, "original", "original"]
+    assert methods[0].params == methods[1].params and "positions" not in methods[1].given
+    assert methods[0] != methods[1]
+    defaulted = parse_methods("zspa,divprune:positions=contiguous", positions="original")
+    assert [m.positions for m in defaulted] == ["original", "contiguous"]  # a spec's own setting wins
+    with pytest.raises(InputError, match=r"positions of 'zspa' must be one of \['contiguous', 'original'\]"):
+        parse_methods("zspa:positions=grid")
+    with pytest.raises(InputError, match="prunes inside the language model"):
+        parse_methods("fastv", positions="contiguous")
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
     [

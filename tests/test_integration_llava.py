@@ -92,18 +92,21 @@ def test_the_language_model_sees_the_original_positions_in_the_prefill_and_while
 
 
 def test_a_positions_mode_the_model_or_method_cannot_use_is_a_clear_error(model, inputs):
-    with pytest.raises(tokenprune.InputError, match=r"positions must be one of \['contiguous', 'original'\]"):
-        with tokenprune.apply(model, "zspa", budget=5, positions="kept"):
-            pass
-    with pytest.raises(tokenprune.InputError, match="prunes inside the language model"):
-        with tokenprune.apply(model, "fastv", budget=5, positions="contiguous"):
-            pass
+    with (
+        pytest.raises(tokenprune.InputError, match=r"positions must be one of \['contiguous', 'original'\]"),
+        tokenprune.apply(model, "zspa", budget=5, positions="kept"),
+    ):
+        pass
+    with (
+        pytest.raises(tokenprune.InputError, match="prunes inside the language model"),
+        tokenprune.apply(model, "fastv", budget=5, positions="contiguous"),
+    ):
+        pass
     with tokenprune.apply(model, "fastv", budget=5, layer=1) as session:
         assert session.positions == "original"
     full = torch.arange(inputs["input_ids"].shape[1]).expand(2, -1)
-    with pytest.raises(tokenprune.InputError, match="numbered afresh"):
-        with tokenprune.apply(model, "zspa", budget=5):
-            model(**inputs, position_ids=full)
+    with pytest.raises(tokenprune.InputError, match="numbered afresh"), tokenprune.apply(model, "zspa", budget=5):
+        model(**inputs, position_ids=full)
     with tokenprune.apply(model, "zspa", budget=5, positions="original") as session:
         model(**inputs, position_ids=full + 100)  # the caller's own positions, at the kept tokens
     assert session.last.visual_after == [5, 5]

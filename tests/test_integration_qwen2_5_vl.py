@@ -282,9 +282,11 @@ def test_a_chunked_prefill_gives_the_same_tokens_and_positions(model, inputs):
 
 
 def test_original_is_the_only_positions_mode_and_the_default(model, inputs):
-    with pytest.raises(tokenprune.InputError, match="supports positions \\['original'\\]"):
-        with tokenprune.apply(model, "zspa", budget=0.3, positions="contiguous"):
-            pass
+    with (
+        pytest.raises(tokenprune.InputError, match="supports positions \\['original'\\]"),
+        tokenprune.apply(model, "zspa", budget=0.3, positions="contiguous"),
+    ):
+        pass
     outs = []
     for positions in (None, "original"):
         with tokenprune.apply(model, "zspa", budget=0.3, positions=positions) as session:

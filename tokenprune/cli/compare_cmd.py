@@ -43,17 +43,21 @@ examples:
                                        a hub model on hub benchmarks (lmms-eval's datasets and prompts)
   tokenprune compare --model ./llava-1.5-7b-hf --benchmark pope=/data/POPE,textvqa=/data/textvqa
                                        local copies (a save_pretrained directory; parquet/jsonl files)
+  tokenprune compare --methods zspa,zspa:positions=original --keep 0.1
+                                       kept tokens numbered afresh (LLaVA's default) vs at their own positions
   tokenprune compare --json results.json --output runs/pope
                                        also write the JSON summary; per-sample records go to runs/pope
   torchrun --nproc_per_node 4 -m tokenprune compare --model ... --benchmark pope --output runs/pope
                                        one shard of the samples per GPU; rank 0 merges and prints
 
 Method parameters follow a colon; a comma piece with '=' belongs to the method before it
-(see `tokenprune list`). Each (sample, method, keep) record is appended to OUTPUT as soon as its batch
-is done, so an interrupted run resumes where it stopped and a repeated run reuses finished samples
-(--no-resume recomputes). p: paired test against none on the same samples (exact McNemar for 0/1
-metrics, paired bootstrap for POPE F1 and VQA accuracy). ms: per generate call of --batch-size samples.
-peak MB: torch.cuda.max_memory_allocated; '-' on CPU, which keeps no allocator statistics.
+(see `tokenprune list`). positions=original|contiguous in a spec sets how the LM positions that method's
+kept tokens (zspa,zspa:positions=original compares both). Each (sample, method, keep) record is
+appended to OUTPUT as soon as its batch is done, so an interrupted run resumes where it stopped and a
+repeated run reuses finished samples (--no-resume recomputes). p: paired test against none on the same
+samples (exact McNemar for 0/1 metrics, paired bootstrap for POPE F1 and VQA accuracy). ms: per generate
+call of --batch-size samples. peak MB: torch.cuda.max_memory_allocated; '-' on CPU, which keeps no
+allocator statistics.
 """
 
 
@@ -153,6 +157,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-resume", action="store_true", help="compute every sample again instead of reusing records in --output"
+    )
+    parser.add_argument(
+        "--positions",
+        choices=("contiguous", "original"),
+        help="how the LM positions the kept tokens, for specs without positions=: contiguous (numbered afresh, "
+        "the LLaVA default, as the reference code) or original (each keeps its full-sequence position; "
+        "Qwen2.5-VL's only mode, FastV's always) (default: the model's)",
     )
     return parser
 
@@ -344,7 +355,7 @@ def _parse(args: argparse.Namespace) -> tuple[Any, tuple[float, ...], list[tuple
     from tokenprune.evaluation.specs import parse_benchmarks, parse_keeps, parse_methods
 
     try:
-        methods = parse_methods(args.methods)
+        methods = parse_methods(args.methods, positions=args.positions)
         check_in_model(methods)
         keeps = parse_keeps(args.keep)
         benchmarks = parse_benchmarks(args.benchmark)

@@ -8,7 +8,7 @@
                    "methods", "keeps", "seed", "batch_size", "max_new_tokens", "device", "dtype", "world_size",
                    "output", "tokenprune", "torch", "transformers", "python", "platform", "threads",
                    "git_commit", "date", "computed", "reused", "significance": {...}},
-      "results": [{"method", "label", "params", "keep", "benchmark", "metric", "score", "relative",
+      "results": [{"method", "label", "params", "positions", "keep", "benchmark", "metric", "score", "relative",
                    "selection_ms", "prefill_ms", "peak_mem_mb", "visual_before", "visual_after", "n",
                    "p_value_vs_none", "test_vs_none", "vs_none", "families"}, ...],
       "pairwise": [{"benchmark", "keep", "method_a", "label_a", "params_a", "method_b", "label_b", "params_b",
@@ -27,8 +27,9 @@ against the reference on the same samples (``as_dict()`` of
 minus the reference), and ``p_value_vs_none``/``test_vs_none`` repeat its p-value and test name; all
 three are None for the reference row. ``families`` (benchmarks whose samples carry a question family,
 such as ``scenes``) maps each family to ``{"score", "relative", "n", "p_value_vs_none"}``; it is absent
-otherwise. ``pairwise`` holds one paired test per benchmark for every two methods at the same keep
-ratio (``difference`` = A - B, ``detail`` the test's ``as_dict()``).
+otherwise. ``positions`` is how the language model positioned the kept tokens (``"contiguous"``,
+``"original"``; None: the model's default). ``pairwise`` holds one paired test per benchmark for every
+two methods at the same keep ratio (``difference`` = A - B, ``detail`` the test's ``as_dict()``).
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def summarize(comparison: Comparison, *, n_resamples: int = DEFAULT_RESAMPLES) -
                 "method": config.method.name,
                 "label": config.label,
                 "params": config.method.json_params(),
+                "positions": config.method.positions,
                 "keep": config.keep,
                 "benchmark": run.name,
                 "metric": run.metric,

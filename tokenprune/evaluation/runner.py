@@ -570,6 +570,7 @@ def run_comparison(
     output: str | os.PathLike[str] | None = None,
     max_new_tokens: int | None = None,
     resume: bool = True,
+    positions: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     after_batch: Callable[[int], None] | None = None,
 ) -> Comparison | None:
@@ -589,6 +590,8 @@ def run_comparison(
         output: the directory of per-sample JSONL records (resume); None keeps them in memory only.
         max_new_tokens: decoding limit; None uses :func:`max_new_tokens_for` each benchmark.
         resume: reuse records found under ``output``; False computes every sample again.
+        positions: how the LM positions the kept tokens, for the method specs that do not say
+            (``"contiguous"``, ``"original"``; None: the model's default; see :func:`tokenprune.apply`).
         progress: called with ``(done, total)`` (this process's samples x configurations) as work completes.
         after_batch: called with the batch number after each batch is written (e.g. to stop a run).
 
@@ -599,7 +602,10 @@ def run_comparison(
         UnknownMethodError, MethodParameterError, UnknownBenchmarkError, InputError: bad arguments.
         DefaultModelMissingError: no ``model`` and the shipped model is not installed.
     """
-    configs_methods = parse_methods(methods) if isinstance(methods, str) else _method_configs(methods)
+    if isinstance(methods, str):
+        configs_methods = parse_methods(methods, positions=positions)
+    else:
+        configs_methods = _method_configs(methods, positions)
     keeps = parse_keeps(keeps) if isinstance(keeps, str) else parse_keeps(",".join(map(str, keeps)))
     chosen = parse_benchmarks(benchmarks) if isinstance(benchmarks, str) else _benchmark_choices(benchmarks)
     check_in_model(configs_methods)
@@ -665,10 +671,10 @@ def check_in_model(methods: Sequence[MethodConfig]) -> None:
             )
 
 
-def _method_configs(methods: Sequence[MethodConfig | str]) -> list[MethodConfig]:
+def _method_configs(methods: Sequence[MethodConfig | str], positions: str | None = None) -> list[MethodConfig]:
     configs: list[MethodConfig] = []
     for method in methods:
-        for config in [method] if isinstance(method, MethodConfig) else parse_methods(method):
+        for config in [method] if isinstance(method, MethodConfig) else parse_methods(method, positions=positions):
             if config not in configs and not config.is_reference:
                 configs.append(config)
     return configs
@@ -726,6 +732,7 @@ class _Runner:
                 "sample": sample.id,
                 "method": config.method.name,
                 "params": dict(config.method.params),
+                **({} if config.method.positions is None else {"positions": config.method.positions}),
                 "keep": config.keep,
                 "seed": self.seed,
                 "max_new_tokens": run.max_new_tokens,
@@ -823,6 +830,7 @@ class _Runner:
                         method,
                         budget=config.keep,
                         prompt_tokens=self.prompt_tokens,
+                        positions=config.method.positions,
                         adapter=self.encodings.adapter,
                         **({} if config.method.is_reference else dict(config.method.params)),
                     ) as session:
@@ -858,6 +866,7 @@ class _Runner:
                 "family": sample.extra.get("family"),
                 "method": config.method.name,
                 "params": config.method.json_params(),
+                "positions": config.method.positions,
                 "keep": config.keep,
                 "seed": self.seed,
                 "prediction": prediction,

@@ -12,6 +12,10 @@ failing those, a string (quotes optional):
 >>> parse_value("0.2"), parse_value("3"), parse_value("True"), parse_value("none"), parse_value("'max'")
 (0.2, 3, True, None, 'max')
 
+One key is not a method parameter but a setting of the harness: ``positions=original`` (or
+``contiguous``) says how the language model positions the kept tokens (``tokenprune.apply(positions=...)``),
+so ``zspa,zspa:positions=original`` compares the two in one run.
+
 The same method may appear several times with different parameters; a spec whose full parameters
 (defaults included) equal an earlier one's is dropped. ``none``, the unpruned reference, is always run
 and is not a method spec.
@@ -31,10 +35,21 @@ from typing import Any
 from tokenprune._json import jsonable
 from tokenprune.errors import InputError
 
-__all__ = ["REFERENCE", "MethodConfig", "parse_benchmarks", "parse_keeps", "parse_methods", "parse_value"]
+__all__ = [
+    "POSITIONS_KEY",
+    "REFERENCE",
+    "MethodConfig",
+    "parse_benchmarks",
+    "parse_keeps",
+    "parse_methods",
+    "parse_value",
+]
 
 REFERENCE = "none"
 """The name of the unpruned reference row: every visual token kept, through the same harness."""
+
+POSITIONS_KEY = "positions"
+"""The spec key of the harness setting ``positions`` (not a method parameter)."""
 
 
 @dataclass(frozen=True)
@@ -46,11 +61,14 @@ class MethodConfig:
         given: the parameters written in the spec, in order (what the label shows).
         params: every parameter of the method with its value (defaults filled in by the registry); this,
             not ``given``, identifies the configuration.
+        positions: how the language model positions the kept tokens (``"contiguous"``, ``"original"``),
+            or None for the model's default (see :func:`tokenprune.apply`).
     """
 
     name: str
     given: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    positions: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "given", MappingProxyType(dict(self.given)))
@@ -62,17 +80,19 @@ class MethodConfig:
 
     @property
     def identity(self) -> tuple[str, str]:
-        """``(name, repr of the full parameters)``: equal for equal configurations."""
-        return self.name, repr(sorted(self.params.items()))
+        """``(name, repr of the full parameters and the positions)``: equal for equal configurations."""
+        params = repr(sorted(self.params.items()))
+        return self.name, params if self.positions is None else f"{params}|positions={self.positions}"
 
     def json_params(self) -> dict[str, Any]:
         """``params`` with every value JSON-serializable (others as their ``repr``)."""
         return {key: jsonable(value) for key, value in self.params.items()}
 
     def __str__(self) -> str:
-        if not self.given:
+        given = {**self.given, **({} if self.positions is None else {POSITIONS_KEY: self.positions})}
+        if not given:
             return self.name
-        return f"{self.name}:" + ",".join(f"{key}={_format(value)}" for key, value in self.given.items())
+        return f"{self.name}:" + ",".join(f"{key}={_format(value)}" for key, value in given.items())
 
     def __hash__(self) -> int:
         return hash(self.identity)
@@ -133,11 +153,14 @@ def _split_specs(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
     return specs
 
 
-def parse_methods(text: str) -> list[MethodConfig]:
+def parse_methods(text: str, *, positions: str | None = None) -> list[MethodConfig]:
     """The method configurations of a ``--methods`` value, checked against the registry.
 
+    ``positions``: the positions setting of the specs that do not give one (None: the model's default).
+
     Raises:
-        InputError: a malformed spec, or a parameter given twice for one method.
+        InputError: a malformed spec, a parameter given twice for one method, or a positions setting
+            that is unknown or that the method cannot use (FastV prunes inside the LM: always original).
         UnknownMethodError: a name that is not registered (the message lists what is).
         MethodParameterError: a parameter the method does not have, or a value it rejects.
 
@@ -158,11 +181,25 @@ def parse_methods(text: str) -> list[MethodConfig]:
             if given:
                 raise InputError(f"{REFERENCE!r} (the unpruned reference) takes no parameters; got {dict(given)!r}")
             continue  # always run anyway
+        where = given.pop(POSITIONS_KEY, positions)
         method = create_method(name, **given)  # unknown names and parameters raise here, with suggestions
-        config = MethodConfig(name, given, dict(method.params))
+        _check_positions(str(MethodConfig(name, given)), where, inside_lm=method.prune_layer is not None)
+        config = MethodConfig(name, given, dict(method.params), where)
         if config not in configs:
             configs.append(config)
     return configs
+
+
+def _check_positions(label: str, positions: Any, *, inside_lm: bool) -> None:
+    from tokenprune.integrations.base import POSITIONS
+
+    if positions is not None and positions not in POSITIONS:
+        raise InputError(f"positions of {label!r} must be one of {sorted(POSITIONS)}; got {positions!r}")
+    if inside_lm and positions == "contiguous":
+        raise InputError(
+            f"{label!r} prunes inside the language model, where kept tokens keep their original positions; "
+            f"positions=contiguous applies to methods that prune before it"
+        )
 
 
 def parse_keeps(text: str) -> tuple[float, ...]:
