@@ -5,7 +5,8 @@
 checks, with every method at budget ``1.0`` and then at each budget:
 
 * budget ``1.0`` changes nothing: ``generate`` is token-identical to the stock model (per-step scores
-  equal within 1e-5), ``forward`` with labels gives the stock logits and loss, every token is kept;
+  equal within 1e-5), under every ``positions`` mode the adapter supports, ``forward`` with labels gives
+  the stock logits and loss, every token is kept;
 * a pruned ``generate`` returns the caller's prompt followed by the new tokens, and the language
   model's first decoder layer sees the pruned length at prefill and one token at each decoding step;
 * the session's statistics add up: each image's ``visual_before`` is its placeholder count,
@@ -182,6 +183,15 @@ class _Contract:
         self.check(len(pruned.scores) == len(self.stock.scores), "a different number of decoding steps than stock")
         for step, (ours, stock) in enumerate(zip(pruned.scores, self.stock.scores, strict=True)):
             self.close(ours, stock, f"scores of decoding step {step}")
+        for positions in self.adapter.position_modes[1:]:  # every token kept: the positions too are stock's
+            with tokenprune.apply(self.model, method, budget=1.0, positions=positions):
+                other = self.generate(output_scores=True, return_dict_in_generate=True)
+            self.check(
+                torch.equal(other.sequences, self.stock.sequences),
+                f"generate with positions={positions!r} differs from stock:\n{other.sequences.tolist()}",
+            )
+            for step, (ours, stock) in enumerate(zip(other.scores, self.stock.scores, strict=True)):
+                self.close(ours, stock, f"scores of decoding step {step} with positions={positions!r}")
         width = forward.logits.shape[1]  # left padded: every row's real tokens end in the last column
         real = self.real[:, -width:]
         self.close(forward.logits[real], self.stock_forward.logits[:, -width:][real], "forward logits")
