@@ -49,3 +49,23 @@ def add_entry_point(monkeypatch):
         fakes.append(importlib.metadata.EntryPoint(name=name, value=value, group=group))
 
     return add
+
+
+@pytest.fixture
+def lm_positions():
+    """``with lm_positions(model) as seen:`` collects the ``position_ids`` the model's language model gets,
+    one tensor per call (the prefill, then each decoding step)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def watch(model):
+        seen = []
+        hook = model.model.language_model.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs["position_ids"].clone()), with_kwargs=True
+        )
+        try:
+            yield seen
+        finally:
+            hook.remove()
+
+    return watch

@@ -74,16 +74,9 @@ def test_original_positions_equal_the_lm_fed_the_kept_tokens_at_their_own_positi
     assert not torch.equal(ideal, contiguous), "the positions change this model's answers"
 
 
-def test_the_language_model_sees_the_original_positions_in_the_prefill_and_while_decoding(model, inputs):
-    seen = []
-    hook = model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["position_ids"].clone()), with_kwargs=True
-    )
-    try:
-        with tokenprune.apply(model, "divprune", budget=3, positions="original") as session:
-            model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    finally:
-        hook.remove()
+def test_the_language_model_sees_the_original_positions_in_the_prefill_and_while_decoding(model, inputs, lm_positions):
+    with lm_positions(model) as seen, tokenprune.apply(model, "divprune", budget=3, positions="original") as session:
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
     _, mask, original = _fed_directly(model, inputs, session.last.kept)
     prefill, *steps = seen
     assert torch.equal(prefill * mask, original)

@@ -190,17 +190,10 @@ def test_tokenprune_reads_the_device_six_times_here(method):
     assert len(ours) == 6, ours
 
 
-def test_original_positions_keep_every_kept_token_and_the_text_where_they_were(model, inputs):
+def test_original_positions_keep_every_kept_token_and_the_text_where_they_were(model, inputs, lm_positions):
     """Kept patches, newlines and text keep their full-sequence positions; decoding continues after them."""
-    seen = []
-    hook = model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["position_ids"].clone()), with_kwargs=True
-    )
-    try:
-        with tokenprune.apply(model, "zspa", budget=0.25, positions="original") as session:
-            model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    finally:
-        hook.remove()
+    with lm_positions(model) as seen, tokenprune.apply(model, "zspa", budget=0.25, positions="original") as session:
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
     prefill, *steps = seen
     kept = iter(session.last.kept)
     for row, (ids, real) in enumerate(zip(inputs["input_ids"], inputs["attention_mask"].bool(), strict=True)):
