@@ -576,8 +576,5 @@ def resolve_positions(adapter: ModelAdapter, positions: str | None, *, inside_lm
     if positions is None:
         return adapter.position_modes[0]
     if positions not in adapter.position_modes:
-        raise InputError(
-            f"{adapter.name} supports positions {list(adapter.position_modes)}; got {positions!r}"
-            + ("" if positions != "contiguous" else " (its positions are the image grid's, which a pruned image keeps)")
-        )
+        raise InputError(f"{adapter.name} supports positions {list(adapter.position_modes)}; got {positions!r}")
     return positions

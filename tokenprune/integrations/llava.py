@@ -1,8 +1,9 @@
 """LLaVA-1.5 (``LlavaForConditionalGeneration``): one CLIP image -> 576 projected tokens, 1-D RoPE.
 
 Kept tokens are fed to the language model as a shorter sequence (text + K visual tokens) with
-contiguous positions, exactly as if the image had K tokens: the same inputs the reference
-implementations of DivPrune and ZSPAPrune give the LM.
+contiguous positions by default, exactly as if the image had K tokens: the same inputs the reference
+implementations of DivPrune and ZSPAPrune give the LM. ``positions="original"`` keeps each token at
+its full-sequence position instead (:meth:`~tokenprune.integrations.ModelAdapter.original_positions`).
 """
 
 from __future__ import annotations

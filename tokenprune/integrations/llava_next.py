@@ -11,7 +11,8 @@ passed to the selector as :attr:`~tokenprune.integrations.base.ImageTokens.prote
 budget ``K`` keeps ``K`` patch tokens *plus* every newline, and a ratio budget is a ratio of the
 image's patch (non-newline) tokens. Kept tokens, newlines included, stay in their original order.
 As for LLaVA-1.5, the language model gets a shorter sequence (text + kept tokens) with contiguous
-1-D positions, exactly as if the image had that many tokens.
+1-D positions by default, exactly as if the image had that many tokens (``positions="original"``: at
+their full-sequence positions).
 
 Where the newlines are: found by running the model's own ``pack_image_features`` on a one-channel
 marker (0 for every tile patch, 1 for the newline), which gives each image's newline mask exact by

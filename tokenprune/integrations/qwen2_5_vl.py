@@ -35,7 +35,8 @@ _VIDEO_KWARGS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 class Qwen2_5_VLAdapter(ModelAdapter):
     # pixel_values_videos is listed so that a video call reaches encode_images and is refused there
     image_kwargs = ("pixel_values", "image_grid_thw", *_VIDEO_KWARGS, "mm_token_type_ids", "position_ids")
-    position_modes = ("original",)  # M-RoPE positions are the image grid's: a kept patch stays where it was
+    # M-RoPE positions are the image grid's: a kept patch stays where it was, and renumbering has no meaning
+    position_modes = ("original",)
 
     @property
     def image_token_id(self) -> int:
