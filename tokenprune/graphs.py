@@ -125,10 +125,12 @@ class Graphed(Wrapper):
         prompt_mask: Tensor | None,
         scores: Tensor | None,
     ) -> Tensor:
+        def eager() -> Tensor:
+            masks = {"visual_mask": visual_mask, "prompt_mask": prompt_mask}
+            return self.selector(visual, prompt=prompt, budget=budget, scores=scores, **masks)
+
         if not self.capturable or not isinstance(visual, Tensor) or not self._applies(visual):
-            return self.selector(
-                visual, prompt=prompt, budget=budget, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
-            )
+            return eager()
         # the checks and the masks' one read happen here, outside the graph, as in an eager call
         checked = TokenBatch.check(
             visual, prompt=prompt, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
@@ -142,10 +144,8 @@ class Graphed(Wrapper):
             entry = self._record(key, checked, target)
         else:
             self._graphs.move_to_end(key)
-        if entry is _EAGER:
-            return self.selector(
-                visual, prompt=prompt, budget=budget, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
-            )
+        if entry is _EAGER:  # its capture failed: this shape runs eagerly (checks and reads again)
+            return eager()
         entry.load(given)
         entry.replay()
         self.selector.check_result(entry.tokens, entry.reported, entry.summary.tolist(), target)
