@@ -74,6 +74,14 @@ def test_original_positions_equal_the_lm_fed_the_kept_tokens_at_their_own_positi
     assert not torch.equal(ideal, contiguous), "the positions change this model's answers"
 
 
+def test_original_positions_decode_the_same_with_a_static_cache(model, inputs):
+    outs = []
+    for cache in ({}, {"cache_implementation": "static"}):
+        with tokenprune.apply(model, "zspa", budget=5, positions="original"):
+            outs.append(model.generate(**inputs, **GEN, **cache))
+    assert torch.equal(*outs)
+
+
 def test_the_language_model_sees_the_original_positions_in_the_prefill_and_while_decoding(model, inputs, lm_positions):
     with lm_positions(model) as seen, tokenprune.apply(model, "divprune", budget=3, positions="original") as session:
         model.generate(**inputs, max_new_tokens=3, do_sample=False)
