@@ -191,8 +191,9 @@ def test_positions_are_part_of_a_configuration_and_of_its_records(model_dir, bas
     default, contiguous, original = (run.records_for(config, bench) for config in run.configs[1:])
     assert [r["prediction"] for r in default] == [r["prediction"] for r in contiguous]  # LLaVA's default
     assert {r["positions"] for r in original} == {"original"} and {r["positions"] for r in contiguous} == {"contiguous"}
+    assert {r["positions"] for r in default} == {"contiguous"}, "records say what ran: here LLaVA's default"
     rows = summarize(run)["results"]
-    assert [row["positions"] for row in rows] == [None, None, "contiguous", "original"]
+    assert [row["positions"] for row in rows] == [None, "contiguous", "contiguous", "original"]
     everything = run_comparison("zspa", keeps=(0.25,), limit=6, model=model_dir, output=output, positions="original")
     assert everything.computed == 0 and everything.configs[1].label == "zspa:positions=original"
 
@@ -389,7 +390,7 @@ def pope_shapes(tmp_path_factory):
     return str(root)
 
 
-def _check_family_run(batched, one, tokens):
+def _check_family_run(batched, one, tokens, positions):
     """Batched == one at a time; rows of a batch with different token counts; every method kept some, not all."""
     assert _predictions(one) == _predictions(batched)
     assert batched.computed == 6 * len(batched.configs)
@@ -400,6 +401,7 @@ def _check_family_run(batched, one, tokens):
     for config in pruned:
         for n, record in zip(tokens, batched.records_for(config, bench), strict=True):
             assert record["visual_before"] == n and 0 < record["visual_after"] < n, (config, record)
+            assert record["positions"] == ("original" if config.method.name == "fastv" else positions)
 
 
 def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_size(tmp_path, pope_shapes):
@@ -416,7 +418,7 @@ def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_s
     batched = run_comparison(**run, batch_size=3, output=None)
     one = run_comparison(**run, batch_size=1, output=None)
     tokens = [llava_next_image_tokens(model, height, width)[0] for width, height in SIZES]  # newlines included
-    _check_family_run(batched, one, tokens)
+    _check_family_run(batched, one, tokens, positions="contiguous")
 
 
 def test_qwen2_5_vl_runs_under_the_same_harness_and_batch_size_changes_nothing(tmp_path, pope_shapes):
@@ -442,7 +444,7 @@ def test_qwen2_5_vl_runs_under_the_same_harness_and_batch_size_changes_nothing(t
     if importlib.util.find_spec("torchvision") is None:
         assert any("for images only" in str(w.message) for w in caught if w.category is RuntimeWarning)
     grids = processor.image_processor(images=[Image.new("RGB", size) for size in SIZES])["image_grid_thw"]
-    _check_family_run(batched, one, [int(grid.prod()) // 4 for grid in grids])
+    _check_family_run(batched, one, [int(grid.prod()) // 4 for grid in grids], positions="original")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="the video processor loads")

@@ -28,8 +28,9 @@ minus the reference), and ``p_value_vs_none``/``test_vs_none`` repeat its p-valu
 three are None for the reference row. ``families`` (benchmarks whose samples carry a question family,
 such as ``scenes``) maps each family to ``{"score", "relative", "n", "p_value_vs_none"}``; it is absent
 otherwise. ``positions`` is how the language model positioned the kept tokens (``"contiguous"``,
-``"original"``; None: the model's default). ``pairwise`` holds one paired test per benchmark for every
-two methods at the same keep ratio (``difference`` = A - B, ``detail`` the test's ``as_dict()``).
+``"original"``), as run: the model's default where the spec set none; None for the reference row.
+``pairwise`` holds one paired test per benchmark for every two methods at the same keep ratio
+(``difference`` = A - B, ``detail`` the test's ``as_dict()``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,12 @@ def _families(
     return out
 
 
+def _positions(records: Sequence[dict[str, Any]]) -> str | None:
+    """The positions mode the records ran with; None for the reference, or records written before it was kept."""
+    modes = {record.get("positions") for record in records}
+    return modes.pop() if len(modes) == 1 else None
+
+
 def summarize(comparison: Comparison, *, n_resamples: int = DEFAULT_RESAMPLES) -> dict[str, Any]:
     """``{"metadata", "results", "pairwise"}`` of a comparison (schema in the module docstring).
 
@@ -127,7 +134,7 @@ def summarize(comparison: Comparison, *, n_resamples: int = DEFAULT_RESAMPLES) -
                 "method": config.method.name,
                 "label": config.label,
                 "params": config.method.json_params(),
-                "positions": config.method.positions,
+                "positions": _positions(records),
                 "keep": config.keep,
                 "benchmark": run.name,
                 "metric": run.metric,

@@ -844,10 +844,13 @@ class _Runner:
                     peak = _peak_memory(self.device, reset=False)
                     new_tokens = out[:, inputs["input_ids"].shape[1] :]
                     texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-                    records += self._records(part, config, texts, session.last, peak)
+                    positions = None if config.method.is_reference else session.positions
+                    records += self._records(part, config, texts, session.last, peak, positions)
         return records
 
-    def _records(self, rows, config: RunConfig, texts: Sequence[str], stats: Any, peak: float | None):
+    def _records(
+        self, rows, config: RunConfig, texts: Sequence[str], stats: Any, peak: float | None, positions: str | None
+    ):
         out = []
         image = 0
         for (run, index, sample, todo), text in zip(rows, texts, strict=True):
@@ -866,7 +869,7 @@ class _Runner:
                 "family": sample.extra.get("family"),
                 "method": config.method.name,
                 "params": config.method.json_params(),
-                "positions": config.method.positions,
+                "positions": positions,  # the mode that ran: the model's default when the spec set none
                 "keep": config.keep,
                 "seed": self.seed,
                 "prediction": prediction,
