@@ -316,6 +316,7 @@ def test_the_cli_prints_the_tables_and_writes_the_json(capsys, model_dir, baseli
     assert any([c.strip() for c in line.split("│")[1:3]] == ["none", "100%"] for line in lines)
     assert sum("zspa:core_ratio=0.5,pooling=max" in line for line in lines) == 2 + 2 + 4  # main, families, pairs
     assert "existence (1)" in out and "A - B" in out and "0 records computed, 42 reused" in out
+    assert "Kept tokens' positions, where the label does not say: contiguous." in " ".join(out.split())
 
     data = json.loads(path.read_text())
     assert set(data) == {"metadata", "results", "pairwise"}

@@ -202,7 +202,8 @@ def render_tables(summary: dict[str, Any]) -> list[Table]:
     meta = summary["metadata"]
     title = f"{Path(str(meta.get('model', ''))).name or meta.get('model')} · {meta.get('device', '')}"
     metrics = ", ".join(f"{name}: {_metric(results, name)}" for name in benchmarks)
-    main = Table(title=title, caption=f"{metrics}. {_caption(meta)}", caption_justify="left")
+    caption = f"{metrics}. {_caption(meta)}{_positions_note(results)}"
+    main = Table(title=title, caption=caption, caption_justify="left")
     main.add_column("method", style="bold cyan", no_wrap=True)
     main.add_column("keep", justify="right")
     for name in benchmarks:
@@ -263,6 +264,12 @@ def _caption(meta: dict[str, Any]) -> str:
         f"('-' on CPU: no allocator statistics). {meta.get('computed', 0)} records computed, "
         f"{meta.get('reused', 0)} reused."
     )
+
+
+def _positions_note(results: list[dict[str, Any]]) -> str:
+    """Which positions the rows without ``positions=`` in their label ran with (the model's default)."""
+    modes = sorted({row["positions"] for row in results if row.get("positions") and "positions=" not in row["label"]})
+    return f" Kept tokens' positions, where the label does not say: {', '.join(modes)}." if modes else ""
 
 
 def _family_table(benchmark: str, rows: list[dict[str, Any]]) -> Table:
