@@ -99,6 +99,11 @@ def test_a_positions_mode_the_model_or_method_cannot_use_is_a_clear_error(model,
     ):
         pass
     with (
+        pytest.raises(tokenprune.InputError, match=r"positions must be one of .*; got \['original'\]"),
+        tokenprune.apply(model, "zspa", budget=5, positions=["original"]),
+    ):
+        pass
+    with (
         pytest.raises(tokenprune.InputError, match="prunes inside the language model"),
         tokenprune.apply(model, "fastv", budget=5, positions="contiguous"),
     ):

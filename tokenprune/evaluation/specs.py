@@ -193,7 +193,7 @@ def parse_methods(text: str, *, positions: str | None = None) -> list[MethodConf
 def _check_positions(label: str, positions: Any, *, inside_lm: bool) -> None:
     from tokenprune.integrations.base import POSITIONS
 
-    if positions is not None and positions not in POSITIONS:
+    if positions is not None and (not isinstance(positions, str) or positions not in POSITIONS):
         raise InputError(f"positions of {label!r} must be one of {sorted(POSITIONS)}; got {positions!r}")
     if inside_lm and positions == "contiguous":
         raise InputError(

@@ -562,7 +562,7 @@ def resolve_positions(adapter: ModelAdapter, positions: str | None, *, inside_lm
     their positions. Raises :class:`InputError` for a mode that is unknown or that the family or the
     method cannot use.
     """
-    if positions is not None and positions not in POSITIONS:
+    if positions is not None and (not isinstance(positions, str) or positions not in POSITIONS):
         raise InputError(
             f"positions must be one of {sorted(POSITIONS)} (or None for the model's default); got {positions!r}"
         )
