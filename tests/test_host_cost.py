@@ -149,7 +149,9 @@ def test_operations_do_not_grow_with_the_picks_when_the_fill_is_one_kernel(fill_
         counts.append(ops.total)
     assert len(fill_kernel) == 2, "the fill went through the kernel"
     assert counts[0] == counts[1]
-    assert counts[0] <= 50, f"{counts[0]} operations for one call: {ops.ops}"
+    # each operation is a kernel launch that bounds a B = 1 call on a GPU: raise these only with a reason
+    bound = {"zspa": 39, "divprune": 33}[name]
+    assert counts[0] <= bound, f"{counts[0]} operations for one call (at most {bound}): {ops.ops}"
 
 
 def test_the_loop_without_the_kernel_costs_a_few_operations_per_pick():

@@ -1,6 +1,6 @@
 """Replay a selector's device work as one CUDA graph per input shape (experimental).
 
-On a GPU at batch 1 a selector call is bound by the host: zspa issues about 40 small operations, and
+On a GPU at batch 1 a selector call is bound by the host: zspa issues about 41 small operations, and
 the host needs longer to launch them than the GPU needs to run them. :func:`graphed` records those
 operations once per input shape as a CUDA graph and afterwards launches the whole call at once::
 

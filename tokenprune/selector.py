@@ -115,10 +115,15 @@ class TokenBatch:
         so a large but finite float32 input cannot overflow them. The sums stay on the device: a
         selector call reads them with its result check, in one device-to-host copy.
         """
+        parts = self._finite_parts()
+        return torch.cat(parts) if parts else self.real.new_zeros(0, dtype=torch.float64)
+
+    def _finite_parts(self) -> list[Tensor]:
+        """:meth:`finite_sums` as one-element tensors, for a caller that concatenates them with more."""
         parts = [token_norms(self.prompt)] if self.prompt is not None else []
         parts += [self.scores] if self.scores is not None else []
         parts += [self.norms] if "norms" in self.__dict__ else []
-        return torch.stack([part.sum(dtype=torch.float64) for part in parts]) if parts else self.real.new_zeros(0)
+        return [part.sum(dtype=torch.float64).view(1) for part in parts]
 
     def check_finite(self) -> None:
         """Raise :class:`InputError` naming the first input that holds NaN or infinite real values.
@@ -412,7 +417,7 @@ class Selector(ABC):
         parts = [mask.sum(dim=1, dtype=torch.float64)]
         if not tokens.all_real:
             parts.append((mask & ~tokens.real).sum(dim=1, dtype=torch.float64))
-        summary = torch.cat([*parts, tokens.finite_sums()])
+        summary = torch.cat([*parts, *tokens._finite_parts()])  # one concatenation: one operation
         return selection.counts, summary, mask_to_indices(mask, target)
 
     def check_result(

@@ -37,7 +37,7 @@ def _kernel():
     def maxmin_fill(
         sims_ptr,  # (B, N, N) cosines, snapped (snap_unit)
         maxsim_ptr,  # (B, N) start scores: +inf where a token may not be picked
-        picks_ptr,  # (B, steps) int32 out
+        picks_ptr,  # (B, steps) int64 out
         n,
         steps,
         stride_sb,
@@ -54,7 +54,7 @@ def _kernel():
         step = 0
         while step < steps:  # not range(steps): Triton's interpreter cannot index with a numpy>=2.4 scalar
             pick = tl.argmin(best, axis=0, tie_break_left=True)
-            tl.store(picks_ptr + row * stride_pb + step, pick.to(tl.int32))
+            tl.store(picks_ptr + row * stride_pb + step, pick.to(tl.int64))
             sim = tl.load(base + pick.to(tl.int64) * stride_sr + offs, mask=inside, other=float("-inf"))
             best = tl.where(offs == pick, float("inf"), tl.maximum(best, sim))
             step += 1
@@ -93,9 +93,9 @@ def fill_from_matrix(sims: Tensor, maxsim: Tensor, add: Sequence[int]) -> Tensor
     """
     batch, n, _ = sims.shape
     steps = max(add, default=0)
-    picks = torch.empty((batch, steps), dtype=torch.int32, device=sims.device)
+    picks = torch.empty((batch, steps), dtype=torch.int64, device=sims.device)  # indices as torch uses them
     if steps == 0 or batch == 0:
-        return picks.long()
+        return picks
     if sims.stride(2) != 1:
         sims = sims.contiguous()
     maxsim = maxsim.to(sims.dtype).contiguous()
@@ -114,4 +114,4 @@ def fill_from_matrix(sims: Tensor, maxsim: Tensor, add: Sequence[int]) -> Tensor
         BLOCK=block,
         num_warps=warps,
     )
-    return picks.long()
+    return picks

@@ -393,15 +393,25 @@ def _fill_from_matrix(
             selected[row, picks] = True
         return selected
     if _triton.available(sims.device) and sims.shape[1] <= _triton.MAX_TOKENS:  # one launch for every pick
-        picks = _triton.fill_from_matrix(sims, maxsim, add)
-        return selected | mark_picks(picks, add, sims.shape[2])
+        return _with_picks(selected, _triton.fill_from_matrix(sims, maxsim, add), add)
     batch = torch.arange(sims.shape[0], device=sims.device)
     picks = []
     for _ in range(max(add, default=0)):  # no host sync inside the loop
         pick = maxsim.argmin(dim=1)
         picks.append(pick)
         maxsim = _fold(maxsim, sims[batch, pick], pick)
-    return selected | mark_picks(torch.stack(picks, dim=1), add, sims.shape[2])
+    return _with_picks(selected, torch.stack(picks, dim=1), add)
+
+
+def _with_picks(selected: Tensor, picks: Tensor, add: Sequence[int]) -> Tensor:
+    """``selected`` plus each row's first ``add[b]`` ``picks`` (a new mask; ``selected`` is not modified).
+
+    When every row keeps all its picks, they are scattered into a copy of ``selected``: two operations
+    instead of three (a new mask, the scatter, the union).
+    """
+    if len(set(add)) == 1 and add[0] == picks.shape[1]:
+        return selected.clone().scatter_(1, picks, True)
+    return selected | mark_picks(picks, add, selected.shape[1])
 
 
 def _taken(selected: Tensor, available: Tensor | None) -> Tensor:
