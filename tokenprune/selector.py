@@ -107,19 +107,16 @@ class TokenBatch:
         n = self.visual.shape[1]
         return all(count == n for count in self.counts)
 
-    def finite_sums(self) -> Tensor:
-        """One float64 sum per checked input: finite exactly when that input's real values are.
+    def finite_sums(self) -> list[Tensor]:
+        """One float64 sum per checked input, each a one-element tensor: finite exactly when that input's
+        real values are.
 
         The inputs checked are the prompt's token norms, the scores, and the visual token norms once a
         stage has computed them. Padding was zeroed by :meth:`from_inputs`, and the sums are in float64,
         so a large but finite float32 input cannot overflow them. The sums stay on the device: a
-        selector call reads them with its result check, in one device-to-host copy.
+        selector call concatenates them with its counts and reads them with its result check, in one
+        device-to-host copy.
         """
-        parts = self._finite_parts()
-        return torch.cat(parts) if parts else self.real.new_zeros(0, dtype=torch.float64)
-
-    def _finite_parts(self) -> list[Tensor]:
-        """:meth:`finite_sums` as one-element tensors, for a caller that concatenates them with more."""
         parts = [token_norms(self.prompt)] if self.prompt is not None else []
         parts += [self.scores] if self.scores is not None else []
         parts += [self.norms] if "norms" in self.__dict__ else []
@@ -417,7 +414,7 @@ class Selector(ABC):
         parts = [mask.sum(dim=1, dtype=torch.float64)]
         if not tokens.all_real:
             parts.append((mask & ~tokens.real).sum(dim=1, dtype=torch.float64))
-        summary = torch.cat([*parts, *tokens._finite_parts()])  # one concatenation: one operation
+        summary = torch.cat([*parts, *tokens.finite_sums()])  # one concatenation: one operation
         return selection.counts, summary, mask_to_indices(mask, target)
 
     def check_result(
