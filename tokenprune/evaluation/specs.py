@@ -168,6 +168,7 @@ def parse_methods(text: str, *, positions: str | None = None) -> list[MethodConf
         >>> [m.params["core_ratio"] for m in parse_methods("zspa,zspa:core_ratio=0.5")]
         [0.2, 0.5]
     """
+    from tokenprune.integrations.base import check_positions
     from tokenprune.registry import create_method
 
     configs: list[MethodConfig] = []
@@ -183,23 +184,11 @@ def parse_methods(text: str, *, positions: str | None = None) -> list[MethodConf
             continue  # always run anyway
         where = given.pop(POSITIONS_KEY, positions)
         method = create_method(name, **given)  # unknown names and parameters raise here, with suggestions
-        _check_positions(str(MethodConfig(name, given)), where, inside_lm=method.prune_layer is not None)
+        check_positions(where, inside_lm=method.prune_layer is not None, label=str(MethodConfig(name, given)))
         config = MethodConfig(name, given, dict(method.params), where)
         if config not in configs:
             configs.append(config)
     return configs
-
-
-def _check_positions(label: str, positions: Any, *, inside_lm: bool) -> None:
-    from tokenprune.integrations.base import POSITIONS
-
-    if positions is not None and (not isinstance(positions, str) or positions not in POSITIONS):
-        raise InputError(f"positions of {label!r} must be one of {sorted(POSITIONS)}; got {positions!r}")
-    if inside_lm and positions == "contiguous":
-        raise InputError(
-            f"{label!r} prunes inside the language model, where kept tokens keep their original positions; "
-            f"positions=contiguous applies to methods that prune before it"
-        )
 
 
 def parse_keeps(text: str) -> tuple[float, ...]:

@@ -36,6 +36,7 @@ __all__ = [
     "placeholder_runs",
     "prunable_counts",
     "prune_inputs",
+    "check_positions",
     "resolve_positions",
     "select_per_image",
 ]
@@ -555,23 +556,33 @@ def prune_inputs(
     return PrunedInputs(kwargs, keep, input_ids, stats)
 
 
+def check_positions(positions: Any, *, inside_lm: bool = False, label: str | None = None) -> None:
+    """Raise :class:`InputError` for a :data:`POSITIONS` mode that is unknown, or that a method pruning
+    inside the language model (``inside_lm``, FastV) cannot use. None (the model's default) always passes.
+
+    ``label``: the method, as the message names it.
+    """
+    of = f" of {label!r}" if label else ""
+    if positions is not None and (not isinstance(positions, str) or positions not in POSITIONS):
+        raise InputError(
+            f"positions{of} must be one of {sorted(POSITIONS)} (or None for the model's default); got {positions!r}"
+        )
+    if inside_lm and positions not in (None, "original"):
+        raise InputError(
+            f"{repr(label) if label else 'this method'} prunes inside the language model, where kept tokens keep "
+            f"their original positions; positions={positions!r} applies to methods that prune before it"
+        )
+
+
 def resolve_positions(adapter: ModelAdapter, positions: str | None, *, inside_lm: bool = False) -> str:
     """The :data:`POSITIONS` mode to use: ``positions``, or the family's default when None.
 
     ``inside_lm``: the method prunes inside the language model (FastV), where kept tokens always keep
     their positions. Raises :class:`InputError` for a mode that is unknown or that the family or the
-    method cannot use.
+    method cannot use (:func:`check_positions`).
     """
-    if positions is not None and (not isinstance(positions, str) or positions not in POSITIONS):
-        raise InputError(
-            f"positions must be one of {sorted(POSITIONS)} (or None for the model's default); got {positions!r}"
-        )
+    check_positions(positions, inside_lm=inside_lm)
     if inside_lm:
-        if positions not in (None, "original"):
-            raise InputError(
-                "a method that prunes inside the language model (fastv) keeps every kept token at its original "
-                f"position; positions={positions!r} applies to methods that prune before it"
-            )
         return "original"
     if positions is None:
         return adapter.position_modes[0]
