@@ -277,12 +277,12 @@ def make_selector(spec: str) -> tokenprune.Selector:
     return tokenprune.graphed(selector) if graph else selector
 
 
-def _encoded_adapter(model: Any, inputs: dict[str, Any], scores: str | None) -> Any:
+def _encoded_adapter(model: Any, inputs: dict[str, Any], scores: str | None, merge: bool = False) -> Any:
     """An adapter of ``model`` whose ``encode_images`` returns the images of ``inputs``, encoded once."""
     adapter = get_adapter(model)
     with torch.inference_mode():
-        images = adapter.encode_images(inputs, scores=scores)
-    adapter.encode_images = lambda _inputs, *, scores=None: images  # this adapter instance only
+        images = adapter.encode_images(inputs, scores=scores, **({"merge": True} if merge else {}))
+    adapter.encode_images = lambda _inputs, *, scores=None, merge=False: images  # this adapter instance only
     return adapter
 
 
@@ -291,7 +291,7 @@ def added_ms(
 ) -> list[float]:
     """Times of tokenprune's own work before the LM (layout, selection, input rewrite), images pre-encoded."""
     source = selector.score_source if "scores" in selector.requires else None
-    adapter = _encoded_adapter(model, inputs, source)
+    adapter = _encoded_adapter(model, inputs, source, merge=selector.merges)
     times = []
     for _ in range(repeats + 1):  # the first call warms up
         times.append(meter.run(lambda: prune_inputs(adapter, selector, keep, inputs))[0])

@@ -1,5 +1,7 @@
 import importlib.metadata
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +24,17 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(scope="session")
+def ref():
+    """``tests/reference_impl.py``: the float64 numpy references, written from the specifications."""
+    spec = importlib.util.spec_from_file_location(
+        "tokenprune_reference_impl", Path(__file__).with_name("reference_impl.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

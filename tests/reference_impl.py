@@ -133,6 +133,43 @@ def attention_row(scores: np.ndarray, k_total: int) -> np.ndarray:
     return np.sort(topk(scores, k_total)).astype(np.int64)
 
 
+def visionzip_row(
+    scores: np.ndarray, metric: np.ndarray, values: np.ndarray, k_total: int, contextual_ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """VisionZip on one image, written from its paper and description (arXiv 2412.04467, §3).
+
+    Dominant tokens: the ``d`` tokens of highest CLS attention, ``d = floor((1 - ratio) k + 0.5)``. The
+    others, in position order, are the *remaining* tokens. Contextual tokens: ``c = k - d`` of them, those
+    of rank ``0, s, 2s, ...`` with ``s = max(1, floor(R / c))``. Each other remaining token joins the
+    contextual token whose metric vector has the highest cosine with its own (equal cosines: the lower
+    position), and a contextual token becomes its own value plus the mean of its members' values.
+
+    Returns:
+        The kept positions, ascending, and their values after merging, ``(k, C)``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[0]
+    d = min(k_total, max(0, math.floor((1.0 - contextual_ratio) * k_total + 0.5)))
+    c = k_total - d
+    dominant = [int(i) for i in topk(scores, d)]
+    remaining = [i for i in range(n) if i not in set(dominant)]
+    targets: list[int] = []
+    if c > 0:
+        step = max(1, len(remaining) // c)
+        targets = [remaining[j * step] for j in range(c)]
+    members = [i for i in remaining if i not in set(targets)]
+    merged = values.copy()
+    if targets and members:
+        cos = cosine_matrix(np.asarray(metric)[members], np.asarray(metric)[targets])  # (members, targets)
+        owner = np.asarray(targets)[np.argmax(cos, axis=1)]  # argmax: the first maximum, the lower position
+        for t in targets:
+            joined = [m for m, o in zip(members, owner, strict=True) if o == t]
+            if joined:
+                merged[t] = values[t] + values[joined].mean(axis=0)
+    kept = np.sort(np.asarray(dominant + targets, dtype=np.int64))
+    return kept, merged[kept]
+
+
 def reference_select(
     method: str,
     visual: np.ndarray,

@@ -6,10 +6,10 @@ import torch
 import tokenprune
 from tokenprune import TokenPruneError
 from tokenprune.integrations import UnsupportedModelError
-from tokenprune.integrations.base import UnsupportedScoresError
-from tokenprune.stages import Stride
+from tokenprune.integrations.base import UnsupportedMergeError, UnsupportedScoresError
+from tokenprune.stages import Contextual, LayerAttention, Stride, TopK
 from tokenprune.testing import assert_adapter_contract
-from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs
+from tokenprune.testing.models import IMAGE_TOKEN, record_calls, tiny_llava, tiny_llava_inputs
 
 GEN = {"max_new_tokens": 6, "do_sample": False}
 PROMPTS = [([5, 17, 9, 33], [41, 8, 77, 12, 6, 90]), ([23], [64, 3, 55])]
@@ -206,6 +206,68 @@ def test_fastervlm_keeps_the_top_cls_attention_tokens_without_eager_attention(mo
     cls_to_patches = out.attentions[-2][:, :, 0, 1:].mean(dim=1)  # LLaVA's feature layer is -2
     expected = torch.topk(cls_to_patches, 5).indices.sort().values
     assert [k.tolist() for k in session.last.kept] == expected.tolist()
+
+
+def _visionzip_reference(ref, inputs, budget, ratio):
+    """VisionZip's kept features, from an independent path: eager CLIP attention maps, the keys recorded at the
+    feature layer's ``k_proj``, the hidden states of the feature layer, and the float64 reference merge."""
+    reference = tiny_llava(seed=0)  # same weights; eager, asked for the attention maps
+    reference.model.vision_tower.config._attn_implementation = "eager"
+    tower = reference.model.vision_tower
+    k_proj = tower.encoder.layers[-2].self_attn.k_proj  # LLaVA's feature layer is -2
+    heads = reference.config.vision_config.num_attention_heads
+    with torch.no_grad():
+        seen, out = record_calls(
+            k_proj,
+            lambda: tower(inputs["pixel_values"], output_attentions=True, output_hidden_states=True),
+            lambda args, kwargs: args[0],
+        )
+        cls = out.attentions[-2][:, :, 0, 1:].mean(dim=1)
+        metric = k_proj(seen[0])[:, 1:].unflatten(-1, (heads, -1)).mean(dim=2)
+        raw = out.hidden_states[-2][:, 1:]
+        kept, projected = [], []
+        for b in range(raw.shape[0]):
+            index, merged = ref.visionzip_row(cls[b].numpy(), metric[b].numpy(), raw[b].numpy(), budget, ratio)
+            kept.append(index.tolist())
+            projected.append(reference.model.multi_modal_projector(torch.from_numpy(merged).float()))
+    return kept, projected
+
+
+@pytest.mark.parametrize("ratio", [10 / 64, 0.5])
+def test_visionzip_feeds_the_lm_the_merged_features_an_independent_reference_computes(model, inputs, ref, ratio):
+    implementation = model.model.vision_tower.config._attn_implementation
+    with tokenprune.apply(model, "visionzip", budget=6, contextual_ratio=ratio) as session:
+        embeds, _ = record_calls(
+            model.model.language_model, lambda: model(**inputs), lambda args, kwargs: kwargs["inputs_embeds"]
+        )
+    assert model.model.vision_tower.config._attn_implementation == implementation  # not switched to eager
+    kept, projected = _visionzip_reference(ref, inputs, 6, ratio)
+    assert [k.tolist() for k in session.last.kept] == kept
+    image = (model.get_input_embeddings()(torch.tensor(IMAGE_TOKEN)) - embeds[0]).norm(dim=-1)  # never 0: replaced
+    for b, features in enumerate(projected):
+        row = embeds[0][b]
+        start = int((row - features[0]).norm(dim=-1).argmin())  # where the image's kept tokens begin
+        torch.testing.assert_close(row[start : start + 6], features, rtol=1e-4, atol=1e-5)
+    assert image.min() > 0
+    # the contextual tokens differ from the unmerged features (fastervlm keeps the same dominant ones)
+    with tokenprune.apply(model, "fastervlm", budget=6):
+        plain, _ = record_calls(
+            model.model.language_model, lambda: model(**inputs), lambda args, kwargs: kwargs["inputs_embeds"]
+        )
+    assert not torch.allclose(plain[0], embeds[0])
+
+
+def test_merging_inside_the_language_model_is_refused(model, inputs):
+    inside = Contextual(core=TopK(LayerAttention(1)), fill=Stride(), core_ratio=0.5)
+    message = r"merges tokens and prunes inside the language model \(layer 1\)"
+    with pytest.raises(UnsupportedMergeError, match=message), tokenprune.apply(model, inside, budget=4):
+        model(**inputs)
+
+
+def test_visionzip_keeping_every_token_is_stock(model, inputs):
+    stock = model.generate(**inputs, **GEN)
+    with tokenprune.apply(model, "visionzip", budget=1.0):
+        assert torch.equal(model.generate(**inputs, **GEN), stock)
 
 
 def test_keeping_every_token_skips_the_selector(model, inputs):

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import tokenprune
-from tokenprune.integrations import get_adapter
+from tokenprune.integrations import get_adapter, prune_inputs
 from tokenprune.testing import assert_adapter_contract
 from tokenprune.testing.models import (
     IMAGE_TOKEN,
     llava_next_image_tokens,
+    record_calls,
     tiny_llava_next,
     tiny_llava_next_inputs,
 )
@@ -155,6 +156,49 @@ def test_fastervlm_keeps_the_top_cls_attention_patches_of_every_tile(model, inpu
         top = torch.topk(scores, 5).indices
         expected = torch.cat([top, is_newline.nonzero()[:, 0]]).sort().values
         assert kept.tolist() == expected.tolist()
+
+
+def test_visionzip_merges_the_patches_of_every_tile_as_an_independent_reference_does(model, inputs, ref):
+    """Eager CLIP per tile (attention maps, feature-layer keys and hidden states), mapped to packed positions by
+    matching features; the float64 reference over each image's patch tokens; newlines kept, outside the budget."""
+    budget, ratio = 6, 0.5
+    pixels = inputs["pixel_values"]
+    tiles = torch.cat([p[p.flatten(1).abs().sum(1) > 0] for p in pixels])  # each image's real tiles, in order
+    reference = tiny_llava_next(seed=0)  # same weights; eager, asked for the attention maps
+    reference.model.vision_tower.config._attn_implementation = "eager"
+    k_proj = reference.model.vision_tower.encoder.layers[-2].self_attn.k_proj  # feature layer -2
+    heads = reference.config.vision_config.num_attention_heads
+    with torch.no_grad():
+        seen, out = record_calls(
+            k_proj,
+            lambda: reference.model.vision_tower(tiles, output_attentions=True, output_hidden_states=True),
+            lambda args, kwargs: args[0],
+        )
+        cls = out.attentions[-2][:, :, 0, 1:].mean(dim=1).flatten()
+        keys = k_proj(seen[0])[:, 1:].unflatten(-1, (heads, -1)).mean(dim=2).flatten(0, 1)
+        raw = out.hidden_states[-2][:, 1:].flatten(0, 1)
+        tile_features = model.model.multi_modal_projector(raw)
+        stock = model.model.get_image_features(
+            pixel_values=pixels, image_sizes=inputs["image_sizes"], return_dict=True
+        ).pooler_output
+        pruned = prune_inputs(
+            get_adapter(model), tokenprune.create_method("visionzip", contextual_ratio=ratio), budget, inputs
+        )
+    features = pruned.kwargs["mm_encoder_outputs"]["image"].pooler_output
+    newline = model.model.image_newline
+    for full, kept, got in zip(stock, pruned.stats.kept, features, strict=True):
+        is_newline = (full == newline).all(-1)
+        distance, source = torch.cdist(full[~is_newline], tile_features).min(dim=1)
+        assert float(distance.max()) < 1e-4  # every packed patch token is one tile patch
+        patches = (~is_newline).nonzero()[:, 0]
+        index, merged = ref.visionzip_row(cls[source].numpy(), keys[source].numpy(), raw[source].numpy(), budget, ratio)
+        expected = torch.cat([patches[torch.from_numpy(index)], is_newline.nonzero()[:, 0]]).sort().values
+        assert kept.tolist() == expected.tolist()
+        at_patches = torch.isin(kept, patches[torch.from_numpy(index)])
+        projected = model.model.multi_modal_projector(torch.from_numpy(merged).float())
+        torch.testing.assert_close(got[at_patches], projected, rtol=1e-4, atol=1e-5)
+        assert torch.equal(got[~at_patches], full[kept[~at_patches]])  # the newlines, as they were
+    assert pruned.stats.visual_after == [budget + n for n in (4, 8, 8)]
 
 
 def test_fastv_keeps_newlines_outside_the_budget():

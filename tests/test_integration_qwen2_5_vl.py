@@ -12,7 +12,7 @@ import torch
 
 import tokenprune
 from tokenprune.integrations import get_adapter
-from tokenprune.integrations.base import UnsupportedScoresError
+from tokenprune.integrations.base import UnsupportedMergeError, UnsupportedScoresError
 from tokenprune.integrations.qwen2_5_vl import Qwen2_5_VLAdapter
 from tokenprune.stages import Stride
 from tokenprune.testing import assert_adapter_contract
@@ -247,6 +247,14 @@ def test_fastervlm_is_refused_because_the_encoder_has_no_cls_token(model, inputs
     with (
         tokenprune.apply(model, "fastervlm", budget=4),
         pytest.raises(UnsupportedScoresError, match="no CLS token"),
+    ):
+        model.generate(**inputs, **GEN)
+
+
+def test_visionzip_is_refused_because_the_family_gives_no_features_to_merge(model, inputs):
+    with (
+        pytest.raises(UnsupportedMergeError, match=r"Qwen2_5_VLAdapter does not provide them"),
+        tokenprune.apply(model, "visionzip", budget=4),
     ):
         model.generate(**inputs, **GEN)
 

@@ -23,9 +23,9 @@ from torch import Tensor
 
 from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import InputError, MissingInputError, SelectorError
-from tokenprune.functional import mask_to_indices, token_norms
+from tokenprune.functional import mask_to_indices, merge_into, token_norms
 
-__all__ = ["SCORE_SOURCES", "CheckedInputs", "Selection", "Selector", "TokenBatch", "Wrapper"]
+__all__ = ["SCORE_SOURCES", "CheckedInputs", "MergePlan", "Selection", "Selector", "TokenBatch", "Wrapper"]
 
 SCORE_SOURCES = {
     "external": "passed by the caller as scores=",
@@ -42,8 +42,10 @@ _INPUT_HELP = {
 }
 
 
-def _shape(t: Tensor | None) -> str:
-    return "None" if t is None else f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}"
+def _shape(t: object) -> str:
+    if not isinstance(t, Tensor):
+        return "None" if t is None else type(t).__name__
+    return f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}"
 
 
 def _as_mask(name: str, mask: Tensor | None, shape: tuple[int, int], device: torch.device) -> Tensor | None:
@@ -286,6 +288,50 @@ class CheckedInputs:
         return dataclasses.replace(self, **tensors)
 
 
+def _as_metric(metric: Tensor | None, tokens: TokenBatch) -> Tensor:
+    """The merge metric, batched and zero at padding; the visual tokens when None."""
+    if metric is None:
+        return tokens.visual
+    batch, n = tokens.real.shape
+    if isinstance(metric, Tensor) and tokens.unbatched and metric.dim() == 2:
+        metric = metric.unsqueeze(0)
+    if not isinstance(metric, Tensor) or metric.dim() != 3 or tuple(metric.shape[:2]) != (batch, n):
+        raise InputError(f"metric must be a float tensor of shape ({batch}, {n}, C); got {_shape(metric)}")
+    if not metric.is_floating_point() or metric.shape[2] == 0:
+        raise InputError(f"metric must be a float tensor of shape ({batch}, {n}, C) with C >= 1; got {_shape(metric)}")
+    if metric.device != tokens.visual.device:
+        raise InputError(
+            f"metric is on {metric.device} but visual is on {tokens.visual.device}; move them to one device"
+        )
+    metric = metric.float() if metric.dtype in _HALF else metric
+    return metric if tokens.all_real else metric.masked_fill(~tokens.real.unsqueeze(-1), 0.0)
+
+
+@dataclass(frozen=True, eq=False)
+class MergePlan:
+    """What :meth:`Selector.plan` returns: the tokens kept, and which dropped tokens merge into them.
+
+    Attributes:
+        indices: the call's result, ``(B, K)`` int64 ascending (``-1``-padded for ragged rows).
+        owner: ``(B, N)`` int64: for each token, the index of the kept token it merges into, or ``-1``
+            (kept tokens, padding, and dropped tokens that join none).
+    """
+
+    indices: Tensor
+    owner: Tensor
+
+    def merge(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """``values`` ``(B, N, C)`` after merging (:func:`tokenprune.functional.merge_into`).
+
+        Returns ``(merged, absorbed)``: every token's merged value, and ``(B, N)`` bool of the kept
+        tokens whose value changed (those with members). Gather ``indices`` for the kept ones.
+        """
+        if values.dim() == 2 and self.owner.dim() == 1:
+            merged, absorbed = merge_into(values.unsqueeze(0), self.owner.unsqueeze(0))
+            return merged.squeeze(0), absorbed.squeeze(0)
+        return merge_into(values, self.owner)
+
+
 @dataclass(frozen=True, eq=False)
 class Selection:
     """A partial selection: ``mask`` ``(B, N)`` bool, and ``counts`` of True per row on the host."""
@@ -328,6 +374,8 @@ class Selector(ABC):
         score_source: where ``scores`` come from inside a model (see :data:`SCORE_SOURCES`), or None.
         prune_layer: the language-model layer before which a model integration drops the tokens
             (FastV), or None to prune before the language model.
+        merges: whether it folds dropped tokens into kept ones (:meth:`plan`; VisionZip's contextual
+            tokens). A model integration then hands it a merge metric and merges the vision features.
     """
 
     requires: frozenset[str] = frozenset()
@@ -335,6 +383,7 @@ class Selector(ABC):
     capturable: bool = True
     score_source: str | None = None
     prune_layer: int | None = None
+    merges: bool = False
 
     @abstractmethod
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
@@ -409,13 +458,66 @@ class Selector(ABC):
             then padding tokens selected per row when there is padding, then the inputs'
             :meth:`TokenBatch.finite_sums`); and the ``(B, max K)`` indices.
         """
-        selection = self.extend(tokens, Selection.empty(tokens), target)
+        return self._summarize(tokens, self.extend(tokens, Selection.empty(tokens), target), target)
+
+    @staticmethod
+    def _summarize(
+        tokens: TokenBatch, selection: Selection, target: tuple[int, ...]
+    ) -> tuple[tuple[int, ...], Tensor, Tensor]:
         mask = selection.mask
         parts = [mask.sum(dim=1, dtype=torch.float64)]
         if not tokens.all_real:
             parts.append((mask & ~tokens.real).sum(dim=1, dtype=torch.float64))
         summary = torch.cat([*parts, *tokens.finite_sums()])  # one concatenation: one operation
         return selection.counts, summary, mask_to_indices(mask, target)
+
+    def assign(self, tokens: TokenBatch, target: tuple[int, ...], metric: Tensor) -> tuple[Selection, Tensor]:
+        """The selection, and the ``(B, N)`` owner map of the dropped tokens merged into kept ones.
+
+        ``metric`` ``(B, N, C)``: the vectors a merge compares (zero at padding). A selector that does
+        not merge (:attr:`merges` False) keeps its selection and merges nothing (owner all ``-1``).
+        """
+        selection = self.extend(tokens, Selection.empty(tokens), target)
+        return selection, torch.full(tokens.real.shape, -1, dtype=torch.long, device=tokens.real.device)
+
+    def plan(
+        self,
+        visual: Tensor,
+        *,
+        prompt: Tensor | None = None,
+        budget: Budget,
+        visual_mask: Tensor | None = None,
+        prompt_mask: Tensor | None = None,
+        scores: Tensor | None = None,
+        metric: Tensor | None = None,
+    ) -> MergePlan:
+        """Select as a call does, and say which dropped tokens merge into which kept ones.
+
+        Takes the arguments of a call, plus ``metric``: ``(B, N, C)`` (or ``(N, C)``) vectors by whose
+        cosine a merging selector assigns dropped tokens to kept ones; the visual tokens when None.
+        A model integration passes the vision encoder's keys (VisionZip) and merges the encoder's
+        features with :meth:`MergePlan.merge` before the projector.
+
+        Returns:
+            A :class:`MergePlan`: the call's indices, and the owner map.
+        """
+        with torch.no_grad():
+            tokens = TokenBatch.from_inputs(
+                visual, prompt=prompt, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
+            )
+            self.check_inputs(tokens)
+            metric = _as_metric(metric, tokens)
+            target = resolve_budget(budget, tokens.counts)
+            try:
+                selection, owner = self.assign(tokens, target, metric)
+                reported, summary, indices = self._summarize(tokens, selection, target)
+            except Exception:
+                tokens.check_finite()
+                raise
+            self.check_result(tokens, reported, summary.tolist(), target)
+            if tokens.unbatched:
+                return MergePlan(indices.squeeze(0), owner.squeeze(0))
+            return MergePlan(indices, owner)
 
     def check_result(
         self, tokens: TokenBatch, reported: tuple[int, ...], summary: list[float], target: tuple[int, ...]
@@ -471,8 +573,15 @@ class Wrapper(Selector):
     def prune_layer(self) -> int | None:
         return self.selector.prune_layer
 
+    @property
+    def merges(self) -> bool:
+        return self.selector.merges
+
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
         return self.selector.extend(tokens, selection, target)
+
+    def assign(self, tokens: TokenBatch, target: tuple[int, ...], metric: Tensor) -> tuple[Selection, Tensor]:
+        return self.selector.assign(tokens, target, metric)
 
     def check_inputs(self, tokens: TokenBatch | CheckedInputs, *, label: str | None = None) -> None:
         self.selector.check_inputs(tokens, label=label)

@@ -5,7 +5,8 @@ Three kinds of stage:
 * **poolings** turn prompt token embeddings into a query: :class:`MeanPool`, :class:`MaxPool`, :class:`NoPool`;
 * **scorers** give every visual token a score: :class:`Relevance`, :class:`ExternalScores`, :class:`RandomScores`;
 * **selectors** (:class:`tokenprune.Selector`) choose tokens: :class:`TopK`, :class:`MaxMin`,
-  :class:`Stride`, and :class:`Hierarchical`, which runs a core selector then a fill selector.
+  :class:`Stride`, and :class:`Hierarchical`, which runs a core selector then a fill selector
+  (:class:`Contextual`: one whose fill tokens absorb the dropped ones, VisionZip).
 
 ZSPAPrune is one line of them::
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.functional import (
+    assign_nearest,
     isolated_token,
     mark_picks,
     pool_prompt,
@@ -34,6 +36,7 @@ from tokenprune.functional import (
 from tokenprune.selector import SCORE_SOURCES, Selection, Selector, TokenBatch
 
 __all__ = [
+    "Contextual",
     "ExternalScores",
     "Hierarchical",
     "LayerAttention",
@@ -321,13 +324,23 @@ class MaxMin(Selector):
 
 @dataclass(frozen=True)
 class Stride(Selector):
-    """Evenly spaced positions among the available tokens (a uniform-subsampling control)."""
+    """Evenly spaced positions among the available tokens (a uniform-subsampling control).
+
+    ``start``: from the first available token on, every ``floor(n / add)``-th (VisionZip's contextual
+    tokens), rather than the centres of equal segments (:func:`tokenprune.functional.select_stride`).
+    """
+
+    start: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.start, bool):
+            raise ValueError(f"start must be a bool; got {self.start!r}")
 
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
         add = selection.needed(target)
         if not any(add):
             return selection
-        return selection.added(select_stride(selection.available(tokens), add), add)
+        return selection.added(select_stride(selection.available(tokens), add, start=self.start), add)
 
 
 def core_size(core_ratio: float, k: int) -> int:
@@ -383,9 +396,31 @@ class Hierarchical(Selector):
         return self.core.prune_layer if self.core.prune_layer is not None else self.fill.prune_layer
 
     def extend(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
+        return self.fill.extend(tokens, self._core(tokens, selection, target), target)
+
+    def _core(self, tokens: TokenBatch, selection: Selection, target: tuple[int, ...]) -> Selection:
+        """``selection`` extended by the core's share of what each row still needs."""
         core_target = tuple(
             c + core_size(self.core_ratio, t - c) for t, c in zip(target, selection.counts, strict=True)
         )
-        if core_target != selection.counts:
-            selection = self.core.extend(tokens, selection, core_target)
-        return self.fill.extend(tokens, selection, target)
+        return selection if core_target == selection.counts else self.core.extend(tokens, selection, core_target)
+
+
+@dataclass(frozen=True)
+class Contextual(Hierarchical):
+    """A :class:`Hierarchical` whose fill tokens become *contextual* tokens (VisionZip).
+
+    The core tokens (VisionZip's *dominant* tokens) are kept as they are. Every token neither selected
+    is merged into the fill token it is most similar to by the merge metric (:meth:`Selector.plan`;
+    inside a model the vision encoder's keys), and each fill token then stands for itself plus the
+    mean of its members (:func:`tokenprune.functional.merge_into`). Called as a plain selector, it
+    returns the kept tokens and merges nothing.
+    """
+
+    merges = True
+
+    def assign(self, tokens: TokenBatch, target: tuple[int, ...], metric: Tensor) -> tuple[Selection, Tensor]:
+        core = self._core(tokens, Selection.empty(tokens), target)
+        selection = self.fill.extend(tokens, core, target)
+        sources = tokens.real & ~selection.mask
+        return selection, assign_nearest(metric, sources, selection.mask & ~core.mask)

@@ -425,25 +425,25 @@ class _BatchEncodings:
     """Makes an adapter's ``encode_images`` remember the encodings of the current batch.
 
     The session hands the adapter the caller's own tensors, so an encoding is found again by the identity
-    of the image tensors (and the score source); :meth:`clear` forgets them at the next batch.
+    of the image tensors (and the score source and merge option); :meth:`clear` forgets them at the next batch.
     """
 
     def __init__(self, adapter: Any) -> None:
         self.adapter = adapter
         self._encode = adapter.encode_images
-        self._entries: list[tuple[tuple[Any, ...], str | None, Any]] = []
+        self._entries: list[tuple[tuple[Any, ...], tuple[str | None, bool], Any]] = []
         adapter.encode_images = self._encode_images  # this adapter instance only
 
     def clear(self) -> None:
         self._entries.clear()
 
-    def _encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None) -> Any:
+    def _encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False) -> Any:
         tensors = tuple(inputs.get(name) for name in self.adapter.image_kwargs)
-        for seen, source, images in self._entries:
-            if source == scores and all(a is b for a, b in zip(seen, tensors, strict=True)):
+        for seen, asked, images in self._entries:
+            if asked == (scores, merge) and all(a is b for a, b in zip(seen, tensors, strict=True)):
                 return images
-        images = self._encode(inputs, scores=scores)
-        self._entries.append((tensors, scores, images))
+        images = self._encode(inputs, scores=scores, **({"merge": True} if merge else {}))
+        self._entries.append((tensors, (scores, merge), images))
         return images
 
 

@@ -133,11 +133,13 @@ def select_topk(scores: Tensor, available: Tensor | None, add: Sequence[int]) ->
     return _first_ranks(order, add)
 
 
-def select_stride(available: Tensor, add: Sequence[int]) -> Tensor:
+def select_stride(available: Tensor, add: Sequence[int], *, start: bool = False) -> Tensor:
     """``add[b]`` evenly spaced tokens among the available ones of row ``b``.
 
     With ``n`` available tokens, the picks are those of rank ``floor((2j + 1) n / (2 add))`` for
     ``j = 0 .. add - 1``: the centres of ``add`` equal segments (every token when ``add == n``).
+    With ``start``, they are those of rank ``j * max(1, floor(n / add))``, from the first token on
+    (VisionZip's choice of contextual tokens).
 
     Returns:
         ``(B, N)`` bool mask of the picked tokens.
@@ -146,6 +148,8 @@ def select_stride(available: Tensor, add: Sequence[int]) -> Tensor:
         >>> import torch
         >>> select_stride(torch.ones(1, 8, dtype=torch.bool), [2]).nonzero()[:, 1]
         tensor([2, 6])
+        >>> select_stride(torch.ones(1, 8, dtype=torch.bool), [3], start=True).nonzero()[:, 1]
+        tensor([0, 2, 4])
     """
     n = available.shape[1]
     width = max(add, default=0)
@@ -156,8 +160,12 @@ def select_stride(available: Tensor, add: Sequence[int]) -> Tensor:
     n_avail = available.sum(dim=1, keepdim=True)
     count = _per_row(add, device)
     j = torch.arange(width, device=device).unsqueeze(0)
-    double = (2 * count).clamp_min(1) if isinstance(count, Tensor) else max(2 * count, 1)
-    ranks = torch.div((2 * j + 1) * n_avail, double, rounding_mode="floor")
+    if start:
+        per = count.clamp_min(1) if isinstance(count, Tensor) else max(count, 1)
+        ranks = j * torch.div(n_avail, per, rounding_mode="floor").clamp_min(1)
+    else:
+        double = (2 * count).clamp_min(1) if isinstance(count, Tensor) else max(2 * count, 1)
+        ranks = torch.div((2 * j + 1) * n_avail, double, rounding_mode="floor")
     return mark_picks(order.gather(1, ranks.clamp_max(n - 1)), add, n)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["capture_input", "cls_attention", "query_attention"]
+__all__ = ["capture_input", "cls_attention", "mean_keys", "query_attention"]
 
 
 @contextlib.contextmanager
@@ -49,6 +49,21 @@ def cls_attention(attention: nn.Module, hidden_states: Tensor) -> Tensor:
     keys = attention.k_proj(hidden_states).view(batch, length, -1, heads_dim).transpose(1, 2)
     logits = (query.float() @ keys.float().transpose(-1, -2)) * attention.scale  # (B, H, 1, 1 + N)
     return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0, 1:]
+
+
+def mean_keys(attention: nn.Module, hidden_states: Tensor) -> Tensor:
+    """The keys of every patch token, averaged over heads (VisionZip's merge metric).
+
+    Args:
+        attention: a ViT/CLIP-style attention module with ``k_proj`` and ``head_dim``.
+        hidden_states: ``(B, 1 + N, C)``, the input that module received (CLS first).
+
+    Returns:
+        ``(B, N, head_dim)`` float32 (the CLS token excluded).
+    """
+    batch, length, _ = hidden_states.shape
+    keys = attention.k_proj(hidden_states[:, 1:]).view(batch, length - 1, -1, attention.head_dim)
+    return keys.float().mean(dim=2)
 
 
 def _rotate_half(x: Tensor) -> Tensor:

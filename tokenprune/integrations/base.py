@@ -14,14 +14,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import InputError, TokenPruneError
-from tokenprune.functional import mask_to_indices
+from tokenprune.functional import mask_to_indices, merge_into
 from tokenprune.selector import SCORE_SOURCES, Selector
 
 __all__ = [
@@ -32,11 +32,15 @@ __all__ = [
     "PruneStats",
     "PrunedInputs",
     "PrunedSequence",
+    "Selected",
+    "UnsupportedMergeError",
     "UnsupportedScoresError",
     "placeholder_runs",
     "prunable_counts",
     "prune_inputs",
+    "check_merging",
     "check_positions",
+    "merged_features",
     "resolve_positions",
     "select_per_image",
 ]
@@ -54,6 +58,10 @@ POSITIONS = {
 
 class UnsupportedScoresError(TokenPruneError, ValueError):
     """The model family cannot provide the scores the method asks for (e.g. CLS attention without a CLS token)."""
+
+
+class UnsupportedMergeError(TokenPruneError, ValueError):
+    """The method merges tokens (VisionZip) and the model family or the call cannot merge them."""
 
 
 @dataclass
@@ -95,11 +103,18 @@ class ImageTokens:
         protected: per image, an ``(N_i,)`` bool mask of tokens that are always kept and are outside
             the budget (e.g. LLaVA-NeXT ``image_newline``), or None.
         scores: per image, ``(N_i,)`` importance (e.g. CLS attention) for methods that need it, or None.
+        raw: per image, ``(N_i, C)`` the vision features before the projector, for merging methods
+            (``encode_images(merge=True)``): :meth:`ModelAdapter.project` of a raw token is its feature.
+            Protected tokens hold anything (they are never merged).
+        metric: per image, ``(N_i, c)`` the vectors a merge compares (the feature layer's keys,
+            averaged over heads), with ``raw``.
     """
 
     features: list[Tensor]
     protected: list[Tensor] | None = None
     scores: list[Tensor] | None = None
+    raw: list[Tensor] | None = None
+    metric: list[Tensor] | None = None
 
 
 @dataclass
@@ -124,6 +139,10 @@ class ModelAdapter(ABC):
     #: for a 1-D rotary LM (:meth:`original_positions`); a family with other positions overrides this.
     position_modes: tuple[str, ...] = ("contiguous", "original")
 
+    #: whether ``encode_images(inputs, merge=True)`` gives ``raw`` and ``metric`` and :meth:`project`
+    #: works, so that merging methods (VisionZip) can run on this family
+    merging: bool = False
+
     def __init__(self, model: Any) -> None:
         self.model = model
 
@@ -137,12 +156,17 @@ class ModelAdapter(ABC):
         """The placeholder token id the processor puts once per visual token."""
 
     @abstractmethod
-    def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None) -> ImageTokens:
+    def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
         """Projected visual tokens per image, in placeholder order (after the projector).
 
         ``scores``: a score source (:data:`tokenprune.selector.SCORE_SOURCES`) the selector needs;
-        raise :class:`UnsupportedScoresError` if this family cannot provide it.
+        raise :class:`UnsupportedScoresError` if this family cannot provide it. ``merge=True`` (only
+        asked of a family with :attr:`merging`): also the ``raw`` features and the merge ``metric``.
         """
+
+    def project(self, raw: Tensor) -> Tensor:
+        """The projector applied to ``(..., C)`` raw vision features (``ImageTokens.raw``), token by token."""
+        raise UnsupportedMergeError(f"{self.name} cannot merge tokens: it has no projector to apply to merged features")
 
     def protected_tokens(self, inputs: Mapping[str, Any]) -> list[Tensor] | None:
         """Per image, an ``(N_i,)`` bool mask of tokens always kept and outside the budget, or None.
@@ -425,7 +449,8 @@ def select_per_image(
     protected: list[Tensor] | None = None,
     scores: list[Tensor] | None = None,
     prunable: list[int] | None = None,
-) -> tuple[list[Tensor], float]:
+    metric: list[Tensor] | None = None,
+) -> Selected:
     """Run the selector once over every image of the batch (ragged counts masked).
 
     Args:
@@ -435,9 +460,8 @@ def select_per_image(
         scores: per image, ``(N_i,)`` scores for methods that use them.
         prunable: per image, its tokens minus the protected ones, when the caller already read them
             (:func:`prunable_counts`).
-
-    Returns:
-        Per image, an ``(N_i,)`` bool mask of the kept tokens; and the selector's time in ms.
+        metric: per image, ``(N_i, c)`` merge metric for a merging selector (:meth:`Selector.plan`),
+            which then also says which dropped tokens merge into which kept ones.
     """
     sizes = layout.sizes
     device = layout.real.device
@@ -446,6 +470,7 @@ def select_per_image(
     selectable = torch.zeros((n_images, n_max), dtype=torch.bool, device=device)
     fixed = torch.zeros_like(selectable)
     padded_scores = None if scores is None else torch.zeros((n_images, n_max), dtype=torch.float32, device=device)
+    padded_metric = None if metric is None else metric[0].new_zeros((n_images, n_max, metric[0].shape[-1]))
     for i, feats in enumerate(features):
         visual[i, : sizes[i]] = feats
         selectable[i, : sizes[i]] = True
@@ -453,6 +478,8 @@ def select_per_image(
             fixed[i, : sizes[i]] = protected[i]
         if padded_scores is not None:
             padded_scores[i, : sizes[i]] = scores[i]
+        if padded_metric is not None:
+            padded_metric[i, : sizes[i]] = metric[i]
     selectable &= ~fixed
 
     rows = [row for row, _ in layout.spans]
@@ -475,24 +502,64 @@ def select_per_image(
     counts = prunable_counts(sizes, protected) if prunable is None else prunable
     if resolve_budget(budget, counts) == tuple(counts):  # keeps every token: nothing to choose
         every = selectable | fixed
-        return [every[i, : sizes[i]] for i in range(n_images)], 0.0
+        return Selected([every[i, : sizes[i]] for i in range(n_images)], 0.0)
 
     _sync(device)
     start = time.perf_counter()
-    chosen = selector(  # masks only where some row is shorter: the selector then need not read their counts
-        visual,
+    call = dict(  # masks only where some row is shorter: the selector then need not read their counts
         prompt=prompt.to(visual.dtype),
         budget=budget,
         visual_mask=None if min(counts) == n_max else selectable,
         prompt_mask=prompt_real,
         scores=padded_scores,
     )
+    owner = None
+    if padded_metric is None:
+        chosen = selector(visual, **call)
+    else:
+        plan = selector.plan(visual, metric=padded_metric, **call)
+        chosen, owner = plan.indices, plan.owner
     _sync(device)
     selection_ms = (time.perf_counter() - start) * 1e3
 
     spare = torch.zeros((n_images, n_max + 1), dtype=torch.bool, device=device)  # -1 padding -> spare column
     kept = spare.scatter_(1, chosen.masked_fill(chosen < 0, n_max), True)[:, :n_max] | fixed
-    return [kept[i, : sizes[i]] for i in range(n_images)], selection_ms
+    owners = None if owner is None else [owner[i, : sizes[i]] for i in range(n_images)]
+    return Selected([kept[i, : sizes[i]] for i in range(n_images)], selection_ms, owners)
+
+
+class Selected(NamedTuple):
+    """What :func:`select_per_image` gives.
+
+    Attributes:
+        kept: per image, an ``(N_i,)`` bool mask of the kept tokens.
+        selection_ms: the selector's time.
+        owners: per image, the ``(N_i,)`` owner map of a merge (:class:`tokenprune.MergePlan`), when a
+            metric was given and the selector ran; else None (nothing merged).
+    """
+
+    kept: list[Tensor]
+    selection_ms: float
+    owners: list[Tensor] | None = None
+
+
+def merged_features(
+    adapter: ModelAdapter, images: ImageTokens, owners: list[Tensor], kept: list[Tensor], features: list[Tensor]
+) -> list[Tensor]:
+    """The kept features with every token that absorbed dropped ones replaced by the projection of its merge.
+
+    ``kept``: per image, the kept indices; ``features``: per image, the kept projected features. The raw
+    features are merged (:func:`tokenprune.functional.merge_into`) and the kept ones projected again;
+    tokens that absorbed nothing keep their features exactly.
+    """
+    if images.raw is None or len(images.raw) != len(owners):
+        raise TokenPruneError(f"{adapter.name}: encode_images(merge=True) gave no raw features for every image")
+    out = []
+    for raw, owner, index, feats in zip(images.raw, owners, kept, features, strict=True):
+        merged, absorbed = merge_into(raw.unsqueeze(0), owner.unsqueeze(0))
+        projected = adapter.project(merged[0, index]).to(feats.dtype)
+        out.append(torch.where(absorbed[0, index].unsqueeze(-1), projected, feats))
+    return out
 
 
 def prune_inputs(
@@ -532,11 +599,19 @@ def prune_inputs(
             f"{selector!r} takes scores from the caller, which a model call cannot pass; inside a model use "
             f"'fastervlm' (vision CLS attention) or a method whose scores the model provides"
         )
+    merge = selector.merges
+    check_merging(adapter, selector)
     input_ids = inputs.get("input_ids")
-    images = adapter.encode_images(inputs, scores=source)
+    images = (
+        adapter.encode_images(inputs, scores=source, merge=True)
+        if merge
+        else adapter.encode_images(inputs, scores=source)
+    )
+    if merge and (images.raw is None or images.metric is None):
+        raise TokenPruneError(f"{adapter.name}: encode_images(merge=True) must give raw features and a merge metric")
     sizes = [f.shape[0] for f in images.features]
     layout = Layout.locate(adapter, input_ids, inputs.get("attention_mask"), sizes, prompt_tokens)
-    kept, selection_ms = select_per_image(
+    selected = select_per_image(
         selector,
         budget,
         layout,
@@ -544,16 +619,36 @@ def prune_inputs(
         adapter.embed(input_ids),
         protected=images.protected,
         scores=images.scores,
+        metric=images.metric if merge else None,
     )
-    keep = layout.keep_mask(kept)
-    stats = layout.stats(kept, keep, selection_ms)
+    keep = layout.keep_mask(selected.kept)
+    stats = layout.stats(selected.kept, keep, selected.selection_ms)
     pad, lengths = adapter.pad_token_id(), stats.sequence_after
     pruned = PrunedSequence.build(input_ids, keep, left=layout.left_padded, pad_token_id=pad, lengths=lengths)
     features = [feats[index] for feats, index in zip(images.features, stats.kept, strict=True)]
+    if selected.owners is not None:
+        features = merged_features(adapter, images, selected.owners, stats.kept, features)
     kwargs = adapter.rebuild(inputs, pruned, features)
     if positions != adapter.position_modes[0]:  # the family's default is what rebuild gives
         kwargs["position_ids"] = adapter.original_positions(inputs, pruned)
     return PrunedInputs(kwargs, keep, input_ids, stats)
+
+
+def check_merging(adapter: ModelAdapter, selector: Selector) -> None:
+    """Raise :class:`UnsupportedMergeError` if ``selector`` merges tokens and cannot here: the family does not
+    give the vision features before its projector, or the method prunes inside the language model."""
+    if not selector.merges:
+        return
+    if selector.prune_layer is not None:
+        raise UnsupportedMergeError(
+            f"{selector!r} merges tokens and prunes inside the language model (layer {selector.prune_layer}); "
+            f"merging runs on the vision features, before the language model"
+        )
+    if not adapter.merging:
+        raise UnsupportedMergeError(
+            f"{selector!r} merges dropped tokens into kept ones, which needs the vision features before the "
+            f"projector; {adapter.name} does not provide them (ModelAdapter.merging is False)"
+        )
 
 
 def check_positions(positions: Any, *, inside_lm: bool = False, label: str | None = None) -> None:

@@ -160,7 +160,7 @@ class LayerPruner:
         )
         features = [hidden[row, pos] for row, pos in layout.spans]
         scores = [weights[row, pos] for row, pos in layout.spans]
-        kept, _ = select_per_image(
+        kept = select_per_image(
             self.selector,
             self.budget,
             layout,
@@ -169,7 +169,7 @@ class LayerPruner:
             protected=self.protected,
             scores=scores,
             prunable=prunable,
-        )
+        ).kept
         _sync(hidden.device)
         keep = layout.keep_mask(kept)
         self.stats = layout.stats(kept, keep, (time.perf_counter() - start) * 1e3)  # scores + selection

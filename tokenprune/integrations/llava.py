@@ -4,6 +4,11 @@ Kept tokens are fed to the language model as a shorter sequence (text + K visual
 contiguous positions by default, exactly as if the image had K tokens: the same inputs the reference
 implementations of DivPrune and ZSPAPrune give the LM. ``positions="original"`` keeps each token at
 its full-sequence position instead (:meth:`~tokenprune.integrations.ModelAdapter.original_positions`).
+
+Merging methods (``visionzip``): ``encode_images(merge=True)`` also gives each token's vision
+feature before the projector (the projector's own input, captured) and the feature layer's keys
+averaged over heads (recomputed from that layer's input, as the CLS attention is). A merged feature
+goes through the model's projector, token by token (:meth:`LlavaAdapter.project`).
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from tokenprune.integrations.attention import capture_input, cls_attention
+from tokenprune.integrations.attention import capture_input, cls_attention, mean_keys
 from tokenprune.integrations.base import ImageTokens, ModelAdapter
 
 __all__ = ["LlavaAdapter"]
@@ -41,11 +47,26 @@ class LlavaAdapter(ModelAdapter):
         index = layer % (len(layers) + 1) - 1  # hidden_states[i] is the output of layer i - 1
         return layers[index].self_attn
 
-    def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None) -> ImageTokens:
+    merging = True
+
+    def project(self, raw: Tensor) -> Tensor:
+        return self.model.model.multi_modal_projector(raw)
+
+    def _vision_inputs(self, inputs: Mapping[str, Any], *, scores: str | None, merge: bool) -> nn.Module | None:
+        """Check what is asked; the feature layer's attention module when scores or a merge need it."""
         if scores not in (None, "cls_attention"):
             raise self.unsupported_scores(scores)
-        attention = self._feature_attention(inputs) if scores else None
-        with capture_input(attention) if attention is not None else contextlib.nullcontext([]) as seen:
+        return self._feature_attention(inputs) if scores or merge else None
+
+    def _captured(self, attention: nn.Module | None) -> contextlib.AbstractContextManager[list[Tensor]]:
+        return capture_input(attention) if attention is not None else contextlib.nullcontext([])
+
+    def encode_images(
+        self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False
+    ) -> ImageTokens:
+        attention = self._vision_inputs(inputs, scores=scores, merge=merge)
+        projector = self.model.model.multi_modal_projector
+        with self._captured(attention) as seen, self._captured(projector if merge else None) as raw:
             out = self.model.model.get_image_features(
                 pixel_values=inputs["pixel_values"],
                 vision_feature_layer=inputs.get("vision_feature_layer"),
@@ -54,6 +75,11 @@ class LlavaAdapter(ModelAdapter):
                 return_dict=True,
             )
         features = list(out.pooler_output)
-        if attention is None:
-            return ImageTokens(features=features)
-        return ImageTokens(features=features, scores=list(cls_attention(attention, seen[-1])))
+        images = ImageTokens(features=features)
+        if scores:
+            images.scores = list(cls_attention(attention, seen[-1]))
+        if merge:
+            sizes = [f.shape[0] for f in features]
+            images.raw = list(torch.split(raw[-1].reshape(-1, raw[-1].shape[-1]), sizes))
+            images.metric = list(torch.split(mean_keys(attention, seen[-1]).flatten(0, 1), sizes))
+        return images

@@ -31,7 +31,6 @@ came from and patches cropped away by unpadding drop out the same way. Newline t
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,7 +38,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.errors import InputError, TokenPruneError
-from tokenprune.integrations.attention import capture_input, cls_attention
+from tokenprune.integrations.attention import cls_attention, mean_keys
 from tokenprune.integrations.base import ImageTokens
 from tokenprune.integrations.llava import LlavaAdapter
 
@@ -81,11 +80,15 @@ class LlavaNextAdapter(LlavaAdapter):
         value of the newline tokens. Returns ``(N_i,)`` per image.
         """
         channel = [values.unsqueeze(-1) for values in per_tile]
-        marker = channel[0].new_full((1,), newline)
+        return [values[:, 0] for values in self._pack_vectors(channel, image_sizes, strategy, newline)]
+
+    def _pack_vectors(self, per_tile: list[Tensor], image_sizes: Any, strategy: str, newline: float) -> list[Tensor]:
+        """``(tiles, g*g, C)`` per image laid out like the packed features: ``(N_i, C)``, newlines all ``newline``."""
+        marker = per_tile[0].new_full((per_tile[0].shape[-1],), newline)
         packed, _ = self.model.model.pack_image_features(
-            channel, image_sizes, vision_feature_select_strategy=strategy, image_newline=marker
+            per_tile, image_sizes, vision_feature_select_strategy=strategy, image_newline=marker
         )
-        return [values[:, 0] for values in packed]
+        return list(packed)
 
     def protected_tokens(self, inputs: Mapping[str, Any]) -> list[Tensor]:
         """Per image, an ``(N_i,)`` bool mask of its ``image_newline`` tokens, from ``image_sizes`` alone.
@@ -109,12 +112,13 @@ class LlavaNextAdapter(LlavaAdapter):
     def _strategy(self, inputs: Mapping[str, Any]) -> str:
         return inputs.get("vision_feature_select_strategy") or self.model.config.vision_feature_select_strategy
 
-    def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None) -> ImageTokens:
-        if scores not in (None, "cls_attention"):
-            raise self.unsupported_scores(scores)
+    def encode_images(
+        self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False
+    ) -> ImageTokens:
         image_sizes = self._image_sizes(inputs)
-        attention = self._feature_attention(inputs) if scores else None
-        with capture_input(attention) if attention is not None else contextlib.nullcontext([]) as seen:
+        attention = self._vision_inputs(inputs, scores=scores, merge=merge)
+        projector = self.model.model.multi_modal_projector
+        with self._captured(attention) as seen, self._captured(projector if merge else None) as raw:
             out = self.model.model.get_image_features(
                 pixel_values=inputs["pixel_values"],
                 image_sizes=image_sizes,
@@ -130,15 +134,23 @@ class LlavaNextAdapter(LlavaAdapter):
                 f"{self.name}: packing the tile layout gave {lengths} tokens per image but the model gave "
                 f"{[int(f.shape[0]) for f in features]}; this transformers version packs LLaVA-NeXT images differently"
             )
+        images = ImageTokens(features=features, protected=protected)
         if attention is None:
-            return ImageTokens(features=features, protected=protected)
+            return images
 
-        tiles, grid = self._tiles_per_image(image_sizes), self._tile_tokens
-        per_tile = cls_attention(attention, torch.cat(seen)).to(features[0].device)  # (all tiles, g*g), in order
-        if per_tile.shape != (sum(tiles), grid):
-            raise TokenPruneError(
-                f"{self.name}: the vision tower saw {tuple(per_tile.shape)} (tiles, patches); expected "
-                f"({sum(tiles)}, {grid})"
-            )
-        packed_scores = self._pack(list(torch.split(per_tile, tiles)), image_sizes, self._strategy(inputs), newline=0.0)
-        return ImageTokens(features=features, protected=protected, scores=packed_scores)
+        tiles, grid, strategy = self._tiles_per_image(image_sizes), self._tile_tokens, self._strategy(inputs)
+        hidden = torch.cat(seen)  # every tile's input to the feature layer's attention, in order
+        if scores:
+            per_tile = cls_attention(attention, hidden).to(features[0].device)  # (all tiles, g*g), in order
+            if per_tile.shape != (sum(tiles), grid):
+                raise TokenPruneError(
+                    f"{self.name}: the vision tower saw {tuple(per_tile.shape)} (tiles, patches); expected "
+                    f"({sum(tiles)}, {grid})"
+                )
+            images.scores = self._pack(list(torch.split(per_tile, tiles)), image_sizes, strategy, newline=0.0)
+        if merge:  # the projector's input and the keys, per tile, packed as the features are (newlines 0)
+            for name, per_tile in (("raw", raw[-1]), ("metric", mean_keys(attention, hidden))):
+                setattr(
+                    images, name, self._pack_vectors(list(torch.split(per_tile, tiles)), image_sizes, strategy, 0.0)
+                )
+        return images

@@ -26,6 +26,7 @@ from tokenprune.integrations.base import (
     PruneStats,
     _cache,
     _sync,
+    check_merging,
     prune_inputs,
     resolve_positions,
 )
@@ -119,6 +120,7 @@ class PruningSession:
         self.budget = budget
         self.prompt_tokens = prompt_tokens
         self.positions = resolve_positions(adapter, positions, inside_lm=selector.prune_layer is not None)
+        check_merging(adapter, selector)
         self.stats: list[PruneStats] = []
         self._saved: dict[str, Any] = {}
         self._prefill_ms: float | None = None  # set by the forward wrapper at each prefill

@@ -10,6 +10,7 @@ from tokenprune.hookspecs import hookimpl
 from tokenprune.registry import MethodRegistrar
 from tokenprune.selector import Selector
 from tokenprune.stages import (
+    Contextual,
     ExternalScores,
     Hierarchical,
     LayerAttention,
@@ -21,7 +22,7 @@ from tokenprune.stages import (
     make_pooling,
 )
 
-__all__ = ["attention", "divprune", "fastervlm", "fastv", "random", "relevance", "stride", "zspa"]
+__all__ = ["attention", "divprune", "fastervlm", "fastv", "random", "relevance", "stride", "visionzip", "zspa"]
 
 DEFAULT_CORE_RATIO = 0.2
 """zspa's default share of the budget given to prompt-relevant tokens.
@@ -76,6 +77,27 @@ def fastervlm() -> Selector:
     return TopK(ExternalScores(source="cls_attention"))
 
 
+DEFAULT_CONTEXTUAL_RATIO = 10 / 64
+"""visionzip's default share of the budget given to contextual tokens: VisionZip's own split for
+LLaVA-1.5 (54 dominant + 10 contextual of 64 tokens, 108 + 20 of 128, 162 + 30 of 192)."""
+
+
+def visionzip(contextual_ratio: float = DEFAULT_CONTEXTUAL_RATIO) -> Selector:
+    """VisionZip: dominant tokens by the vision encoder's [CLS] attention, then contextual tokens, evenly
+    spaced among the rest, each merged with the dropped tokens whose keys are most similar to its own.
+
+    ``contextual_ratio`` in [0, 1] is the contextual tokens' share of the budget (0 = fastervlm).
+    Inside a model (:func:`tokenprune.apply`) the merge runs on the vision features before the
+    projector, by the feature layer's keys; called directly it returns the kept tokens (pass
+    ``scores=``), and :meth:`~tokenprune.Selector.plan` gives the merge.
+    """
+    ratio = contextual_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not (0.0 <= ratio <= 1.0):
+        raise ValueError(f"contextual_ratio must be a number in [0, 1]; got {ratio!r}")
+    dominant = TopK(ExternalScores(source="cls_attention"))
+    return Contextual(core=dominant, fill=Stride(start=True), core_ratio=1.0 - ratio)
+
+
 def fastv(layer: int = 2) -> Selector:
     """FastV: inside the language model, drop visual tokens before layer ``layer``, keeping those the
     last prompt token attends to most at that layer (averaged over heads).
@@ -87,5 +109,5 @@ def fastv(layer: int = 2) -> Selector:
 
 @hookimpl
 def tokenprune_register_methods(register: MethodRegistrar) -> None:
-    for factory in (zspa, divprune, relevance, random, stride, attention, fastervlm, fastv):
+    for factory in (zspa, divprune, relevance, random, stride, attention, fastervlm, visionzip, fastv):
         register(factory.__name__, factory, summary=factory.__doc__ or "")
