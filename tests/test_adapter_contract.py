@@ -40,6 +40,14 @@ class HidesProtected(PluginLlavaAdapter):  # encode_images protects a token, pro
         return ImageTokens(images.features, protected, images.scores)
 
 
+class MisalignsRaw(PluginLlavaAdapter):  # the raw features for merging, in another order than the features
+    def encode_images(self, inputs, *, scores=None, merge=False):
+        images = super().encode_images(inputs, scores=scores, merge=merge)
+        if merge:
+            images.raw = [raw.flip(0) for raw in images.raw]
+        return images
+
+
 class Plugin:
     def __init__(self, adapter, model):
         self.adapter, self.model = adapter, model
@@ -73,6 +81,7 @@ def test_a_plugin_adapter_is_checked_like_a_builtin(adapted):
         (ForgetsLabels, r"\(ForgetsLabels\) with 'zspa', budget=1.0: forward loss"),
         (ShufflesFeatures, r"\(ShufflesFeatures\) with 'zspa', budget=1.0: generate differs from stock"),
         (HidesProtected, r"protected_tokens\(inputs\) and encode_images\(inputs\).protected disagree"),
+        (MisalignsRaw, r"\(MisalignsRaw\): image 0: project\(raw\) vs its features"),
     ],
 )
 def test_the_check_catches_a_broken_adapter(adapted, adapter, message):

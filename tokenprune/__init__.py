@@ -32,7 +32,7 @@ from tokenprune.registry import (
     list_methods,
     register_method,
 )
-from tokenprune.selector import CheckedInputs, Selection, Selector, TokenBatch
+from tokenprune.selector import CheckedInputs, MergePlan, Selection, Selector, TokenBatch
 
 __version__ = "0.1.0"
 
@@ -47,6 +47,7 @@ __all__ = [
     "MethodParameterError",
     "MethodRegistrar",
     "MethodSpec",
+    "MergePlan",
     "MissingInputError",
     "PluginWarning",
     "PruneStats",

@@ -20,7 +20,11 @@ checks, with every method at budget ``1.0`` and then at each budget:
   nothing per decoding step;
 * the model is restored after the block — no instance ``generate``/``forward`` left, its class
   untouched, output equal to stock — also after an error inside the block, tokenprune's or the caller's;
-* calls without images (``generate`` and ``forward``) pass through unchanged and record no statistics.
+* calls without images (``generate`` and ``forward``) pass through unchanged and record no statistics;
+* an adapter that can merge (``merging``, VisionZip): ``encode_images(merge=True)`` gives the same
+  features, plus per image raw features and a merge metric of the image's token count, and the projector
+  of each raw feature is that token's feature (protected tokens aside); a merging composition then passes
+  every check above too.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from tokenprune.budget import Budget, resolve_budget
 from tokenprune.errors import BudgetError
 from tokenprune.integrations import PruneStats, get_adapter
 from tokenprune.selector import Selector
+from tokenprune.stages import Contextual, Relevance, Stride, TopK
 from tokenprune.testing.host import HostTraffic
 from tokenprune.testing.models import lm_input_lengths
 
@@ -151,7 +156,11 @@ class _Contract:
         self.stock = self.generate(output_scores=True, return_dict_in_generate=True)
         self.stock_forward = self.model(**self.inputs, labels=self.labels)
         self.protected = self.protected_masks()
-        for method in self.methods:
+        methods = list(self.methods)
+        if self.adapter.merging:
+            self.check_merge_inputs()
+            methods.append(Contextual(core=TopK(Relevance()), fill=Stride(start=True), core_ratio=0.5))
+        for method in methods:
             self.check_budget_one(method)
             for budget in self.budgets:
                 self.check_pruned(method, budget)
@@ -169,6 +178,27 @@ class _Contract:
         same = len(protected) == len(encoded) and all(map(torch.equal, protected, encoded))
         self.check(same, "protected_tokens(inputs) and encode_images(inputs).protected disagree")
         return list(protected)
+
+    def check_merge_inputs(self) -> None:
+        """``encode_images(merge=True)``: the same features, raw features and metric per token, ``project(raw)``."""
+        self.at()
+        with torch.no_grad():
+            plain = self.adapter.encode_images(self.inputs)
+            images = self.adapter.encode_images(self.inputs, merge=True)
+        sizes = [f.shape[0] for f in plain.features]
+        same = [f.shape[0] for f in images.features] == sizes and all(map(torch.equal, images.features, plain.features))
+        self.check(same, "encode_images(merge=True) gave other features than encode_images()")
+        for name in ("raw", "metric"):
+            values = getattr(images, name)
+            counts = None if values is None else [v.shape[0] if v.dim() == 2 else None for v in values]
+            self.check(counts == sizes, f"encode_images(merge=True).{name}: {counts} tokens per image, not {sizes}")
+        for i, (raw, features) in enumerate(zip(images.raw, images.features, strict=True)):
+            merged = torch.ones(raw.shape[0], dtype=torch.bool, device=raw.device)
+            if images.protected is not None:
+                merged &= ~images.protected[i]
+            with torch.no_grad():
+                projected = self.adapter.project(raw[merged])
+            self.close(projected.to(features.dtype), features[merged], f"image {i}: project(raw) vs its features")
 
     def check_budget_one(self, method: str | Selector) -> None:
         self.at(method, 1.0)
