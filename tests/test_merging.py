@@ -107,8 +107,9 @@ def test_the_metric_defaults_to_the_visual_tokens():
 )
 def test_a_bad_metric_is_a_clear_error(metric, message):
     selector = tokenprune.create_method("visionzip")
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message) as error:
         selector.plan(torch.randn(2, 20, 6), scores=torch.rand(2, 20), budget=5, metric=metric)
+    assert str(error.value).endswith("(method 'visionzip')")  # a registered method's plan names it, as its call does
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.5, "half", True])
@@ -134,10 +135,10 @@ def test_a_composed_merging_method_merges_into_its_fill_tokens_only():
 
 def test_assign_nearest_ties_go_to_the_lower_target_and_rows_without_targets_join_nothing():
     metric = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 1.0]], [[1.0, 0.0]] * 4])
-    targets = torch.tensor([[True, True, False, False], [False] * 4])
-    sources = ~targets
-    owner = assign_nearest(metric, sources, targets)
-    assert owner.tolist() == [[-1, -1, 0, 0], [-1, -1, -1, -1]]  # [0, 1] ties with [0, 1]: the lower target
+    sources = torch.tensor([[False, False, True, True], [True] * 4])
+    owner = assign_nearest(metric, sources, torch.tensor([[0, 1], [-1, -1]]))
+    assert owner.tolist() == [[-1, -1, 0, 0], [-1, -1, -1, -1]]  # [2, 0] ties for [1, 0] and [1, 0]: the lower
+    assert assign_nearest(metric, sources, torch.zeros(2, 0, dtype=torch.long)).eq(-1).all()
 
 
 def test_merge_into_keeps_half_precision_and_sums_in_float32():

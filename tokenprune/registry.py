@@ -29,7 +29,7 @@ from tokenprune.errors import (
     TokenPruneError,
     UnknownMethodError,
 )
-from tokenprune.selector import CheckedInputs, Selector, TokenBatch, Wrapper
+from tokenprune.selector import CheckedInputs, MergePlan, Selector, TokenBatch, Wrapper
 
 __all__ = [
     "Method",
@@ -114,8 +114,15 @@ class Method(Wrapper):
         self.selector.check_inputs(tokens, label=label or f"method {self.name!r}")
 
     def __call__(self, visual: Tensor, **kwargs: Any) -> Tensor:
+        return self._labelled(super().__call__, visual, kwargs)
+
+    def plan(self, visual: Tensor, **kwargs: Any) -> MergePlan:
+        return self._labelled(super().plan, visual, kwargs)
+
+    def _labelled(self, call: Callable[..., Any], visual: Tensor, kwargs: dict[str, Any]) -> Any:
+        """``call(visual, **kwargs)``, its errors naming this method (and, when unexpected, the input shapes)."""
         try:
-            return super().__call__(visual, **kwargs)
+            return call(visual, **kwargs)
         except TokenPruneError as exc:
             tag = f"(method {self.name!r})"
             if exc.args and isinstance(exc.args[0], str) and tag not in exc.args[0]:

@@ -26,6 +26,7 @@ from tokenprune.functional import (
     assign_nearest,
     isolated_token,
     mark_picks,
+    mask_to_indices,
     pool_prompt,
     relevance_scores,
     select_maxmin,
@@ -422,5 +423,6 @@ class Contextual(Hierarchical):
     def assign(self, tokens: TokenBatch, target: tuple[int, ...], metric: Tensor) -> tuple[Selection, Tensor]:
         core = self._core(tokens, Selection.empty(tokens), target)
         selection = self.fill.extend(tokens, core, target)
-        sources = tokens.real & ~selection.mask
-        return selection, assign_nearest(metric, sources, selection.mask & ~core.mask)
+        counts = [total - dominant for total, dominant in zip(selection.counts, core.counts, strict=True)]
+        fill = mask_to_indices(selection.mask & ~core.mask, counts)  # (B, most fill tokens), -1 padded
+        return selection, assign_nearest(metric, tokens.real & ~selection.mask, fill)

@@ -22,29 +22,40 @@ def assign_nearest(metric: Tensor, sources: Tensor, targets: Tensor) -> Tensor:
     Args:
         metric: ``(B, N, C)`` the vectors compared (VisionZip: the keys at the feature layer).
         sources: ``(B, N)`` bool, the tokens to assign.
-        targets: ``(B, N)`` bool, the tokens they may join (disjoint from ``sources``).
+        targets: ``(B, T)`` int64, the indices of the tokens they may join, ascending, right-padded with
+            ``-1`` (as :func:`tokenprune.functional.mask_to_indices` gives them); disjoint from the sources.
 
     Returns:
         ``(B, N)`` int64 owner map: for a source token, the index of its target (equal cosines go to
-        the lower index); ``-1`` elsewhere, and for every token of a row that has no target.
+        the lower index); ``-1`` elsewhere, and for every token of a row that has no target. The work is
+        ``O(N T C)``: the sources are compared with the targets only.
 
     Example:
         >>> import torch
         >>> metric = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]]])
-        >>> targets = torch.tensor([[True, True, False, False]])
-        >>> assign_nearest(metric, ~targets, targets)
+        >>> assign_nearest(metric, torch.tensor([[False, False, True, True]]), torch.tensor([[0, 1]]))
         tensor([[-1, -1,  0,  1]])
     """
-    if metric.dim() != 3 or sources.shape != metric.shape[:2] or targets.shape != sources.shape:
+    if (
+        metric.dim() != 3
+        or sources.shape != metric.shape[:2]
+        or targets.dim() != 2
+        or targets.shape[0] != sources.shape[0]
+    ):
         raise ValueError(
-            f"metric must be (B, N, C) with sources and targets (B, N); got {tuple(metric.shape)}, "
+            f"metric must be (B, N, C) with sources (B, N) and targets (B, T); got {tuple(metric.shape)}, "
             f"{tuple(sources.shape)} and {tuple(targets.shape)}"
         )
-    sims = cosine_similarity(metric.float() if metric.dtype in (torch.float16, torch.bfloat16) else metric, metric)
-    sims = sims.masked_fill(~targets.unsqueeze(1), float("-inf"))
-    best = sims.argmax(dim=-1)  # the first maximum: ties go to the lower index
-    joins = sources & targets.any(dim=1, keepdim=True)
-    return best.masked_fill(~joins, -1)
+    if targets.shape[1] == 0:
+        return torch.full(sources.shape, -1, dtype=torch.long, device=sources.device)
+    metric = metric.float() if metric.dtype in (torch.float16, torch.bfloat16) else metric
+    real = targets >= 0
+    slots = targets.clamp_min(0)
+    chosen = metric.gather(1, slots.unsqueeze(-1).expand(-1, -1, metric.shape[-1]))  # (B, T, C)
+    sims = cosine_similarity(metric, chosen).masked_fill(~real.unsqueeze(1), float("-inf"))  # (B, N, T)
+    owner = slots.gather(1, sims.argmax(dim=-1))  # the first maximum: ascending targets, so the lower index
+    joins = sources & real.any(dim=1, keepdim=True)
+    return owner.masked_fill(~joins, -1)
 
 
 def merge_into(values: Tensor, owner: Tensor) -> tuple[Tensor, Tensor]:

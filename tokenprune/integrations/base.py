@@ -552,8 +552,6 @@ def merged_features(
     features are merged (:func:`tokenprune.functional.merge_into`) and the kept ones projected again;
     tokens that absorbed nothing keep their features exactly.
     """
-    if images.raw is None or len(images.raw) != len(owners):
-        raise TokenPruneError(f"{adapter.name}: encode_images(merge=True) gave no raw features for every image")
     out = []
     for raw, owner, index, feats in zip(images.raw, owners, kept, features, strict=True):
         merged, absorbed = merge_into(raw.unsqueeze(0), owner.unsqueeze(0))
@@ -607,7 +605,7 @@ def prune_inputs(
         if merge
         else adapter.encode_images(inputs, scores=source)
     )
-    if merge and (images.raw is None or images.metric is None):
+    if merge and (images.raw is None or images.metric is None):  # else nothing would be merged, silently
         raise TokenPruneError(f"{adapter.name}: encode_images(merge=True) must give raw features and a merge metric")
     sizes = [f.shape[0] for f in images.features]
     layout = Layout.locate(adapter, input_ids, inputs.get("attention_mask"), sizes, prompt_tokens)
