@@ -667,7 +667,8 @@ def check_in_model(methods: Sequence[MethodConfig]) -> None:
         if "scores" in selector.requires and selector.score_source == "external":
             raise InputError(
                 f"method {str(method)!r} ranks tokens by scores passed by the caller, which compare cannot pass: "
-                f"expected a method whose scores the model provides (fastervlm, fastv) or one that needs none"
+                f"expected a method whose scores the model provides (fastervlm, visionzip, fastv) or one that needs "
+                f"none"
             )
 
 
