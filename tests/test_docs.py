@@ -1,4 +1,4 @@
-"""The docs cannot drift from the code: every hook and every CLI subcommand is documented.
+"""The docs cannot drift from the code: every hook and every CLI subcommand is documented, the tutorial runs.
 
 These tests read the docs sources and call the CLI renderer in ``docs/_ext``; only the last one needs
 Sphinx (it builds the site with ``-W``) and is skipped where Sphinx is not installed.
@@ -7,12 +7,14 @@ Sphinx (it builds the site with ``-W``) and is skipped where Sphinx is not insta
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import tokenprune
 import tokenprune.hookspecs
 from tokenprune.cli import COMMANDS, build_parser
 
@@ -95,3 +97,14 @@ def test_sphinx_build_is_clean(tmp_path):
     hooks_page = (tmp_path / "html" / "reference" / "hooks.html").read_text(encoding="utf-8")
     for hook in _hook_names():
         assert f'id="tokenprune.hookspecs.{hook}"' in hooks_page
+
+
+def test_the_compose_tutorial_runs(fresh_registry):
+    """Its code blocks, in order, in one namespace, as a reader would paste them (their asserts included)."""
+    page = DOCS / "tutorials" / "compose.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) >= 6, f"expected the tutorial's code blocks in {page}"
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{page.name}, block {i}", "exec"), namespace)
+    assert "relevance-stride" in tokenprune.list_methods()
