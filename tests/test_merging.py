@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 import tokenprune
 from tokenprune import InputError
-from tokenprune.functional import assign_nearest, merge_into, select_stride
+from tokenprune.functional import assign_nearest, mask_to_indices, merge_into, select_stride
 from tokenprune.stages import Contextual, ExternalScores, MaxMin, Stride, TopK
+from tokenprune.testing import assert_conforms
 
 HYPO = settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
 
@@ -166,3 +167,34 @@ def test_stride_from_the_start_takes_every_floor_n_over_k_th_available_token(see
     assert torch.equal(Stride(start=True)(torch.randn(1, n, 3), budget=1), torch.tensor([[0]]))
     with pytest.raises(ValueError, match="start must be a bool"):
         Stride(start=1)
+
+
+class ClaimsNoMerge(Stride):  # merges is False, yet its plan sends every dropped token to a kept one
+    def assign(self, tokens, target, metric):
+        selection, owner = super().assign(tokens, target, metric)
+        first = mask_to_indices(selection.mask, selection.counts)[:, :1]
+        return selection, torch.where(tokens.real & ~selection.mask, first, owner)
+
+
+class KeptTokensJoin(Contextual):  # a kept token joins another one
+    def assign(self, tokens, target, metric):
+        selection, owner = super().assign(tokens, target, metric)
+        first = mask_to_indices(selection.mask, selection.counts)[:, :1]
+        return selection, torch.where(selection.mask, first, owner)
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        (ClaimsNoMerge(), r"merges tokens into \[\d+\] but merges is False"),
+        (KeptTokensJoin(core=TopK(ExternalScores()), fill=Stride(start=True)), r"kept or padding tokens \[.*\] join"),
+    ],
+)
+def test_the_conformance_check_catches_a_broken_plan(selector, message):
+    with pytest.raises(AssertionError, match=message):
+        assert_conforms(selector)
+
+
+def test_every_merging_composition_conforms():
+    assert_conforms(Contextual(core=TopK(ExternalScores()), fill=MaxMin(), core_ratio=0.3))
+    assert_conforms(tokenprune.create_method("visionzip", contextual_ratio=0.5))

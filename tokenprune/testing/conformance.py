@@ -5,7 +5,9 @@
 in range, real tokens only, unique and ascending, ``-1`` padding only at the end of ragged rows,
 deterministic, batched == row by row (unless the selector declares ``batch_invariant = False``),
 unbatched ``(N, D)`` input gives ``(K,)``, inputs not mutated, and the right errors for bad budgets
-and missing inputs.
+and missing inputs. For every selector, ``plan`` gives the call's indices and an owner map that is
+``-1`` at kept tokens and padding and names only kept tokens (none at all when it does not merge);
+a merging selector's plan is deterministic and, when batch invariant, the same row by row.
 """
 
 from __future__ import annotations
@@ -89,6 +91,35 @@ def assert_conforms(
         _check_case(selector, one if device is None else one.to(device))
 
 
+def _check_plan(selector: Selector, case: TokenCase, out: Tensor, expected: list[int]) -> None:
+    plan = selector.plan(case.visual, **case.kwargs())
+    if not torch.equal(plan.indices, out):
+        raise _fail(selector, case, f"plan kept {plan.indices.tolist()}, the call {out.tolist()}")
+    owner, (batch, n) = plan.owner, case.visual.shape[:2]
+    if not isinstance(owner, Tensor) or owner.dtype != torch.int64 or tuple(owner.shape) != (batch, n):
+        raise _fail(selector, case, f"plan's owner map is {owner!r}, expected int64 of shape {(batch, n)}")
+    real = case.visual_mask if case.visual_mask is not None else torch.ones(batch, n, dtype=torch.bool)
+    for b, (row, k) in enumerate(zip(owner.cpu(), expected, strict=True)):
+        kept = set(out[b, :k].tolist())
+        joined = set(row[row >= 0].tolist())
+        if not selector.merges and joined:
+            raise _fail(selector, case, f"row {b}: merges tokens into {sorted(joined)} but merges is False")
+        if not joined <= kept:
+            raise _fail(selector, case, f"row {b}: tokens join {sorted(joined - kept)}, which are not kept")
+        holders = [j for j in range(n) if row[j] >= 0 and (j in kept or not bool(real[b, j]))]
+        if holders:
+            raise _fail(selector, case, f"row {b}: kept or padding tokens {holders} join another token")
+    if not selector.merges:
+        return
+    if not torch.equal(selector.plan(case.visual, **case.kwargs()).owner, owner):
+        raise _fail(selector, case, "plan is not deterministic")
+    if selector.batch_invariant and batch > 1:
+        for b in range(batch):
+            alone = selector.plan(case.row(b).visual, **case.row(b).kwargs()).owner[0]
+            if not torch.equal(alone, owner[b]):
+                raise _fail(selector, case, f"row {b} alone joins {alone.tolist()}, in the batch {owner[b].tolist()}")
+
+
 def _check_case(selector: Selector, case: TokenCase) -> None:
     before = _snapshot(case)
     out = selector(case.visual, **case.kwargs())
@@ -122,6 +153,8 @@ def _check_case(selector: Selector, case: TokenCase) -> None:
         raise _fail(selector, case, f"unbatched input gave shape {tuple(unbatched.shape)}, expected ({expected[0]},)")
     if selector.batch_invariant and not torch.equal(unbatched, out[0, : expected[0]]):
         raise _fail(selector, case, f"unbatched row 0 gives {unbatched.tolist()}, batched {out[0].tolist()}")
+
+    _check_plan(selector, case, out, expected)
 
     too_many = max(case.real_counts) + 1
     for bad in (0, too_many, 1.5, 0.0, -0.1, True, "0.1"):
