@@ -254,6 +254,45 @@ def test_render_keeps_kept_pixels_and_dims_pruned_ones():
                 assert (panel[inner].mean(axis=2) < 0.5 * brightest[inner]).all(), "pruned tokens are dimmed"
 
 
+def test_kept_tokens_of_a_merging_method_carry_its_owner_map(llava):
+    processor = tiny_llava_processor(llava)
+    image = gradient(90, 70)
+    inputs = processor(images=[image], text=["<image>\n" + QUESTION], return_tensors="pt")
+    [entry] = kept_tokens(llava, inputs, [("visionzip", {"contextual_ratio": 0.5})], budget=8)
+    with torch.no_grad(), tokenprune.apply(llava, "visionzip", budget=8, contextual_ratio=0.5) as session:
+        llava(**inputs)
+    assert entry.indices.tolist() == session.last.kept[0].tolist()
+    assert entry.owner.tolist() == session.last.merged[0].tolist()
+    assert sorted(entry.merged.tolist() + entry.indices.tolist()) == list(range(64))  # every dropped token joins
+    assert set(entry.owner[entry.merged].tolist()) <= set(entry.indices.tolist())
+    [plain] = kept_tokens(llava, inputs, ["fastervlm"], budget=8)
+    assert plain.owner is None and plain.merged.size == 0
+
+
+def test_render_tints_each_group_of_merged_tokens_in_its_own_colour():
+    image = noise(64, 48)
+    layout = grid_layout(image.size, rows=6, cols=8)
+    owner = np.full(48, -1)
+    owner[[1, 2, 3]], owner[[9, 10]] = 0, 8  # tokens 1-3 merged into token 0, 9-10 into 8; the rest dropped
+    entry = KeptTokens("visionzip", [0, 8], num_tokens=48, owner=owner)
+    figure = render_kept(image, layout, [entry], panel_size=None)
+    ((x, y),) = find_panels(figure, image.size)
+    panel = np.asarray(figure.crop((x, y, x + 64, y + 48))).astype(float)
+    boxes = layout.views[0].boxes.astype(int).tolist()
+
+    def colour(token):
+        x0, y0, x1, y1 = boxes[token]
+        return panel[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2].reshape(-1, 3).mean(axis=0)
+
+    dropped = np.mean([colour(t).mean() for t in range(11, 48)])
+    first, second = [np.mean([colour(t) for t in group], axis=0) for group in ((1, 2, 3), (9, 10))]
+    assert first.mean() > 1.3 * dropped and second.mean() > 1.3 * dropped  # lighter than tokens dropped outright
+    assert np.ptp(first) > 40 and np.ptp(second) > 40  # tinted, not grey
+    assert np.abs(first - second).max() > 40  # each group its own tint
+    with pytest.raises(tokenprune.InputError, match="one entry per token"):
+        KeptTokens("x", [0], num_tokens=48, owner=owner[:10])
+
+
 def test_render_lays_out_one_panel_per_method_and_view_at_the_panel_size():
     image = noise(120, 60)
     views = (

@@ -82,6 +82,12 @@ COLOURS: tuple[tuple[int, int, int], ...] = (
 )
 """Outline colour of each method's panels, in order (repeats after eight methods)."""
 
+_TINTS: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40),
+)  # fmt: skip
+"""Tints of the groups of merged tokens, by the kept token they joined (cycled)."""
+
 MethodChoice = str | tuple[str, Mapping[str, Any]]
 """A method name, or ``(name, params)`` such as ``("zspa", {"core_ratio": 0.5})``."""
 
@@ -364,15 +370,28 @@ class KeptTokens:
         indices: ``(K,)`` int64 positions of the kept tokens in the image's token order.
         num_tokens: the image's visual tokens before pruning.
         selection_ms: time in the selector, when measured.
+        owner: for a merging method (VisionZip), ``(num_tokens,)`` int64: the kept token each dropped
+            token was merged into, ``-1`` elsewhere (:attr:`tokenprune.PruneStats.merged`); else None.
     """
 
     label: str
     indices: np.ndarray
     num_tokens: int
     selection_ms: float | None = field(default=None, compare=False)
+    owner: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "indices", np.asarray(self.indices, dtype=np.int64).reshape(-1))
+        if self.owner is not None:
+            owner = np.asarray(self.owner, dtype=np.int64).reshape(-1)
+            if owner.shape != (self.num_tokens,):
+                raise InputError(f"owner must have one entry per token ({self.num_tokens}); got {owner.shape[0]}")
+            object.__setattr__(self, "owner", owner)
+
+    @property
+    def merged(self) -> np.ndarray:
+        """Indices of the dropped tokens merged into a kept one (empty for a method that does not merge)."""
+        return np.empty(0, dtype=np.int64) if self.owner is None else np.flatnonzero(self.owner >= 0)
 
 
 def method_label(name: str, params: Mapping[str, Any] | None = None) -> str:
@@ -423,9 +442,9 @@ def kept_tokens(
         stats = session.last
         if stats is None:
             raise TokenPruneError(f"method {name!r}: the model call pruned nothing (no image in the inputs?)")
-        out.append(
-            KeptTokens(method_label(name, params), stats.kept[0].cpu(), stats.visual_before[0], stats.selection_ms)
-        )
+        owner = stats.merged[0].cpu().numpy() if stats.merged else None
+        label = method_label(name, params)
+        out.append(KeptTokens(label, stats.kept[0].cpu(), stats.visual_before[0], stats.selection_ms, owner))
     return out
 
 
@@ -521,8 +540,19 @@ def _pixel_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
     return np.floor(boxes * scale + 0.5).astype(np.int64)
 
 
-def _panel(image: PILImage.Image, view: TokenView, kept: np.ndarray, colour: tuple[int, int, int], scale: float):
-    """One panel: the image with ``view``'s kept tokens bright and outlined, the rest greyed and dimmed."""
+def _panel(
+    image: PILImage.Image,
+    view: TokenView,
+    kept: np.ndarray,
+    colour: tuple[int, int, int],
+    scale: float,
+    owner: np.ndarray | None = None,
+):
+    """One panel: the image with ``view``'s kept tokens bright and outlined, the rest greyed and dimmed.
+
+    With an ``owner`` map (a merging method), a merged token is tinted, half as dark, in the colour of
+    the kept token it joined, which carries a dot of that colour.
+    """
     from PIL import Image, ImageDraw, ImageOps
 
     width, height = image.size
@@ -531,13 +561,22 @@ def _panel(image: PILImage.Image, view: TokenView, kept: np.ndarray, colour: tup
     boxes = _pixel_boxes(view.boxes, scale)
     seen = Image.new("L", image.size, 0)
     bright = Image.new("L", image.size, 0)
-    draw_seen, draw_bright = ImageDraw.Draw(seen), ImageDraw.Draw(bright)
+    half = Image.new("L", image.size, 0)
+    tints = Image.new("RGB", image.size, (0, 0, 0))
+    draw_seen, draw_bright, draw_half = ImageDraw.Draw(seen), ImageDraw.Draw(bright), ImageDraw.Draw(half)
+    draw_tints = ImageDraw.Draw(tints)
     is_kept = np.isin(view.indices, kept)
-    for (x0, y0, x1, y1), keep in zip(boxes.tolist(), is_kept.tolist(), strict=True):
+    joins = np.full(view.indices.shape, -1) if owner is None else owner[view.indices]
+    targets = [] if owner is None else np.unique(owner[owner >= 0]).tolist()
+    groups = {target: _TINTS[i % len(_TINTS)] for i, target in enumerate(targets)}  # joined token -> its tint
+    for (x0, y0, x1, y1), keep, target in zip(boxes.tolist(), is_kept.tolist(), joins.tolist(), strict=True):
         if x1 > x0 and y1 > y0:
             draw_seen.rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
             if keep:
                 draw_bright.rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
+            elif target >= 0:
+                draw_half.rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
+                draw_tints.rectangle((x0, y0, x1 - 1, y1 - 1), fill=groups[target])
     unseen = ImageOps.invert(seen)
     if unseen.getbbox() is not None:  # cropped away by the processor: hatched
         hatch = dimmed.copy()
@@ -546,14 +585,20 @@ def _panel(image: PILImage.Image, view: TokenView, kept: np.ndarray, colour: tup
         for offset in range(-height, width, step):
             draw.line((offset, 0, offset + height, height), fill=(150, 150, 150), width=1)
         dimmed = Image.composite(hatch, dimmed, unseen)
+    if groups:  # merged: tinted by the token they joined, half as dark as the tokens dropped outright
+        dimmed = Image.composite(Image.blend(grey, tints, 0.45), dimmed, half)
     panel = Image.composite(image, dimmed, bright)
     line = max(2, round(max(width, height) / 220))
     draw = ImageDraw.Draw(panel)
-    for x0, y0, x1, y1 in boxes[is_kept].tolist():
+    for token, (x0, y0, x1, y1) in zip(view.indices[is_kept].tolist(), boxes[is_kept].tolist(), strict=True):
         if x1 > x0 and y1 > y0:
             draw.rectangle(
                 (x0, y0, x1 - 1, y1 - 1), outline=colour, width=min(line, max(1, min(x1 - x0, y1 - y0) // 4))
             )
+            if token in groups:  # a dot of its group's tint
+                r = max(1, min(x1 - x0, y1 - y0) // 5)
+                cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=groups[token], outline=_INK)
     return panel, unseen.getbbox() is not None
 
 
@@ -625,9 +670,11 @@ def render_kept(
     for c, entry in enumerate(kept):
         colour = tuple(colours[c % len(colours)])
         for r, view in enumerate(layout.views):
-            panels[r, c], unseen = _panel(shown, view, entry.indices, colour, scale)
+            panels[r, c], unseen = _panel(shown, view, entry.indices, colour, scale, entry.owner)
             any_unseen |= unseen
     legend = ["bright, outlined: kept visual tokens", "greyed: pruned"]
+    if any(entry.owner is not None for entry in kept):
+        legend.append("tinted: merged into the kept token with the dot of that tint")
     if any_unseen:
         legend.append("hatched: covered by no visual token (cropped away)")
     note = layout.note
@@ -660,6 +707,8 @@ def render_kept(
             ty = y + title_h
             k, n = layout.count(entry.indices, view)
             count = f"kept {k}/{n} ({100 * k / max(n, 1):.1f}%)"
+            if entry.owner is not None:
+                count += f", {layout.count(entry.merged, view)[0]} merged"
             if rows > 1:
                 count = f"{view.name}: {count}"
             draw.text((x, ty), count, font=small_font, fill=_SUBTLE)

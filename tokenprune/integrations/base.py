@@ -76,20 +76,24 @@ class PruneStats:
         prefill_ms: time of the language model's prefill forward, when it ran under tokenprune.
         sequence_before / sequence_after: LM input length per row, real tokens only.
         kept: per image, the indices (in that image's token order) of the tokens kept.
+        merged: for a merging method (VisionZip), per image, the ``(N_i,)`` owner map: for each token
+            dropped and merged, the index of the kept token it joined; ``-1`` elsewhere. Empty otherwise.
     """
 
     visual_before: list[int]
     visual_after: list[int]
     selection_ms: float
     kept: list[Tensor] = field(default_factory=list, repr=False)
+    merged: list[Tensor] = field(default_factory=list, repr=False)
     sequence_before: list[int] = field(default_factory=list)
     sequence_after: list[int] = field(default_factory=list)
     prefill_ms: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: counts and timings (kept indices as lists)."""
+        """JSON-ready: counts and timings (kept indices and owner maps as lists)."""
         out = dict(self.__dict__)
         out["kept"] = [k.tolist() for k in self.kept]
+        out["merged"] = [m.tolist() for m in self.merged]
         return out
 
 
@@ -626,6 +630,7 @@ def prune_inputs(
     features = [feats[index] for feats, index in zip(images.features, stats.kept, strict=True)]
     if selected.owners is not None:
         features = merged_features(adapter, images, selected.owners, stats.kept, features)
+        stats.merged = selected.owners
     kwargs = adapter.rebuild(inputs, pruned, features)
     if positions != adapter.position_modes[0]:  # the family's default is what rebuild gives
         kwargs["position_ids"] = adapter.original_positions(inputs, pruned)
