@@ -243,13 +243,13 @@ def test_visionzip_feeds_the_lm_the_merged_features_an_independent_reference_com
     assert model.model.vision_tower.config._attn_implementation == implementation  # not switched to eager
     kept, projected = _visionzip_reference(ref, inputs, 6, ratio)
     assert [k.tolist() for k in session.last.kept] == kept
-    image = (model.get_input_embeddings()(torch.tensor(IMAGE_TOKEN)) - embeds[0]).norm(dim=-1)  # never 0: replaced
     for b, features in enumerate(projected):
         row = embeds[0][b]
         start = int((row - features[0]).norm(dim=-1).argmin())  # where the image's kept tokens begin
         torch.testing.assert_close(row[start : start + 6], features, rtol=1e-4, atol=1e-5)
-    assert image.min() > 0
-    # the contextual tokens differ from the unmerged features (fastervlm keeps the same dominant ones)
+    placeholder = model.get_input_embeddings()(torch.tensor(IMAGE_TOKEN))
+    assert ((embeds[0] - placeholder).norm(dim=-1) > 0).all()  # every placeholder's embedding was replaced
+    # without the merge (fastervlm: the top 6, no contextual tokens) the language model sees other inputs
     with tokenprune.apply(model, "fastervlm", budget=6):
         plain, _ = record_calls(
             model.model.language_model, lambda: model(**inputs), lambda args, kwargs: kwargs["inputs_embeds"]
