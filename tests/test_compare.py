@@ -16,6 +16,7 @@ import torch
 
 from tokenprune.evaluation import aggregate, compare_metric, mcnemar_exact, paired_bootstrap, pope_f1_statistic
 from tokenprune.evaluation.datasets import Sample, load_benchmark
+from tokenprune.evaluation.flops import DecoderShape, prefill_flops
 from tokenprune.evaluation.report import summarize
 from tokenprune.evaluation.runner import (
     BenchmarkRun,
@@ -89,6 +90,10 @@ def test_every_configuration_gets_a_record_per_sample(baseline):
             assert record["family"] == sample.extra["family"]
     # the predictions are not all alike: the configurations really differ
     assert len({r["prediction"] for r in baseline.records.values()}) > 6
+    # fewer tokens, fewer FLOPs: each sample's prefill at keep 25% costs less than at 50%, and both less than none
+    none, *pruned = baseline.configs
+    costs = {c.keep: [r["prefill_gflops"] for r in baseline.records_for(c, run)] for c in (none, *pruned[:2])}
+    assert all(0 < q < h < f for f, q, h in zip(costs[1.0], costs[0.25], costs[0.5], strict=True))
 
 
 def test_the_none_row_is_the_stock_model_one_sample_at_a_time(model_dir, baseline):
@@ -391,18 +396,33 @@ def pope_shapes(tmp_path_factory):
     return str(root)
 
 
-def _check_family_run(batched, one, tokens, positions):
-    """Batched == one at a time; rows of a batch with different token counts; every method kept some, not all."""
+def _check_family_run(batched, one, tokens, positions, model):
+    """Batched == one at a time; rows of a batch with different token counts; every method kept some, not all;
+    each record's prefill FLOPs are those of its own sequence (FastV: full up to its layer, pruned after)."""
     assert _predictions(one) == _predictions(batched)
     assert batched.computed == 6 * len(batched.configs)
     (bench,) = batched.benchmarks
     none, *pruned = batched.configs
     assert [r["visual_before"] for r in batched.records_for(none, bench)] == tokens
     assert len(set(tokens[:3])) == 3  # the first batch of three: three different counts
+    shape = DecoderShape.from_config(model.config)
+    full = [_length_of(shape, r["prefill_gflops"]) for r in batched.records_for(none, bench)]
     for config in pruned:
-        for n, record in zip(tokens, batched.records_for(config, bench), strict=True):
+        for n, length, record in zip(tokens, full, batched.records_for(config, bench), strict=True):
             assert record["visual_before"] == n and 0 < record["visual_after"] < n, (config, record)
             assert record["positions"] == ("original" if config.method.name == "fastv" else positions)
+            short = length - n + record["visual_after"]
+            if config.method.name == "fastv":  # layer 0 sees the full sequence, layers 1 and on the pruned one
+                expected = prefill_flops(shape, length, pruned=short, prune_layer=1)
+            else:
+                expected = prefill_flops(shape, short)
+            assert record["prefill_gflops"] == pytest.approx(expected / 1e9, rel=1e-12), (config, record)
+
+
+def _length_of(shape, gflops):
+    """The sequence length whose prefill costs ``gflops`` (the cost grows with the length: one match)."""
+    (length,) = [n for n in range(1, 4096) if prefill_flops(shape, n) / 1e9 == pytest.approx(gflops, rel=1e-12)]
+    return length
 
 
 def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_size(tmp_path, pope_shapes):
@@ -419,7 +439,7 @@ def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_s
     batched = run_comparison(**run, batch_size=3, output=None)
     one = run_comparison(**run, batch_size=1, output=None)
     tokens = [llava_next_image_tokens(model, height, width)[0] for width, height in SIZES]  # newlines included
-    _check_family_run(batched, one, tokens, positions="contiguous")
+    _check_family_run(batched, one, tokens, positions="contiguous", model=model)
 
 
 def test_qwen2_5_vl_runs_under_the_same_harness_and_batch_size_changes_nothing(tmp_path, pope_shapes):
@@ -445,7 +465,7 @@ def test_qwen2_5_vl_runs_under_the_same_harness_and_batch_size_changes_nothing(t
     if importlib.util.find_spec("torchvision") is None:
         assert any("for images only" in str(w.message) for w in caught if w.category is RuntimeWarning)
     grids = processor.image_processor(images=[Image.new("RGB", size) for size in SIZES])["image_grid_thw"]
-    _check_family_run(batched, one, [int(grid.prod()) // 4 for grid in grids], positions="original")
+    _check_family_run(batched, one, [int(grid.prod()) // 4 for grid in grids], positions="original", model=model)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="the video processor loads")

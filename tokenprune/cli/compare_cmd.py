@@ -188,6 +188,13 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _flops(value: float | None) -> str:
+    """Three significant figures or more: 8431, 84.3, 3.38, 0.38."""
+    if value is None:
+        return "-"
+    return _num(value, 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2)
+
+
 def _keep(value: float) -> str:
     return f"{100 * value:g}%"
 
@@ -212,7 +219,7 @@ def render_tables(summary: dict[str, Any]) -> list[Table]:
         main.add_column("p", justify="right")
     if len(benchmarks) > 1:
         main.add_column("avg %", justify="right")
-    for header in ("tokens", "sel ms", "prefill ms", "peak MB"):
+    for header in ("tokens", "GFLOPs", "sel ms", "prefill ms", "peak MB"):
         main.add_column(header, justify="right")
     for (label, _, keep), by_bench in rows.items():
         cells = [Text(label), Text(_keep(keep))]
@@ -227,6 +234,7 @@ def render_tables(summary: dict[str, Any]) -> list[Table]:
         tokens = [by_bench[name]["visual_after"] for name in benchmarks if by_bench[name]["visual_after"] is not None]
         cells += [
             Text(_num(sum(tokens) / len(tokens) if tokens else None, 0)),
+            Text(_flops(_average(by_bench, "prefill_gflops"))),
             Text(_num(_average(by_bench, "selection_ms"), 2)),
             Text(_num(_average(by_bench, "prefill_ms"), 1)),
             Text(_num(any_row["peak_mem_mb"] if len(benchmarks) == 1 else _max(by_bench, "peak_mem_mb"), 0)),
@@ -247,7 +255,7 @@ def _metric(results: list[dict[str, Any]], benchmark: str) -> str:
 
 
 def _average(by_bench: dict[str, dict[str, Any]], field: str) -> float | None:
-    values = [row[field] for row in by_bench.values() if row[field] is not None]
+    values = [row.get(field) for row in by_bench.values() if row.get(field) is not None]  # older summaries lack some
     return sum(values) / len(values) if values else None
 
 
@@ -260,7 +268,8 @@ def _caption(meta: dict[str, Any]) -> str:
     return (
         f"score x 100; %: of none; p: paired test vs none on the same samples (exact "
         f"McNemar for 0/1 metrics, paired bootstrap otherwise), * p < {ALPHA}. tokens: visual tokens kept per "
-        f"sample; ms: per generate call of {meta.get('batch_size')} samples; peak MB: max memory allocated "
+        f"sample; GFLOPs: the language model's prefill per sample (counted, not timed); ms: per generate call "
+        f"of {meta.get('batch_size')} samples; peak MB: max memory allocated "
         f"('-' on CPU: no allocator statistics). {meta.get('computed', 0)} records computed, "
         f"{meta.get('reused', 0)} reused."
     )

@@ -9,7 +9,7 @@
                    "output", "tokenprune", "torch", "transformers", "python", "platform", "threads",
                    "git_commit", "date", "computed", "reused", "significance": {...}},
       "results": [{"method", "label", "params", "positions", "keep", "benchmark", "metric", "score", "relative",
-                   "selection_ms", "prefill_ms", "peak_mem_mb", "visual_before", "visual_after", "n",
+                   "selection_ms", "prefill_ms", "peak_mem_mb", "visual_before", "visual_after", "prefill_gflops", "n",
                    "p_value_vs_none", "test_vs_none", "vs_none", "families"}, ...],
       "pairwise": [{"benchmark", "keep", "method_a", "label_a", "params_a", "method_b", "label_b", "params_b",
                     "test", "difference", "p_value", "detail"}, ...]
@@ -20,7 +20,9 @@ first. ``score`` is the benchmark's metric on all its samples (POPE: F1; a fract
 ``relative`` is ``score / score of none`` (None when that is 0), ``selection_ms`` and ``prefill_ms``
 are means over samples of the timings of the ``generate`` call that processed each sample (a batch;
 the reference selects nothing, 0.0), ``peak_mem_mb`` the largest peak of those calls (None on CPU),
-``visual_before``/``visual_after`` the mean visual tokens per sample. ``vs_none`` is the paired test
+``visual_before``/``visual_after`` the mean visual tokens per sample, ``prefill_gflops`` the mean FLOPs of
+the language model's prefill per sample (:mod:`tokenprune.evaluation.flops`; None where unknown, e.g. for
+records written before it was recorded). ``vs_none`` is the paired test
 against the reference on the same samples (``as_dict()`` of
 :class:`~tokenprune.evaluation.significance.McNemarResult` for 0/1 metrics,
 :class:`~tokenprune.evaluation.significance.BootstrapResult` otherwise; ``difference`` is this row
@@ -145,6 +147,7 @@ def summarize(comparison: Comparison, *, n_resamples: int = DEFAULT_RESAMPLES) -
                 "peak_mem_mb": _peak([r["peak_mem_mb"] for r in records]),
                 "visual_before": _mean([r["visual_before"] for r in records]),
                 "visual_after": _mean([r["visual_after"] for r in records]),
+                "prefill_gflops": _mean([r.get("prefill_gflops") for r in records]),
                 "n": len(records),
                 "p_value_vs_none": None if test is None else test["p_value"],
                 "test_vs_none": None if test is None else test["test"],

@@ -25,7 +25,9 @@ Records. Each (sample, configuration) gives one JSON record, appended to
 the label), ``pope`` (POPE only: ``[prediction, label]`` with prediction 1 yes, 0 no, -1 unparsed),
 ``selection_ms`` and ``prefill_ms`` (of the ``generate`` call that processed the sample, a batch),
 ``peak_mem_mb`` (of that call; None on CPU), ``visual_before`` and ``visual_after`` (the sample's visual
-tokens before and after pruning), ``batch_rows``, ``rank`` and ``time``.
+tokens before and after pruning), ``prefill_gflops`` (the language model's prefill of the sample's own
+sequence, :mod:`tokenprune.evaluation.flops`; None where the model's config is not a known decoder's),
+``batch_rows``, ``rank`` and ``time``.
 
 Resume. ``key`` hashes everything that determines a record: the model (path and the size and
 modification time of its files, or the hub id), benchmark and sample, method and all its parameters,
@@ -65,6 +67,7 @@ import torch
 
 from tokenprune.errors import InputError, TokenPruneError
 from tokenprune.evaluation.datasets import Sample, get_benchmark, load_benchmark
+from tokenprune.evaluation.flops import DecoderShape, prefill_flops
 from tokenprune.evaluation.specs import REFERENCE, MethodConfig, parse_benchmarks, parse_keeps, parse_methods
 
 __all__ = [
@@ -710,6 +713,10 @@ class _Runner:
         self.model_type = config.model_type
         self.model_class = (getattr(config, "architectures", None) or [config.model_type])[0]
         self.dtype_name = "float32" if device.type == "cpu" else str(getattr(config, "dtype", None) or "auto")
+        try:
+            self.shape: DecoderShape | None = DecoderShape.from_config(config)
+        except ValueError:
+            self.shape = None  # a language model of another kind: no FLOPs column
         self.records: dict[str, dict[str, Any]] = {}
         self._model: Any = None
 
@@ -846,15 +853,33 @@ class _Runner:
                     new_tokens = out[:, inputs["input_ids"].shape[1] :]
                     texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
                     positions = None if config.method.is_reference else session.positions
-                    records += self._records(part, config, texts, session.last, peak, positions)
+                    records += self._records(
+                        part, config, texts, session.last, peak, positions, session.selector.prune_layer
+                    )
         return records
 
+    def _gflops(self, stats: Any, row: int, prune_layer: int | None) -> float | None:
+        """The language model's prefill of batch row ``row`` (its real tokens only), in GFLOPs."""
+        if stats is None or self.shape is None or not stats.sequence_after:
+            return None
+        before, after = stats.sequence_before[row], stats.sequence_after[row]
+        if prune_layer is None:  # pruned before the language model (or not at all): every layer sees `after`
+            return prefill_flops(self.shape, after) / 1e9
+        return prefill_flops(self.shape, before, pruned=after, prune_layer=prune_layer) / 1e9
+
     def _records(
-        self, rows, config: RunConfig, texts: Sequence[str], stats: Any, peak: float | None, positions: str | None
+        self,
+        rows,
+        config: RunConfig,
+        texts: Sequence[str],
+        stats: Any,
+        peak: float | None,
+        positions: str | None,
+        prune_layer: int | None,
     ):
         out = []
         image = 0
-        for (run, index, sample, todo), text in zip(rows, texts, strict=True):
+        for row, ((run, index, sample, todo), text) in enumerate(zip(rows, texts, strict=True)):
             n = len(sample.images)
             before = sum(stats.visual_before[image : image + n]) if stats is not None else None
             after = sum(stats.visual_after[image : image + n]) if stats is not None else None
@@ -880,6 +905,7 @@ class _Runner:
                 "peak_mem_mb": peak,
                 "visual_before": before,
                 "visual_after": after,
+                "prefill_gflops": self._gflops(stats, row, prune_layer),
                 "batch_rows": len(rows),
                 "rank": self.shard.rank,
                 "time": time.time_ns(),
