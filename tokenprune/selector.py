@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -436,18 +437,31 @@ class Selector(ABC):
         prompt_mask: Tensor | None,
         scores: Tensor | None,
     ) -> Tensor:
-        tokens = TokenBatch.from_inputs(
-            visual, prompt=prompt, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
+        inputs = {"prompt": prompt, "visual_mask": visual_mask, "prompt_mask": prompt_mask, "scores": scores}
+        tokens, indices, _ = self._checked(
+            visual, inputs, budget, lambda tokens, target: (*self.run(tokens, target), None)
         )
+        return indices.squeeze(0) if tokens.unbatched else indices
+
+    def _checked(
+        self,
+        visual: Tensor,
+        inputs: dict[str, Tensor | None],
+        budget: Budget,
+        work: Callable[[TokenBatch, tuple[int, ...]], tuple[tuple[int, ...], Tensor, Tensor, Any]],
+    ) -> tuple[TokenBatch, Tensor, Any]:
+        """A call's checks around its device work: ``work(tokens, target)`` gives :meth:`run`'s three results
+        and one more value, returned with the batched inputs and the indices."""
+        tokens = TokenBatch.from_inputs(visual, **inputs)
         self.check_inputs(tokens)
         target = resolve_budget(budget, tokens.counts)
         try:
-            reported, summary, indices = self.run(tokens, target)
+            reported, summary, indices, extra = work(tokens, target)
         except Exception:
             tokens.check_finite()  # a non-finite input explains a failure better than the selector's error
             raise
         self.check_result(tokens, reported, summary.tolist(), target)  # the call's one read without masks
-        return indices.squeeze(0) if tokens.unbatched else indices
+        return tokens, indices, extra
 
     def run(self, tokens: TokenBatch, target: tuple[int, ...]) -> tuple[tuple[int, ...], Tensor, Tensor]:
         """A call's device work, from validated inputs to indices; no host sync without masks.
@@ -501,23 +515,17 @@ class Selector(ABC):
         Returns:
             A :class:`MergePlan`: the call's indices, and the owner map.
         """
+
+        def work(tokens: TokenBatch, target: tuple[int, ...]) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
+            selection, owner = self.assign(tokens, target, _as_metric(metric, tokens))
+            return (*self._summarize(tokens, selection, target), owner)
+
+        inputs = {"prompt": prompt, "visual_mask": visual_mask, "prompt_mask": prompt_mask, "scores": scores}
         with torch.no_grad():
-            tokens = TokenBatch.from_inputs(
-                visual, prompt=prompt, visual_mask=visual_mask, prompt_mask=prompt_mask, scores=scores
-            )
-            self.check_inputs(tokens)
-            metric = _as_metric(metric, tokens)
-            target = resolve_budget(budget, tokens.counts)
-            try:
-                selection, owner = self.assign(tokens, target, metric)
-                reported, summary, indices = self._summarize(tokens, selection, target)
-            except Exception:
-                tokens.check_finite()
-                raise
-            self.check_result(tokens, reported, summary.tolist(), target)
-            if tokens.unbatched:
-                return MergePlan(indices.squeeze(0), owner.squeeze(0))
-            return MergePlan(indices, owner)
+            tokens, indices, owner = self._checked(visual, inputs, budget, work)
+        if tokens.unbatched:
+            return MergePlan(indices.squeeze(0), owner.squeeze(0))
+        return MergePlan(indices, owner)
 
     def check_result(
         self, tokens: TokenBatch, reported: tuple[int, ...], summary: list[float], target: tuple[int, ...]
