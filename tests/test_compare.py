@@ -260,7 +260,7 @@ def _synthetic(metric, rows, *, families=None):
         for sample, value in zip(samples, rows[config.method.name], strict=True):
             score, pope = value if isinstance(value, tuple) else (value, None)
             record = {"score": score, "selection_ms": 1.0, "prefill_ms": 2.0, "peak_mem_mb": None}
-            record |= {"visual_before": 16, "visual_after": 2, "pope": pope}
+            record |= {"visual_before": 16, "visual_after": 2, "pope": pope, "prefill_gflops": 1.0 + int(sample.id[1:])}
             records[run.name, sample.id, config.id] = record
     return Comparison(configs, [run], records, {"seed": 0})
 
@@ -273,6 +273,10 @@ def test_relative_scores_and_mcnemar_on_hand_made_records():
     summary = summarize(_synthetic("exact_match", {"none": none, "x": better, "y": worse}, families=families))
     rows = {row["method"]: row for row in summary["results"]}
     assert rows["none"]["score"] == 0.8 and rows["none"]["relative"] == 1.0
+    assert rows["x"]["prefill_gflops"] == pytest.approx(5.5)  # the mean of 1 .. 10
+    comparison = _synthetic("exact_match", {"none": none, "x": better})
+    del next(iter(comparison.records.values()))["prefill_gflops"]  # one record of none written without them
+    assert summarize(comparison)["results"][0]["prefill_gflops"] is None  # not a mean over the rest
     assert rows["x"]["relative"] == pytest.approx(1.25) and rows["y"]["relative"] == pytest.approx(0.5)
     assert rows["y"]["vs_none"] == mcnemar_exact(worse, none).as_dict()
     assert rows["y"]["p_value_vs_none"] == pytest.approx(2 * 0.5**4)  # 4 discordant samples, all for none

@@ -21,8 +21,8 @@ first. ``score`` is the benchmark's metric on all its samples (POPE: F1; a fract
 are means over samples of the timings of the ``generate`` call that processed each sample (a batch;
 the reference selects nothing, 0.0), ``peak_mem_mb`` the largest peak of those calls (None on CPU),
 ``visual_before``/``visual_after`` the mean visual tokens per sample, ``prefill_gflops`` the mean FLOPs of
-the language model's prefill per sample (:mod:`tokenprune.evaluation.flops`; None where unknown, e.g. for
-records written before it was recorded). ``vs_none`` is the paired test
+the language model's prefill per sample (:mod:`tokenprune.evaluation.flops`; None when a record lacks them:
+a language model of unknown shape, or records written before tokenprune recorded them). ``vs_none`` is the paired test
 against the reference on the same samples (``as_dict()`` of
 :class:`~tokenprune.evaluation.significance.McNemarResult` for 0/1 metrics,
 :class:`~tokenprune.evaluation.significance.BootstrapResult` otherwise; ``difference`` is this row
@@ -70,6 +70,11 @@ def outcomes(metric: str, records: Sequence[dict[str, Any]]) -> np.ndarray:
 def _mean(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
+
+
+def _mean_of_all(values: Sequence[float | None]) -> float | None:
+    """The mean, or None when a value is missing (a mean over some samples would pass for one over all)."""
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
 
 
 def _peak(values: Sequence[float | None]) -> float | None:
@@ -147,7 +152,7 @@ def summarize(comparison: Comparison, *, n_resamples: int = DEFAULT_RESAMPLES) -
                 "peak_mem_mb": _peak([r["peak_mem_mb"] for r in records]),
                 "visual_before": _mean([r["visual_before"] for r in records]),
                 "visual_after": _mean([r["visual_after"] for r in records]),
-                "prefill_gflops": _mean([r.get("prefill_gflops") for r in records]),
+                "prefill_gflops": _mean_of_all([r.get("prefill_gflops") for r in records]),
                 "n": len(records),
                 "p_value_vs_none": None if test is None else test["p_value"],
                 "test_vs_none": None if test is None else test["test"],

@@ -827,6 +827,7 @@ class _Runner:
             rows = [(samples[i].images, samples[i].prompt) for i in indices]
             inputs = chat_inputs(self.processor, rows, device=self.device, dtype=self.dtype)
             self.encodings.clear()
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()  # each row's real tokens, unpruned
             with torch.inference_mode():
                 self.encodings.adapter.encode_images(inputs)  # once per batch, outside every timed config
                 for config in configs:
@@ -854,14 +855,19 @@ class _Runner:
                     texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
                     positions = None if config.method.is_reference else session.positions
                     records += self._records(
-                        part, config, texts, session.last, peak, positions, session.selector.prune_layer
+                        part, config, texts, session.last, peak, positions, session.selector.prune_layer, lengths
                     )
         return records
 
-    def _gflops(self, stats: Any, row: int, prune_layer: int | None) -> float | None:
-        """The language model's prefill of batch row ``row`` (its real tokens only), in GFLOPs."""
-        if stats is None or self.shape is None or not stats.sequence_after:
+    def _gflops(self, stats: Any, row: int, prune_layer: int | None, length: int) -> float | None:
+        """The language model's prefill of batch row ``row`` (its real tokens only), in GFLOPs.
+
+        ``length``: the row's real tokens unpruned, for a batch with no image (nothing pruned, no statistics).
+        """
+        if self.shape is None:
             return None
+        if stats is None:
+            return prefill_flops(self.shape, length) / 1e9
         before, after = stats.sequence_before[row], stats.sequence_after[row]
         if prune_layer is None:  # pruned before the language model (or not at all): every layer sees `after`
             return prefill_flops(self.shape, after) / 1e9
@@ -876,6 +882,7 @@ class _Runner:
         peak: float | None,
         positions: str | None,
         prune_layer: int | None,
+        lengths: Sequence[int],
     ):
         out = []
         image = 0
@@ -905,7 +912,7 @@ class _Runner:
                 "peak_mem_mb": peak,
                 "visual_before": before,
                 "visual_after": after,
-                "prefill_gflops": self._gflops(stats, row, prune_layer),
+                "prefill_gflops": self._gflops(stats, row, prune_layer, lengths[row]),
                 "batch_rows": len(rows),
                 "rank": self.shard.rank,
                 "time": time.time_ns(),
