@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import tokenprune
-from tokenprune.integrations import get_adapter
-from tokenprune.integrations.base import UnsupportedMergeError, UnsupportedScoresError
+from tokenprune.integrations import get_adapter, prune_inputs
+from tokenprune.integrations.base import UnsupportedScoresError
 from tokenprune.integrations.qwen2_5_vl import Qwen2_5_VLAdapter
-from tokenprune.stages import Stride
+from tokenprune.stages import Contextual, Relevance, Stride, TopK
 from tokenprune.testing import assert_adapter_contract
 from tokenprune.testing.models import (
     IMAGE_TOKEN,
@@ -251,12 +251,42 @@ def test_fastervlm_is_refused_because_the_encoder_has_no_cls_token(model, inputs
         model.generate(**inputs, **GEN)
 
 
-def test_visionzip_is_refused_because_the_family_gives_no_features_to_merge(model, inputs):
+def test_visionzip_is_refused_because_the_encoder_has_no_cls_token(model, inputs):
     with (
-        pytest.raises(UnsupportedMergeError, match=r"Qwen2_5_VLAdapter does not provide them"),
         tokenprune.apply(model, "visionzip", budget=4),
+        pytest.raises(UnsupportedScoresError, match="no CLS token"),
     ):
         model.generate(**inputs, **GEN)
+
+
+def test_a_merging_composition_merges_the_merger_inputs_of_each_token(model, inputs):
+    """The raw features are the patch merger's MLP input, which the encoder computes in window order; mapped to
+    the tokens independently here, by matching each stock feature with the MLP of one captured input row."""
+    mlp = model.model.visual.merger.mlp
+    with torch.no_grad():
+        seen, stock = record_calls(
+            mlp,
+            lambda: model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True),
+            lambda args, kwargs: args[0],
+        )
+        window_raw = seen[0]
+        window_features = mlp(window_raw)
+        selector = Contextual(core=TopK(Relevance()), fill=Stride(start=True), core_ratio=0.5)
+        pruned = prune_inputs(get_adapter(model), selector, 0.5, inputs)
+    got = pruned.kwargs["mm_encoder_outputs"]["image"].pooler_output
+    assert len(pruned.stats.merged) == len(got) == len(stock.pooler_output)
+    for full, owner, kept, features in zip(
+        stock.pooler_output, pruned.stats.merged, pruned.stats.kept, got, strict=True
+    ):
+        distance, source = (full[:, None] - window_features[None]).abs().amax(dim=-1).min(dim=1)
+        assert float(distance.max()) < 1e-6 and len(set(source.tolist())) == len(source)  # one row per token
+        raw = window_raw[source]  # this image's raw features, token by token
+        assert (owner >= 0).sum() == len(full) - len(kept) > 0  # every dropped token joined a contextual one
+        merged = raw.clone()
+        for target in owner[owner >= 0].unique().tolist():
+            merged[target] = raw[target] + raw[owner == target].mean(dim=0)
+        with torch.no_grad():
+            torch.testing.assert_close(features, mlp(merged[kept]), rtol=1e-5, atol=1e-6)
 
 
 def test_video_inputs_are_refused_clearly(model, inputs):

@@ -14,10 +14,17 @@ the short sequence (used for the attention mask), rows 1-3 the M-RoPE positions.
 
 Videos are not pruned yet: a call with ``pixel_values_videos`` under :func:`tokenprune.apply` is
 refused with an :class:`~tokenprune.errors.InputError`.
+
+Merging methods: the raw feature of a visual token is the patch merger's MLP input (its four patches,
+normed and side by side), captured and put back in raster order (the encoder computes it in its
+attention-window order); :meth:`Qwen2_5_VLAdapter.project` is that MLP. The encoder has no [CLS] token
+and its attention is windowed, so the merge metric is the raw feature itself. ``visionzip`` still needs
+[CLS] attention: a clear error; a merging composition that scores otherwise runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +32,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.errors import InputError
+from tokenprune.integrations.attention import capture_input
 from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, UnsupportedScoresError
 
 __all__ = ["Qwen2_5_VLAdapter"]
@@ -51,7 +59,27 @@ class Qwen2_5_VLAdapter(ModelAdapter):
                 ids.add(value)
         return ids
 
-    def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None) -> ImageTokens:
+    @property
+    def merging(self) -> bool:
+        """Whether this transformers version exposes the encoder's window order (``vision_utils``), which a
+        merge needs to put the merger's input back in raster order."""
+        return _window_index_function() is not None
+
+    def project(self, raw: Tensor) -> Tensor:
+        return self.model.model.visual.merger.mlp(raw)
+
+    def _raster_order(self, grid: Tensor) -> Tensor:
+        """``(N,)``: for each visual token in raster order, its row in the encoder's window order."""
+        visual = self.model.model.visual
+        window, _ = _window_index_function()(
+            grid, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+            patch_size=visual.patch_size,
+        )  # fmt: skip
+        return torch.argsort(window.to(grid.device))
+
+    def encode_images(
+        self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False
+    ) -> ImageTokens:
         if any(inputs.get(name) is not None for name in ("pixel_values_videos", "video_grid_thw")):
             raise InputError(
                 f"{self.name}: pruning video tokens (pixel_values_videos) is not supported yet; "
@@ -68,8 +96,15 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         grid = inputs.get("image_grid_thw")
         if not isinstance(grid, Tensor):
             raise InputError(f"{self.name}: pixel_values need image_grid_thw (one (t, h, w) row per image)")
-        out = self.model.model.get_image_features(inputs["pixel_values"], grid, return_dict=True)
-        return ImageTokens(features=list(out.pooler_output))
+        mlp = self.model.model.visual.merger.mlp
+        with capture_input(mlp) if merge else contextlib.nullcontext([]) as seen:
+            out = self.model.model.get_image_features(inputs["pixel_values"], grid, return_dict=True)
+        images = ImageTokens(features=list(out.pooler_output))
+        if merge:
+            raw = seen[-1][self._raster_order(grid)]
+            images.raw = list(torch.split(raw, [f.shape[0] for f in images.features]))
+            images.metric = images.raw
+        return images
 
     def rope_positions(self, inputs: Mapping[str, Any]) -> Tensor:
         """``(3, B, L)`` M-RoPE positions of the unpruned sequence, as stock ``generate``/``forward`` would use."""
@@ -101,3 +136,12 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         # what stock forward records for decoding without position_ids: original largest position + 1 - length
         self.model.model.rope_deltas = (rope.amax(dim=(0, 2)) + 1 - mask.sum(-1)).unsqueeze(1)
         return kwargs
+
+
+def _window_index_function() -> Any:
+    """transformers' ``get_vision_window_index`` (the Qwen2.5-VL encoder's window order), or None where absent."""
+    try:
+        from transformers.vision_utils import get_vision_window_index
+    except ImportError:
+        return None
+    return get_vision_window_index
