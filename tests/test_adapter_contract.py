@@ -7,7 +7,7 @@ import pytest
 
 import tokenprune
 import tokenprune.plugins
-from tokenprune.integrations.base import ImageTokens
+from tokenprune.integrations.base import ImageTokens, UnsupportedMergeError
 from tokenprune.integrations.llava import LlavaAdapter
 from tokenprune.testing import assert_adapter_contract
 from tokenprune.testing.models import tiny_llava, tiny_llava_inputs
@@ -88,6 +88,22 @@ def test_the_check_catches_a_broken_adapter(adapted, adapter, message):
     model, inputs = adapted(adapter)
     with pytest.raises(AssertionError, match=message):
         assert_adapter_contract(model, inputs, methods=("zspa",))
+
+
+class CannotMerge(PluginLlavaAdapter):
+    merging = False
+
+
+def test_a_family_that_cannot_merge_refuses_merging_methods_and_passes_the_contract(adapted):
+    model, inputs = adapted(CannotMerge)
+    with (
+        pytest.raises(
+            UnsupportedMergeError, match=r"CannotMerge does not provide them \(ModelAdapter.merging is False\)"
+        ),
+        tokenprune.apply(model, "visionzip", budget=4),
+    ):
+        model(**inputs)
+    assert_adapter_contract(model, inputs, methods=("zspa",))  # no merge checks asked of it
 
 
 def test_unusable_arguments_are_refused(adapted):
