@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["capture_input", "cls_attention", "mean_keys", "query_attention"]
+__all__ = ["capture_input", "cls_attention", "maybe_capture", "mean_keys", "query_attention"]
 
 
 @contextlib.contextmanager
@@ -30,6 +30,13 @@ def capture_input(module: nn.Module, name: str = "hidden_states") -> Iterator[li
         yield seen
     finally:
         handle.remove()
+
+
+def maybe_capture(
+    module: nn.Module | None, name: str = "hidden_states"
+) -> contextlib.AbstractContextManager[list[Tensor]]:
+    """:func:`capture_input` of ``module``, or an empty list that stays empty when ``module`` is None."""
+    return capture_input(module, name) if module is not None else contextlib.nullcontext([])
 
 
 def cls_attention(attention: nn.Module, hidden_states: Tensor) -> Tensor:

@@ -13,14 +13,13 @@ goes through the model's projector, token by token (:meth:`LlavaAdapter.project`
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tokenprune.integrations.attention import capture_input, cls_attention, mean_keys
+from tokenprune.integrations.attention import cls_attention, maybe_capture, mean_keys
 from tokenprune.integrations.base import ImageTokens, ModelAdapter
 
 __all__ = ["LlavaAdapter"]
@@ -58,15 +57,12 @@ class LlavaAdapter(ModelAdapter):
             raise self.unsupported_scores(scores)
         return self._feature_attention(inputs) if scores or merge else None
 
-    def _captured(self, attention: nn.Module | None) -> contextlib.AbstractContextManager[list[Tensor]]:
-        return capture_input(attention) if attention is not None else contextlib.nullcontext([])
-
     def encode_images(
         self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False
     ) -> ImageTokens:
         attention = self._vision_inputs(inputs, scores=scores, merge=merge)
         projector = self.model.model.multi_modal_projector
-        with self._captured(attention) as seen, self._captured(projector if merge else None) as raw:
+        with maybe_capture(attention) as seen, maybe_capture(projector if merge else None) as raw:
             out = self.model.model.get_image_features(
                 pixel_values=inputs["pixel_values"],
                 vision_feature_layer=inputs.get("vision_feature_layer"),

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.errors import InputError, TokenPruneError
-from tokenprune.integrations.attention import cls_attention, mean_keys
+from tokenprune.integrations.attention import cls_attention, maybe_capture, mean_keys
 from tokenprune.integrations.base import ImageTokens
 from tokenprune.integrations.llava import LlavaAdapter
 
@@ -118,7 +118,7 @@ class LlavaNextAdapter(LlavaAdapter):
         image_sizes = self._image_sizes(inputs)
         attention = self._vision_inputs(inputs, scores=scores, merge=merge)
         projector = self.model.model.multi_modal_projector
-        with self._captured(attention) as seen, self._captured(projector if merge else None) as raw:
+        with maybe_capture(attention) as seen, maybe_capture(projector if merge else None) as raw:
             out = self.model.model.get_image_features(
                 pixel_values=inputs["pixel_values"],
                 image_sizes=image_sizes,

@@ -24,7 +24,6 @@ and its attention is windowed, so the merge metric is the raw feature itself. ``
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.errors import InputError
-from tokenprune.integrations.attention import capture_input
+from tokenprune.integrations.attention import maybe_capture
 from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, UnsupportedScoresError
 
 __all__ = ["Qwen2_5_VLAdapter"]
@@ -96,8 +95,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         grid = inputs.get("image_grid_thw")
         if not isinstance(grid, Tensor):
             raise InputError(f"{self.name}: pixel_values need image_grid_thw (one (t, h, w) row per image)")
-        mlp = self.model.model.visual.merger.mlp
-        with capture_input(mlp) if merge else contextlib.nullcontext([]) as seen:
+        with maybe_capture(self.model.model.visual.merger.mlp if merge else None) as seen:
             out = self.model.model.get_image_features(inputs["pixel_values"], grid, return_dict=True)
         images = ImageTokens(features=list(out.pooler_output))
         if merge:
