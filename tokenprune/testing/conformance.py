@@ -98,8 +98,8 @@ def _check_plan(selector: Selector, case: TokenCase, out: Tensor, expected: list
     owner, (batch, n) = plan.owner, case.visual.shape[:2]
     if not isinstance(owner, Tensor) or owner.dtype != torch.int64 or tuple(owner.shape) != (batch, n):
         raise _fail(selector, case, f"plan's owner map is {owner!r}, expected int64 of shape {(batch, n)}")
-    real = case.visual_mask if case.visual_mask is not None else torch.ones(batch, n, dtype=torch.bool)
-    for b, (row, k) in enumerate(zip(owner.cpu(), expected, strict=True)):
+    real = (case.visual_mask if case.visual_mask is not None else torch.ones(batch, n, dtype=torch.bool)).cpu()
+    for b, (row, k) in enumerate(zip(owner.cpu(), expected, strict=True)):  # on the host: no read per token
         kept = set(out[b, :k].tolist())
         joined = set(row[row >= 0].tolist())
         if not selector.merges and joined:
