@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tokenprune.errors import InputError
 from tokenprune.evaluation import aggregate, compare_metric, mcnemar_exact, paired_bootstrap, pope_f1_statistic
 from tokenprune.evaluation.datasets import Sample, load_benchmark
 from tokenprune.evaluation.flops import DecoderShape, prefill_flops
@@ -26,6 +27,7 @@ from tokenprune.evaluation.runner import (
     run_comparison,
     score_sample,
 )
+from tokenprune.evaluation.significance import holm
 from tokenprune.evaluation.specs import MethodConfig
 from tokenprune.testing.models import tiny_llava, tiny_llava_processor
 
@@ -235,6 +237,13 @@ def test_the_summary_matches_significance_py_on_the_same_records(baseline):
     for pair in pairs:
         a, b = by_label[pair["label_a"], pair["keep"]], by_label[pair["label_b"], pair["keep"]]
         assert pair["p_value"] == compare_metric("exact_match_any", a, b).p_value
+    # Holm within each family of tests: the rows against none, the question families, the pairs
+    assert [r["p_holm_vs_none"] for r in results] == holm([r["p_value_vs_none"] for r in results])
+    assert results[0]["p_holm_vs_none"] is None
+    families = [entry for r in results for entry in r["families"].values()]
+    assert [e["p_holm_vs_none"] for e in families] == holm([e["p_value_vs_none"] for e in families])
+    assert [p["p_holm"] for p in pairs] == holm([p["p_value"] for p in pairs])
+    assert "holm" in summary["metadata"]["significance"]["multiple_comparisons"]
     json.dumps(summary, allow_nan=False)  # strictly JSON
 
 
@@ -285,9 +294,12 @@ def test_relative_scores_and_mcnemar_on_hand_made_records():
         "relative": pytest.approx(0.4 / 0.8),
         "n": 5,
         "p_value_vs_none": mcnemar_exact(worse[::2], none[::2]).p_value,
+        "p_holm_vs_none": holm([rows[m]["families"][f]["p_value_vs_none"] for m in "xy" for f in "ab"])[2],
     }
+    assert rows["y"]["p_holm_vs_none"] == min(1.0, 2 * rows["y"]["p_value_vs_none"])  # the smaller of 2 tests
     (pair,) = summary["pairwise"]
     assert pair["difference"] == pytest.approx(0.6) and pair["p_value"] == mcnemar_exact(better, worse).p_value
+    assert pair["p_holm"] == pair["p_value"]  # a family of one test
 
 
 def test_pope_f1_is_bootstrapped_as_a_corpus_statistic():
@@ -347,6 +359,56 @@ def test_the_cli_prints_the_tables_and_writes_the_json(capsys, model_dir, baseli
     code = main([*argv, "--json", "-"])
     out, err = capsys.readouterr()
     assert code == 0 and json.loads(out)["results"] == expected["results"]
+
+
+def test_all_runs_every_method_the_model_can_and_skips_the_others_with_the_reason(capsys, model_dir, tmp_path):
+    """``--methods all`` on LLaVA with contiguous positions: every method that can run inside a model, except
+    FastV (it prunes inside the LM, where kept tokens keep their positions), which is skipped and reported."""
+    import tokenprune
+    from tokenprune.cli import main
+
+    output = tmp_path / "records"
+    argv = ["compare", "--methods", "all", "--keep", "0.25", "--limit", "2", "--model", str(model_dir)]
+    code = main([*argv, "--positions", "contiguous", "--output", str(output), "--json", str(tmp_path / "r.json")])
+    out, err = capsys.readouterr()
+    assert code == 0
+    expected = [name for name in tokenprune.list_methods() if name not in ("attention", "fastv")]
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [row["method"] for row in data["results"]] == ["none", *expected]
+    assert all(row["n"] == 2 and row["positions"] in (None, "contiguous") for row in data["results"])
+    (skipped,) = data["metadata"]["skipped"]
+    assert skipped == "fastv:positions=contiguous"
+    assert "prunes inside the language model" in data["metadata"]["skipped"][skipped]
+    assert f"skipped {skipped}: " in err and "Skipped, as this model cannot run them: fastv" in " ".join(out.split())
+    assert len(read_records(output)) == 2 * (1 + len(expected))
+
+
+def test_qwen2_5_vl_skips_the_cls_attention_methods_a_pattern_chose_and_refuses_those_named(tmp_path, pope_shapes):
+    """Qwen2.5-VL's encoder has no [CLS] token: a pattern's fastervlm and visionzip are skipped with that reason
+    (the model is loaded to decide it), and fastv's default layer 2 is not in this 2-layer model; fastervlm
+    named explicitly stops the run before any record."""
+    from tokenprune.integrations.base import UnsupportedScoresError
+    from tokenprune.testing.models import tiny_qwen2_5_vl, tiny_qwen2_5_vl_processor
+
+    model = tiny_qwen2_5_vl(seed=0)
+    model.save_pretrained(tmp_path / "qwen")
+    tiny_qwen2_5_vl_processor(model, full_vocab=True).save_pretrained(tmp_path / "qwen")
+    run = {"keeps": (0.25,), "limit": 2, "model": tmp_path / "qwen", "benchmarks": [("pope", pope_shapes)]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the processor loads for images only without torchvision
+        comparison = run_comparison("zspa,fast*,vision*", **run, output=None)
+        assert [c.label for c in comparison.configs] == ["none", "zspa"]
+        skipped = comparison.metadata["skipped"]
+        assert list(skipped) == ["fastervlm", "fastv", "visionzip"]
+        assert "has no CLS token" in skipped["fastervlm"] and "has no CLS token" in skipped["visionzip"]
+        assert "fastv layer=2 is outside the language model's 2 layers" in skipped["fastv"]  # a 2-layer stand-in
+        assert comparison.metadata["methods"] == ["zspa"]
+        assert [len(comparison.records_for(c, comparison.benchmarks[0])) for c in comparison.configs] == [2, 2]
+        with pytest.raises(UnsupportedScoresError, match="has no CLS token"):
+            run_comparison("zspa,fastervlm", **run, output=tmp_path / "records")
+        with pytest.raises(InputError, match=r"no method given can run on .*fastervlm: .*no CLS token"):
+            run_comparison("fastervlm*", **run, output=tmp_path / "records")
+    assert read_records(tmp_path / "records") == {}  # refused before the first batch
 
 
 def test_torchrun_shards_the_samples_and_rank_0_merges(model_dir, baseline, tmp_path):

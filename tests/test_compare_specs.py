@@ -1,5 +1,7 @@
 """What compare runs, without a model: method specs, keep ratios, benchmark choices, the scenes benchmark."""
 
+import re
+
 import pytest
 
 from tokenprune.errors import InputError, MethodParameterError, UnknownMethodError
@@ -50,6 +52,65 @@ def test_positions_is_a_harness_setting_not_a_method_parameter():
         parse_methods("zspa:positions=grid")
     with pytest.raises(InputError, match="prunes inside the language model"):
         parse_methods("fastv", positions="contiguous")
+
+
+def test_values_separated_by_a_bar_are_a_sweep_over_every_combination_in_the_order_written():
+    methods = parse_methods("zspa:core_ratio=0.1|0.4|0.2,pooling=mean|max,divprune")
+    assert [str(m) for m in methods] == [
+        "zspa:core_ratio=0.1,pooling=mean",
+        "zspa:core_ratio=0.1,pooling=max",
+        "zspa:core_ratio=0.4,pooling=mean",
+        "zspa:core_ratio=0.4,pooling=max",
+        "zspa:core_ratio=0.2,pooling=mean",  # zspa's defaults: the same configuration as plain zspa
+        "zspa:core_ratio=0.2,pooling=max",
+        "divprune",
+    ]
+    assert [m.params["core_ratio"] for m in methods[:6]] == [0.1, 0.1, 0.4, 0.4, 0.2, 0.2]
+    assert not any(m.optional for m in methods)
+    assert parse_methods("zspa,zspa:core_ratio=0.2|0.5") == parse_methods("zspa,zspa:core_ratio=0.5")  # one kept
+    positions = parse_methods("zspa:positions=original|contiguous")
+    assert [m.positions for m in positions] == ["original", "contiguous"]
+    with pytest.raises(MethodParameterError, match=re.escape("'mean|max'")):  # a quoted value is one value, not split
+        parse_methods("zspa:pooling='mean|max'")
+    # each alternative is checked as a value of its own, by the method
+    with pytest.raises(MethodParameterError, match="method 'zspa'"):
+        parse_methods("zspa:core_ratio=0.1|2")
+    with pytest.raises(InputError, match="prunes inside the language model"):
+        parse_methods("fastv:positions=original|contiguous")
+
+
+def test_all_and_patterns_are_every_registered_method_they_match_that_can_run_in_a_model():
+    import tokenprune
+
+    everything = parse_methods("all")
+    in_model = [name for name in tokenprune.list_methods() if name != "attention"]  # its scores come from a caller
+    assert [m.name for m in everything] == in_model and "zspa" in in_model and "fastv" in in_model
+    assert all(m.optional and not m.given for m in everything)
+    assert [dict(m.params) for m in everything] == [dict(tokenprune.create_method(n).params) for n in in_model]
+    assert parse_methods("all") == parse_methods("*")
+    assert [m.name for m in parse_methods("d*,[rs]t*")] == ["divprune", "stride"]
+    # named explicitly too: one configuration, no longer optional, wherever it was named
+    mixed = parse_methods("zspa:core_ratio=0.5,div*,divprune,all")
+    assert [(m.name, m.optional) for m in mixed[:2]] == [("zspa", False), ("divprune", False)]
+    assert {m.name: m.optional for m in mixed[2:]}["zspa"] is True  # zspa's defaults: not the one named
+    assert [m.positions for m in parse_methods("all", positions="original")] == ["original"] * len(in_model)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("zspa:core_ratio=0.1||0.2", "expected a value, or alternatives separated by '|'"),
+        ("zspa:core_ratio=0.1|", "expected a value, or alternatives"),
+        ("zspa:core_ratio=0.1|0.1", "lists a value twice"),
+        ("all:core_ratio=0.1", "method pattern 'all' takes no parameters"),
+        ("zs*:pooling=max", "takes no parameters"),
+        ("nothing*", "matches no registered method that can run inside a model; registered: .*zspa"),
+        ("attention,att*", "matches no registered method that can run inside a model"),
+    ],
+)
+def test_bad_sweeps_and_patterns_say_what_was_expected(text, message):
+    with pytest.raises(InputError, match=message):
+        parse_methods(text)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ import torch
 
 import tokenprune
 from tokenprune import TokenPruneError
+from tokenprune.errors import InputError
 from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs
 
 GEN = {"max_new_tokens": 6, "do_sample": False}
@@ -103,10 +104,11 @@ def test_static_cache_and_out_of_range_layers_are_refused(model, inputs):
     ):
         model.generate(**inputs, cache_implementation="static", **GEN)
     with (
+        pytest.raises(InputError, match="outside the language model's 4 layers"),
         tokenprune.apply(model, "fastv", budget=4, layer=9),
-        pytest.raises(TokenPruneError, match="outside the language model's 4 layers"),
     ):
-        model.generate(**inputs, **GEN)
+        pytest.fail("refused when the block is entered, before any generate")
+    assert model.generate(**inputs, **GEN).shape[0] == inputs["input_ids"].shape[0]  # and left the model as it was
 
 
 def test_the_model_is_restored_and_hooks_removed(model, inputs):

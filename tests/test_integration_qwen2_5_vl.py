@@ -243,20 +243,15 @@ def test_manual_decoding_after_a_pruned_forward_continues_the_original_positions
     assert int(ours[1].max()) == int(stock[0].max()) + 1
 
 
-def test_fastervlm_is_refused_because_the_encoder_has_no_cls_token(model, inputs):
-    with (
-        tokenprune.apply(model, "fastervlm", budget=4),
-        pytest.raises(UnsupportedScoresError, match="no CLS token"),
-    ):
-        model.generate(**inputs, **GEN)
-
-
-def test_visionzip_is_refused_because_the_encoder_has_no_cls_token(model, inputs):
-    with (
-        tokenprune.apply(model, "visionzip", budget=4),
-        pytest.raises(UnsupportedScoresError, match="no CLS token"),
-    ):
-        model.generate(**inputs, **GEN)
+@pytest.mark.parametrize("method", ["fastervlm", "visionzip"])
+def test_cls_attention_methods_are_refused_because_the_encoder_has_no_cls_token(model, inputs, method):
+    """Refused when the block is entered (the adapter declares no score source), and by encode_images too."""
+    with pytest.raises(UnsupportedScoresError, match="no CLS token"), tokenprune.apply(model, method, budget=4):
+        pytest.fail("refused before the block runs")
+    assert get_adapter(model).score_sources == frozenset()
+    with pytest.raises(UnsupportedScoresError, match="no CLS token"):
+        get_adapter(model).encode_images(inputs, scores="cls_attention")
+    assert model.generate(**inputs, **GEN).shape[0] == inputs["input_ids"].shape[0]  # the model was left as it was
 
 
 def test_a_merging_composition_merges_the_merger_inputs_of_each_token(model, inputs):

@@ -345,3 +345,59 @@ def test_results_are_frozen_and_json_ready():
         "difference",
         "p_value",
     }
+
+
+# --- Holm's adjustment ---------------------------------------------------------------------------
+
+
+def _holm_rejects(p_values, alpha):
+    """Holm's step-down procedure as written in the paper: reject the smallest while p_(i) <= alpha / (m - i)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = set()
+    for rank, index in enumerate(order):
+        if p_values[index] > alpha / (len(p_values) - rank):
+            break
+        rejected.add(index)
+    return rejected
+
+
+p_lists = st.lists(st.sampled_from([0.0, 0.001, 0.01, 0.02, 0.04, 0.05, 0.2, 1.0]) | st.floats(0, 1), max_size=12)
+
+
+@given(
+    st.lists(st.integers(0, 48) | st.integers(0, 1024), max_size=12),  # many near the thresholds alpha / k
+    st.sampled_from([1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4]),
+)
+def test_holm_adjusted_values_reject_exactly_what_the_step_down_procedure_rejects(grid, alpha):
+    """On p-values that are multiples of 1/1024 and dyadic alphas every product is exact in floating point,
+    so the boundary cases (p = alpha / k exactly, frequent here) are decided exactly on both sides."""
+    p_values = [k / 1024 for k in grid]
+    adjusted = significance.holm(p_values)
+    expected = _holm_rejects([Fraction(k, 1024) for k in grid], Fraction(alpha))
+    assert {i for i, q in enumerate(adjusted) if q <= alpha} == expected
+
+
+@given(p_lists, st.randoms(use_true_random=False))
+def test_holm_is_between_the_raw_values_and_bonferroni_and_keeps_the_order(p_values, rng):
+    adjusted = significance.holm(p_values)
+    m = len(p_values)
+    for p, q in zip(p_values, adjusted, strict=True):
+        assert p <= q <= min(1.0, m * p) + 1e-12
+    for i in range(m):  # a larger p-value never gets a smaller adjusted value
+        for j in range(m):
+            if p_values[i] <= p_values[j]:
+                assert adjusted[i] <= adjusted[j]
+    shuffled = list(range(m))
+    rng.shuffle(shuffled)
+    again = significance.holm([p_values[i] for i in shuffled])
+    assert again == [adjusted[i] for i in shuffled]
+
+
+def test_holm_on_a_hand_computed_family_skips_none_and_refuses_non_p_values():
+    assert significance.holm([0.01, 0.04, 0.03, None, 0.5]) == pytest.approx([0.04, 0.09, 0.09, None, 0.5])
+    assert significance.holm([0.02, 0.02]) == [0.04, 0.04]  # ties: equal adjusted values
+    assert significance.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+    assert significance.holm([]) == [] and significance.holm([None]) == [None]
+    for bad in (1.5, -0.1, float("nan"), "0.1", True):
+        with pytest.raises(InputError, match=r"p-values must be numbers in \[0, 1\] or None"):
+            significance.holm([0.1, bad])

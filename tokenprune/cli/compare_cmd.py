@@ -45,17 +45,26 @@ examples:
                                        local copies (a save_pretrained directory; parquet/jsonl files)
   tokenprune compare --methods zspa,zspa:positions=original --keep 0.1
                                        kept tokens numbered afresh (LLaVA's default) vs at their own positions
+  tokenprune compare --methods 'zspa:core_ratio=0.1|0.2|0.4,pooling=mean|max' --keep 0.1
+                                       a sweep: zspa at every combination of the values (six methods)
+  tokenprune compare --methods mine,all
+                                       your plugin's method against every registered method it can run with
   tokenprune compare --json results.json --output runs/pope
                                        also write the JSON summary; per-sample records go to runs/pope
   torchrun --nproc_per_node 4 -m tokenprune compare --model ... --benchmark pope --output runs/pope
                                        one shard of the samples per GPU; rank 0 merges and prints
 
 Method parameters follow a colon; a comma piece with '=' belongs to the method before it
-(see `tokenprune list`). positions=original|contiguous in a spec sets how the LM positions that method's
-kept tokens (zspa,zspa:positions=original compares both). Each (sample, method, keep) record is
+(see `tokenprune list`); values separated by '|' make one method per value (a sweep). positions=original
+or contiguous in a spec sets how the LM positions that method's kept tokens (zspa:positions=original|contiguous
+compares both). 'all' (or a pattern such as 'div*') is every registered method it matches that can run in a
+model, with its defaults; those the model at hand cannot run are skipped with the reason (on stderr and in
+the JSON's metadata.skipped), where a method named explicitly is an error. Each (sample, method, keep) record is
 appended to OUTPUT as soon as its batch is done, so an interrupted run resumes where it stopped and a
 repeated run reuses finished samples (--no-resume recomputes). p: paired test against none on the same
-samples (exact McNemar for 0/1 metrics, paired bootstrap for POPE F1 and VQA accuracy). ms: per generate
+samples (exact McNemar for 0/1 metrics, paired bootstrap for POPE F1 and VQA accuracy), adjusted by Holm's
+method over the tests of its table, so that comparing many methods does not find differences by chance
+(the JSON keeps both: p_value_vs_none and p_holm_vs_none). ms: per generate
 call of --batch-size samples. peak MB: torch.cuda.max_memory_allocated; '-' on CPU, which keeps no
 allocator statistics.
 """
@@ -103,8 +112,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--methods",
         default="zspa,divprune",
         metavar="SPECS",
-        help="comma-separated method specs, parameters after a colon: zspa:core_ratio=0.2,pooling=max,divprune "
-        "(default: zspa,divprune; 'none' always runs)",
+        help="comma-separated method specs, parameters after a colon: zspa:core_ratio=0.2,pooling=max,divprune; "
+        "'|' between values sweeps them (zspa:core_ratio=0.1|0.4); 'all' or a pattern (div*) is every method it "
+        "matches (default: zspa,divprune; 'none' always runs)",
     )
     parser.add_argument(
         "--model",
@@ -209,7 +219,10 @@ def render_tables(summary: dict[str, Any]) -> list[Table]:
     meta = summary["metadata"]
     title = f"{Path(str(meta.get('model', ''))).name or meta.get('model')} · {meta.get('device', '')}"
     metrics = ", ".join(f"{name}: {_metric(results, name)}" for name in benchmarks)
+    skipped = meta.get("skipped") or {}
     caption = f"{metrics}. {_caption(meta)}{_positions_note(results)}"
+    if skipped:
+        caption += f" Skipped, as this model cannot run them: {', '.join(skipped)}."
     main = Table(title=title, caption=caption, caption_justify="left")
     main.add_column("method", style="bold cyan", no_wrap=True)
     main.add_column("keep", justify="right")
@@ -225,7 +238,7 @@ def render_tables(summary: dict[str, Any]) -> list[Table]:
         cells = [Text(label), Text(_keep(keep))]
         for name in benchmarks:
             row = by_bench[name]
-            cells += [Text(_pct(row["score"])), Text(_pct(row["relative"])), Text(format_p(row["p_value_vs_none"]))]
+            cells += [Text(_pct(row["score"])), Text(_pct(row["relative"])), Text(format_p(row["p_holm_vs_none"]))]
         any_row = by_bench[benchmarks[0]]
         if len(benchmarks) > 1:
             relatives = [by_bench[name]["relative"] for name in benchmarks]
@@ -267,7 +280,8 @@ def _max(by_bench: dict[str, dict[str, Any]], field: str) -> float | None:
 def _caption(meta: dict[str, Any]) -> str:
     return (
         f"score x 100; %: of none; p: paired test vs none on the same samples (exact "
-        f"McNemar for 0/1 metrics, paired bootstrap otherwise), * p < {ALPHA}. tokens: visual tokens kept per "
+        f"McNemar for 0/1 metrics, paired bootstrap otherwise), Holm-adjusted over the table's tests, "
+        f"* p < {ALPHA}. tokens: visual tokens kept per "
         f"sample; GFLOPs: the language model's prefill per sample (counted, not timed); ms: per generate call "
         f"of {meta.get('batch_size')} samples; peak MB: max memory allocated "
         f"('-' on CPU: no allocator statistics). {meta.get('computed', 0)} records computed, "
@@ -284,7 +298,7 @@ def _positions_note(results: list[dict[str, Any]]) -> str:
 def _family_table(benchmark: str, rows: list[dict[str, Any]]) -> Table:
     families = list(rows[0]["families"])
     table = Table(
-        title=f"{benchmark}: score x 100 per question family (* p < {ALPHA} vs none)",
+        title=f"{benchmark}: score x 100 per question family (* p < {ALPHA} vs none, Holm-adjusted)",
         caption="n per family in brackets",
         caption_justify="left",
     )
@@ -296,14 +310,18 @@ def _family_table(benchmark: str, rows: list[dict[str, Any]]) -> Table:
         cells = [Text(row["label"]), Text(_keep(row["keep"]))]
         for family in families:
             entry = row["families"][family]
-            p = entry["p_value_vs_none"]
+            p = entry["p_holm_vs_none"]
             cells.append(Text(_pct(entry["score"]) + ("*" if p is not None and p < ALPHA else "")))
         table.add_row(*cells)
     return table
 
 
 def _pairwise_table(pairs: list[dict[str, Any]]) -> Table:
-    table = Table(title="methods against each other at the same keep ratio (A - B, paired)")
+    table = Table(
+        title="methods against each other at the same keep ratio (A - B, paired)",
+        caption=f"p: Holm-adjusted over the {len(pairs)} tests of this table",
+        caption_justify="left",
+    )
     for header, justify in (("benchmark", "left"), ("keep", "right"), ("A", "left"), ("B", "left")):
         table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     table.add_column("A - B", justify="right")
@@ -316,7 +334,7 @@ def _pairwise_table(pairs: list[dict[str, Any]]) -> Table:
             Text(pair["label_a"]),
             Text(pair["label_b"]),
             Text(_num(None if pair["difference"] is None else 100 * pair["difference"])),
-            Text(format_p(pair["p_value"])),
+            Text(format_p(pair["p_holm"])),
             Text(pair["test"] or "-"),
         )
     return table
@@ -408,6 +426,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
     if comparison is None:  # a rank other than 0 of a distributed run: rank 0 reports
         return 0
+    for label, why in comparison.metadata.get("skipped", {}).items():
+        stderr_console().print(f"tokenprune: skipped {label}: {why}", markup=False, highlight=False)
     summary = summarize(comparison)
     if args.json and not to_stdout:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

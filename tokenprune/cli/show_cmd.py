@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -18,6 +18,9 @@ from rich.text import Text
 
 from tokenprune.cli._console import UsageError, stderr_console
 from tokenprune.errors import BudgetError, InputError, TokenPruneError
+
+if TYPE_CHECKING:
+    from tokenprune.evaluation.specs import MethodConfig
 
 __all__ = ["NAME", "add_parser", "default_model", "parse_keep", "run"]
 
@@ -149,7 +152,7 @@ def _open_image(path: str) -> Any:
         raise UsageError(f"cannot read {path} as an image: {exc}") from exc
 
 
-def _methods(text: str) -> list[tuple[str, dict[str, Any]]]:
+def _methods(text: str) -> list[MethodConfig]:
     # compare's method specs and checks (tokenprune.evaluation): one syntax for both commands
     from tokenprune.evaluation.runner import check_in_model
     from tokenprune.evaluation.specs import parse_methods
@@ -161,7 +164,28 @@ def _methods(text: str) -> list[tuple[str, dict[str, Any]]]:
         raise UsageError(f"--methods: {exc}") from exc
     if not configs:
         raise UsageError(f"--methods {text!r} names no method to show; e.g. --methods zspa,divprune")
-    return [(config.name, dict(config.given)) for config in configs]
+    return configs
+
+
+def _runnable(model: Any, configs: list[MethodConfig], log: Console) -> list[tuple[str, dict[str, Any]]]:
+    """The methods to draw: those chosen by a pattern that this model cannot run are skipped, with why."""
+    from tokenprune.integrations import get_adapter
+    from tokenprune.integrations.base import UnsupportedMergeError, UnsupportedScoresError, check_method
+    from tokenprune.registry import create_method
+
+    adapter, chosen = get_adapter(model), []
+    for config in configs:
+        try:
+            check_method(adapter, create_method(config.name, **config.given))
+        except (UnsupportedScoresError, UnsupportedMergeError) as exc:
+            if not config.optional:
+                raise UsageError(f"--methods: {exc}") from exc
+            log.print(f"tokenprune: skipped {config}: {exc}", markup=False, highlight=False)
+        else:
+            chosen.append((config.name, dict(config.given)))
+    if not chosen:
+        raise UsageError("--methods: no method given can run on this model")
+    return chosen
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -185,7 +209,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     log = stderr_console()
     log.print(f"loading {model_path} on {device}", markup=False, highlight=False)
     model, processor = _load(model_path, device)
-    result = show_tokens(model, processor, image, args.question, methods, keep=keep)
+    result = show_tokens(model, processor, image, args.question, _runnable(model, methods, log), keep=keep)
     figure = render_kept(image, result.layout, result.kept, panel_size=args.panel_size, caption=f"Q: {args.question}")
     suffix = output.suffix.lower()
     figure.save(output, format=None if suffix in (".png", ".jpg", ".jpeg", ".webp") else "PNG")

@@ -7,12 +7,12 @@
       "metadata": {"model", "model_fingerprint", "model_class", "benchmarks": {name: {"source", "metric", "n"}},
                    "methods", "keeps", "seed", "batch_size", "max_new_tokens", "device", "dtype", "world_size",
                    "output", "tokenprune", "torch", "transformers", "python", "platform", "threads",
-                   "git_commit", "date", "computed", "reused", "significance": {...}},
+                   "git_commit", "date", "computed", "reused", "significance": {...}, "skipped": {label: why}},
       "results": [{"method", "label", "params", "positions", "keep", "benchmark", "metric", "score", "relative",
                    "selection_ms", "prefill_ms", "peak_mem_mb", "visual_before", "visual_after", "prefill_gflops", "n",
-                   "p_value_vs_none", "test_vs_none", "vs_none", "families"}, ...],
+                   "p_value_vs_none", "p_holm_vs_none", "test_vs_none", "vs_none", "families"}, ...],
       "pairwise": [{"benchmark", "keep", "method_a", "label_a", "params_a", "method_b", "label_b", "params_b",
-                    "test", "difference", "p_value", "detail"}, ...]
+                    "test", "difference", "p_value", "p_holm", "detail"}, ...]
     }
 
 One ``results`` row per configuration and benchmark, the reference (``method`` ``"none"``, ``keep`` 1.0)
@@ -28,11 +28,18 @@ against the reference on the same samples (``as_dict()`` of
 :class:`~tokenprune.evaluation.significance.BootstrapResult` otherwise; ``difference`` is this row
 minus the reference), and ``p_value_vs_none``/``test_vs_none`` repeat its p-value and test name; all
 three are None for the reference row. ``families`` (benchmarks whose samples carry a question family,
-such as ``scenes``) maps each family to ``{"score", "relative", "n", "p_value_vs_none"}``; it is absent
-otherwise. ``positions`` is how the language model positioned the kept tokens (``"contiguous"``,
+such as ``scenes``) maps each family to ``{"score", "relative", "n", "p_value_vs_none", "p_holm_vs_none"}``;
+it is absent otherwise. ``positions`` is how the language model positioned the kept tokens (``"contiguous"``,
 ``"original"``), as run: the model's default where the spec set none; None for the reference row.
+``metadata.skipped`` names the methods a pattern chose (``all``) that the model could not run, with why.
 ``pairwise`` holds one paired test per benchmark for every two methods at the same keep ratio
 (``difference`` = A - B, ``detail`` the test's ``as_dict()``).
+
+A comparison of many methods runs many tests, and some will fall below 0.05 by chance alone. Each
+``p_holm*`` is its ``p_value*`` adjusted by Holm's step-down method
+(:func:`~tokenprune.evaluation.significance.holm`) within its family of tests: all rows against ``none``
+(every benchmark, method and keep); each benchmark's question families against ``none``; all pairs of
+methods. ``tokenprune compare`` shows the adjusted values.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokenprune.evaluation.metrics import aggregate
-from tokenprune.evaluation.significance import compare_metric
+from tokenprune.evaluation.significance import compare_metric, holm
 
 if TYPE_CHECKING:
     from tokenprune.evaluation.runner import BenchmarkRun, Comparison
@@ -110,6 +117,12 @@ def _families(
             "p_value_vs_none": None if test is None else test["p_value"],
         }
     return out
+
+
+def _adjust(entries: Sequence[dict[str, Any]], raw: str, adjusted: str) -> None:
+    """Write ``entries[i][adjusted]``: the Holm adjustment of their ``raw`` p-values, taken as one family."""
+    for entry, value in zip(entries, holm([entry[raw] for entry in entries]), strict=True):
+        entry[adjusted] = value
 
 
 def _positions(records: Sequence[dict[str, Any]]) -> str | None:
@@ -187,6 +200,12 @@ def summarize(comparison: Comparison, *, n_resamples: int = DEFAULT_RESAMPLES) -
                     "detail": test,
                 }
             )
+    _adjust(results, "p_value_vs_none", "p_holm_vs_none")
+    for run in comparison.benchmarks:
+        rows = [row for row in results if row["benchmark"] == run.name]
+        families = [entry for row in rows for entry in row.get("families", {}).values()]
+        _adjust(families, "p_value_vs_none", "p_holm_vs_none")
+    _adjust(pairwise, "p_value", "p_holm")
     metadata = {
         **comparison.metadata,
         "computed": comparison.computed,
@@ -194,6 +213,8 @@ def summarize(comparison: Comparison, *, n_resamples: int = DEFAULT_RESAMPLES) -
         "significance": {
             "binary_metrics": "mcnemar_exact (two-sided exact binomial test on the discordant pairs, scipy)",
             "other_metrics": f"paired_bootstrap ({n_resamples} resamples, seed {seed}, 95% percentile interval)",
+            "multiple_comparisons": "holm (step-down) within each family of tests: every row against none; each "
+            "benchmark's question families against none; every pair of methods at the same keep",
         },
     }
     return {"metadata": metadata, "results": results, "pairwise": pairwise}

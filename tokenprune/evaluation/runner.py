@@ -626,6 +626,8 @@ def run_comparison(
             raise InputError(f"a distributed run ({shard.world} processes) needs an output directory shared by all")
         resolved = _resolve_device(device, shard.local_rank)
         runner = _Runner(model_id, resolved, seed, batch_size, shard, progress, after_batch)
+        configs_methods, skipped = runner.runnable(configs_methods)
+        configs = [configs[0]] + [config for config in configs[1:] if config.method in configs_methods]
         runs = [runner.benchmark(name, path, limit, max_new_tokens) for name, path in chosen]
         directory = None if output is None else Path(output)
         known = read_records(directory) if directory is not None and resume else {}
@@ -657,6 +659,7 @@ def run_comparison(
             dtype=runner.dtype_name,
             world_size=shard.world,
             output=None if directory is None else str(directory),
+            skipped=skipped,
         )
         return Comparison(configs, runs, records, metadata, computed=total, reused=len(records) - total)
 
@@ -719,6 +722,7 @@ class _Runner:
             self.shape = None  # a language model of another kind: no FLOPs column
         self.records: dict[str, dict[str, Any]] = {}
         self._model: Any = None
+        self._methods: list[MethodConfig] = []  # checked against the model when it loads
 
     def benchmark(self, name: str, path: str | None, limit: int | None, max_new_tokens: int | None) -> BenchmarkRun:
         spec = get_benchmark(name)
@@ -761,6 +765,53 @@ class _Runner:
         self.prompt_tokens = question_tokens(self.processor)
         tokenizer = self.processor.tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        for method in self._methods:  # before any batch: a method this model cannot run stops the run here
+            self._check(method)
+
+    def _check(self, method: MethodConfig) -> None:
+        """Raise the error this model would raise for ``method`` (positions, scores, merging), before any work.
+
+        The positions setting is checked always, the model family's support once the model is loaded.
+        """
+        from tokenprune.integrations.base import check_method, check_positions, resolve_positions
+        from tokenprune.registry import create_method
+
+        selector = create_method(method.name, **method.given)
+        inside_lm = selector.prune_layer is not None
+        check_positions(method.positions, inside_lm=inside_lm, label=str(method))
+        if self._model is not None:
+            resolve_positions(self.encodings.adapter, method.positions, inside_lm=inside_lm)
+            check_method(self.encodings.adapter, selector)
+
+    def runnable(self, methods: Sequence[MethodConfig]) -> tuple[list[MethodConfig], dict[str, str]]:
+        """``methods`` without the optional ones (chosen by a pattern) this model cannot run, and why each was skipped.
+
+        Deciding that needs the model, which is loaded for it when there is an optional method. A method
+        named explicitly that cannot run raises instead, here or when the model loads.
+
+        Raises:
+            InputError, UnsupportedScoresError, UnsupportedMergeError: a method named explicitly cannot run
+                here, or no method is left.
+        """
+        from tokenprune.integrations.base import UnsupportedMergeError, UnsupportedScoresError
+
+        if any(method.optional for method in methods):
+            self._load()
+        kept, skipped = [], {}
+        for method in methods:
+            try:
+                self._check(method)
+            except (InputError, UnsupportedScoresError, UnsupportedMergeError) as error:
+                if not method.optional:
+                    raise
+                skipped[str(method)] = str(error)
+            else:
+                kept.append(method)
+        if methods and not kept:
+            reasons = "; ".join(f"{label}: {why}" for label, why in skipped.items())
+            raise InputError(f"no method given can run on {self.model_id}: {reasons}")
+        self._methods = kept
+        return kept, skipped
 
     def run(
         self,

@@ -10,6 +10,9 @@ differences, which is far more sensitive than comparing two independent accuraci
   the sample indices with replacement, recompute the statistic for both methods on the same resample,
   and read a percentile interval and a p-value off the resampled differences.
 * :func:`compare_paired` picks one; :func:`compare_metric` picks by metric name.
+* :func:`holm` adjusts the p-values of a family of tests for their number (Holm's step-down method), so
+  that comparing many methods does not find differences by chance: ``tokenprune compare`` marks a result
+  significant only when its adjusted p-value is below 0.05.
 
 >>> from tokenprune.evaluation.significance import compare_paired
 >>> a = [1] * 60 + [0] * 40   # method A: 60 % right
@@ -36,6 +39,7 @@ __all__ = [
     "McNemarResult",
     "compare_metric",
     "compare_paired",
+    "holm",
     "mcnemar_exact",
     "paired_bootstrap",
 ]
@@ -403,3 +407,37 @@ def _evaluate(statistic: Statistic, stack: np.ndarray) -> np.ndarray:
             f"for input shape {stack.shape}. Reduce over axis 1, e.g. lambda x: x.mean(axis=1)."
         )
     return values
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's (1979) step-down adjustment of a family of ``m`` p-values (None entries are skipped).
+
+    With the p-values sorted, ``p_(1) <= ... <= p_(m)``, the adjusted value of ``p_(i)`` is
+    ``max_{j <= i} min(1, (m - j + 1) p_(j))``. Rejecting every hypothesis whose adjusted p-value is at
+    most ``alpha`` is Holm's procedure: the chance of any false rejection in the family stays at most
+    ``alpha`` whatever the dependence between the tests. It rejects every hypothesis Bonferroni's
+    ``m p <= alpha`` rejects, and possibly more. Equal p-values get equal adjusted values; the order of
+    the input is kept.
+
+    Raises:
+        InputError: a p-value that is not a number in [0, 1].
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03, None, 0.5])
+        [0.04, 0.09, 0.09, None, 0.5]
+    """
+    values: list[tuple[float, int]] = []
+    for index, p in enumerate(p_values):
+        if p is None:
+            continue
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+            raise InputError(f"p-values must be numbers in [0, 1] or None; got {p!r} at position {index}")
+        values.append((float(p), index))
+    values.sort()
+    m = len(values)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(values):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[index] = running
+    return adjusted

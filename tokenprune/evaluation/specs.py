@@ -16,6 +16,23 @@ One key is not a method parameter but a setting of the harness: ``positions=orig
 ``contiguous``) says how the language model positions the kept tokens (``tokenprune.apply(positions=...)``),
 so ``zspa,zspa:positions=original`` compares the two in one run.
 
+A value may list alternatives with ``|``: the spec stands for one method per alternative, and for every
+combination when several parameters have them (a sweep, in the order written):
+
+>>> for method in parse_methods("zspa:core_ratio=0.1|0.4,pooling=mean|max"):
+...     print(method)
+zspa:core_ratio=0.1,pooling=mean
+zspa:core_ratio=0.1,pooling=max
+zspa:core_ratio=0.4,pooling=mean
+zspa:core_ratio=0.4,pooling=max
+
+A name may be an fnmatch pattern (``*``, ``?``, ``[...]``), and ``all`` is ``*``: every registered method it
+matches that can run inside a model (not ``attention``, whose scores only a caller can pass), each with its
+defaults, so a new plugin's method is compared with every baseline by ``--methods mine,all``. A pattern
+takes no parameters. Its methods are :attr:`MethodConfig.optional`: a comparison skips, with the reason,
+those the model at hand cannot run (a [CLS] attention method on Qwen2.5-VL), where a method named
+explicitly is an error.
+
 The same method may appear several times with different parameters; a spec whose full parameters
 (defaults included) equal an earlier one's is dropped. ``none``, the unpruned reference, is always run
 and is not a method spec.
@@ -26,9 +43,10 @@ Benchmarks are names, or ``NAME=PATH`` for a local copy (:func:`parse_benchmarks
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -36,9 +54,11 @@ from tokenprune._json import jsonable
 from tokenprune.errors import InputError
 
 __all__ = [
+    "ALL",
     "POSITIONS_KEY",
     "REFERENCE",
     "MethodConfig",
+    "is_pattern",
     "parse_benchmarks",
     "parse_keeps",
     "parse_methods",
@@ -63,12 +83,15 @@ class MethodConfig:
             not ``given``, identifies the configuration.
         positions: how the language model positions the kept tokens (``"contiguous"``, ``"original"``),
             or None for the model's default (see :func:`tokenprune.apply`).
+        optional: chosen by a pattern (``all``, ``div*``) rather than by name: a comparison skips it where
+            the model cannot run it instead of stopping. Not part of the configuration's identity.
     """
 
     name: str
     given: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
     positions: str | None = None
+    optional: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "given", MappingProxyType(dict(self.given)))
@@ -153,14 +176,63 @@ def _split_specs(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
     return specs
 
 
+ALL = "all"
+"""The method pattern that matches every registered method (``*``)."""
+
+_GLOB = frozenset("*?[")
+
+
+def is_pattern(name: str) -> bool:
+    """Whether a spec's name is a pattern of method names (``all``, or with fnmatch's ``*``, ``?``, ``[``)."""
+    return name == ALL or not _GLOB.isdisjoint(name)
+
+
+def _alternatives(key: str, raw: str, name: str) -> list[Any]:
+    """The values of ``key=raw``: one, or one per ``|``-separated alternative (not inside a quoted value)."""
+    text = raw.strip()
+    quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+    pieces = [text] if quoted else text.split("|")
+    if any(not piece.strip() for piece in pieces):
+        raise InputError(
+            f"bad value {raw!r} of {key!r} for method {name!r}: expected a value, or alternatives "
+            f"separated by '|' such as 0.1|0.2|0.4"
+        )
+    values = [parse_value(piece) for piece in pieces]
+    unique = list(dict.fromkeys(repr(v) for v in values))
+    if len(unique) != len(values):
+        raise InputError(f"{key}={raw!r} for method {name!r} lists a value twice")
+    return values
+
+
+def _in_model_methods(pattern: str) -> list[str]:
+    """The registered methods matching ``pattern`` that can run inside a model (scores not from the caller)."""
+    from tokenprune.registry import create_method, list_methods
+
+    names = list_methods("*" if pattern == ALL else pattern)
+    runnable = []
+    for name in names:
+        selector = create_method(name)
+        if not ("scores" in selector.requires and selector.score_source == "external"):
+            runnable.append(name)
+    if not runnable:
+        raise InputError(
+            f"method pattern {pattern!r} matches no registered method that can run inside a model; "
+            f"registered: {', '.join(list_methods()) or 'none'}"
+        )
+    return runnable
+
+
 def parse_methods(text: str, *, positions: str | None = None) -> list[MethodConfig]:
     """The method configurations of a ``--methods`` value, checked against the registry.
 
     ``positions``: the positions setting of the specs that do not give one (None: the model's default).
+    Sweeps (``key=a|b``) and patterns (``all``, ``div*``) are expanded (see the module docstring); a
+    configuration equal to an earlier one is dropped (one named explicitly is then not optional).
 
     Raises:
-        InputError: a malformed spec, a parameter given twice for one method, or a positions setting
-            that is unknown or that the method cannot use (FastV prunes inside the LM: always original).
+        InputError: a malformed spec, a parameter given twice for one method, parameters after a pattern,
+            a pattern that matches nothing runnable, or a positions setting that is unknown or that the
+            method cannot use (FastV prunes inside the LM: always original).
         UnknownMethodError: a name that is not registered (the message lists what is).
         MethodParameterError: a parameter the method does not have, or a value it rejects.
 
@@ -172,22 +244,39 @@ def parse_methods(text: str, *, positions: str | None = None) -> list[MethodConf
     from tokenprune.registry import create_method
 
     configs: list[MethodConfig] = []
-    for name, raw in _split_specs(text):
-        given: dict[str, Any] = {}
-        for key, value in raw:
-            if key in given:
-                raise InputError(f"parameter {key!r} given twice for method {name!r} in {text!r}")
-            given[key] = parse_value(value)
-        if name == REFERENCE:
-            if given:
-                raise InputError(f"{REFERENCE!r} (the unpruned reference) takes no parameters; got {dict(given)!r}")
-            continue  # always run anyway
-        where = given.pop(POSITIONS_KEY, positions)
-        method = create_method(name, **given)  # unknown names and parameters raise here, with suggestions
-        check_positions(where, inside_lm=method.prune_layer is not None, label=str(MethodConfig(name, given)))
-        config = MethodConfig(name, given, dict(method.params), where)
+
+    def add(config: MethodConfig) -> None:
         if config not in configs:
             configs.append(config)
+        elif not config.optional:  # named explicitly as well: an error where the model cannot run it
+            index = configs.index(config)
+            configs[index] = replace(configs[index], optional=False)
+
+    for name, raw in _split_specs(text):
+        if is_pattern(name):
+            if raw:
+                raise InputError(
+                    f"method pattern {name!r} takes no parameters (got {', '.join(k for k, _ in raw)}): it matches "
+                    f"several methods; write each method with its parameters"
+                )
+            for match in _in_model_methods(name):  # checked against the positions and the model when run
+                add(MethodConfig(match, {}, dict(create_method(match).params), positions, optional=True))
+            continue
+        sweeps: dict[str, list[Any]] = {}
+        for key, value in raw:
+            if key in sweeps:
+                raise InputError(f"parameter {key!r} given twice for method {name!r} in {text!r}")
+            sweeps[key] = _alternatives(key, value, name)
+        if name == REFERENCE:
+            if sweeps:
+                raise InputError(f"{REFERENCE!r} (the unpruned reference) takes no parameters; got {dict(raw)!r}")
+            continue  # always run anyway
+        for values in itertools.product(*sweeps.values()):
+            given = dict(zip(sweeps, values, strict=True))
+            where = given.pop(POSITIONS_KEY, positions)
+            method = create_method(name, **given)  # unknown names and parameters raise here, with suggestions
+            check_positions(where, inside_lm=method.prune_layer is not None, label=str(MethodConfig(name, given)))
+            add(MethodConfig(name, given, dict(method.params), where))
     return configs
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "prunable_counts",
     "prune_inputs",
     "check_merging",
+    "check_method",
+    "check_prune_layer",
     "check_positions",
     "merged_features",
     "resolve_positions",
@@ -146,6 +148,11 @@ class ModelAdapter(ABC):
     #: whether ``encode_images(inputs, merge=True)`` gives ``raw`` and ``metric`` and :meth:`project`
     #: works, so that merging methods (VisionZip) can run on this family
     merging: bool = False
+
+    #: the score sources (:data:`tokenprune.selector.SCORE_SOURCES`) ``encode_images`` provides, or None when
+    #: the family does not declare them (then only ``encode_images`` refuses, when asked). Declaring them
+    #: lets :func:`check_method` refuse a method before any work, as ``tokenprune compare`` does.
+    score_sources: frozenset[str] | None = None
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -595,14 +602,9 @@ def prune_inputs(
             "position_ids were given for the full sequence; with positions='contiguous' the pruned sequence is "
             "numbered afresh. Leave them out, or pass positions='original' to keep them at the kept tokens"
         )
+    check_method(adapter, selector)
     source = selector.score_source if "scores" in selector.requires else None
-    if source == "external":
-        raise UnsupportedScoresError(
-            f"{selector!r} takes scores from the caller, which a model call cannot pass; inside a model use "
-            f"'fastervlm' (vision CLS attention) or a method whose scores the model provides"
-        )
     merge = selector.merges
-    check_merging(adapter, selector)
     input_ids = inputs.get("input_ids")
     images = (
         adapter.encode_images(inputs, scores=source, merge=True)
@@ -635,6 +637,45 @@ def prune_inputs(
     if positions != adapter.position_modes[0]:  # the family's default is what rebuild gives
         kwargs["position_ids"] = adapter.original_positions(inputs, pruned)
     return PrunedInputs(kwargs, keep, input_ids, stats)
+
+
+def check_method(adapter: ModelAdapter, selector: Selector) -> None:
+    """Raise the error :func:`tokenprune.apply` would raise for ``selector`` on this family, before any work.
+
+    Refused: scores the caller must pass (no model call can), scores of a source the family declares it
+    cannot give (:attr:`ModelAdapter.score_sources`; Qwen2.5-VL has no vision CLS token), a merge the
+    family or the method cannot run (:func:`check_merging`), and pruning before a language-model layer the
+    model does not have (:func:`check_prune_layer`). A method pruning inside the language model (FastV)
+    takes its scores there, not from the adapter.
+
+    Raises:
+        UnsupportedScoresError, UnsupportedMergeError, InputError: with what was asked and why it cannot run
+            here.
+    """
+    source = selector.score_source if "scores" in selector.requires else None
+    if source == "external":
+        raise UnsupportedScoresError(
+            f"{selector!r} takes scores from the caller, which a model call cannot pass; inside a model use "
+            f"'fastervlm' (vision CLS attention) or a method whose scores the model provides"
+        )
+    declared = adapter.score_sources
+    if source is not None and selector.prune_layer is None and declared is not None and source not in declared:
+        raise adapter.unsupported_scores(source)
+    check_merging(adapter, selector)
+    check_prune_layer(adapter, selector.prune_layer)
+
+
+def check_prune_layer(adapter: ModelAdapter, layer: int | None) -> None:
+    """Raise :class:`InputError` if a method pruning before language-model layer ``layer`` (FastV) cannot here:
+    the layer is not one of the model's. None (pruning before the language model) always passes."""
+    if layer is None:
+        return
+    count = len(adapter.language_model().layers)
+    if not 0 <= layer < count:
+        raise InputError(
+            f"fastv layer={layer} is outside the language model's {count} layers (0 .. {count - 1}): expected "
+            f"a layer the language model has"
+        )
 
 
 def check_merging(adapter: ModelAdapter, selector: Selector) -> None:

@@ -36,6 +36,7 @@ from tokenprune.integrations.base import (
     PruneStats,
     _cache,
     _sync,
+    check_prune_layer,
     prunable_counts,
     select_per_image,
 )
@@ -94,12 +95,8 @@ class LayerPruner:
         self.layout = Layout.locate(adapter, self.input_ids, attention_mask, None, prompt_tokens)
         self.protected = adapter.protected_tokens(inputs)  # e.g. LLaVA-NeXT newlines: kept, outside the budget
         self.length = self.input_ids.shape[1]
+        check_prune_layer(adapter, self.layer)
         self.layers = adapter.language_model().layers
-        if not 0 <= self.layer < len(self.layers):
-            raise TokenPruneError(
-                f"fastv layer={self.layer} is outside the language model's {len(self.layers)} layers (0 .. "
-                f"{len(self.layers) - 1})"
-            )
         self.eager = adapter.language_model().config._attn_implementation == "eager"
         self.pruned: PrunedSequence | None = None
         self.done = False  # the prefill has been seen (pruned, or nothing to prune)

@@ -47,6 +47,7 @@ class LlavaAdapter(ModelAdapter):
         return layers[index].self_attn
 
     merging = True
+    score_sources = frozenset({"cls_attention"})
 
     def project(self, raw: Tensor) -> Tensor:
         return self.model.model.multi_modal_projector(raw)

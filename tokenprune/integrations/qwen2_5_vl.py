@@ -49,6 +49,17 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
+    score_sources = frozenset()
+
+    def unsupported_scores(self, source: str) -> UnsupportedScoresError:
+        error = super().unsupported_scores(source)
+        if source != "cls_attention":
+            return error
+        return UnsupportedScoresError(
+            f"{error}: Qwen2.5-VL's windowed vision encoder has no CLS token; use a method that "
+            f"scores tokens from their features and the prompt (e.g. 'zspa', 'divprune', 'relevance')"
+        )
+
     def special_token_ids(self) -> set[int]:
         ids = super().special_token_ids()
         config = self.model.config
@@ -85,13 +96,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
                 f"call the model outside tokenprune.apply for video inputs"
             )
         if scores is not None:
-            error = self.unsupported_scores(scores)
-            if scores == "cls_attention":
-                error = UnsupportedScoresError(
-                    f"{error}: Qwen2.5-VL's windowed vision encoder has no CLS token; use a method that "
-                    f"scores tokens from their features and the prompt (e.g. 'zspa', 'divprune', 'relevance')"
-                )
-            raise error
+            raise self.unsupported_scores(scores)
         grid = inputs.get("image_grid_thw")
         if not isinstance(grid, Tensor):
             raise InputError(f"{self.name}: pixel_values need image_grid_thw (one (t, h, w) row per image)")

@@ -26,7 +26,7 @@ from tokenprune.integrations.base import (
     PruneStats,
     _cache,
     _sync,
-    check_merging,
+    check_method,
     prune_inputs,
     resolve_positions,
 )
@@ -120,7 +120,7 @@ class PruningSession:
         self.budget = budget
         self.prompt_tokens = prompt_tokens
         self.positions = resolve_positions(adapter, positions, inside_lm=selector.prune_layer is not None)
-        check_merging(adapter, selector)
+        check_method(adapter, selector)  # refused now, before the block runs: scores, merging, FastV's layer
         self.stats: list[PruneStats] = []
         self._saved: dict[str, Any] = {}
         self._prefill_ms: float | None = None  # set by the forward wrapper at each prefill
