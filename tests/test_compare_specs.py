@@ -54,6 +54,17 @@ def test_positions_is_a_harness_setting_not_a_method_parameter():
         parse_methods("fastv", positions="contiguous")
 
 
+def test_a_text_parameter_takes_the_text_as_written_so_pooling_none_is_not_the_default():
+    """``none`` is None (the default) only for parameters whose default is not text: zspa's ``pooling=none`` is
+    the pooling called "none" (each visual token scored by its best prompt token), not mean pooling."""
+    (method,) = parse_methods("zspa:pooling=none")
+    assert method.params["pooling"] == "none" and str(method) == "zspa:pooling=none"
+    assert [m.params["pooling"] for m in parse_methods("zspa:pooling=max|none|'mean'")] == ["max", "none", "mean"]
+    assert parse_methods("fastv:layer=none")[0].params["layer"] == 2  # not text: None takes the default
+    with pytest.raises(MethodParameterError, match="pooling must be one of 'mean', 'max', 'none'; got '1'"):
+        parse_methods("zspa:pooling=1")
+
+
 def test_values_separated_by_a_bar_are_a_sweep_over_every_combination_in_the_order_written():
     methods = parse_methods("zspa:core_ratio=0.1|0.4|0.2,pooling=mean|max,divprune")
     assert [str(m) for m in methods] == [

@@ -356,6 +356,26 @@ def test_cli_writes_a_png_with_every_method(capsys, saved_llava, scene_png, tmp_
     assert str(out) in captured.out
 
 
+def test_cli_sweeps_and_patterns_draw_each_method_and_skip_those_the_model_cannot_run(
+    capsys, monkeypatch, saved_llava, scene_png, tmp_path
+):
+    from tokenprune.integrations.llava import LlavaAdapter
+
+    monkeypatch.setattr(LlavaAdapter, "score_sources", frozenset())  # as if this family had no CLS token
+    argv = ["show", "--model", str(saved_llava), "--methods", "zspa:core_ratio=0.1|0.9,fast*", "--keep", "0.1"]
+    code = main([*argv, str(scene_png), QUESTION, "-o", str(tmp_path / "x.png")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert [line.split("│")[1].strip() for line in captured.out.splitlines() if "6/64" in line] == [
+        "zspa:core_ratio=0.1",
+        "zspa:core_ratio=0.9",
+    ]
+    assert "skipped fastervlm: LlavaAdapter cannot provide 'cls_attention' scores" in captured.err
+    assert "skipped fastv: fastv layer=2 is outside the language model's 2 layers" in captured.err
+    code = main([*argv[:4], "fastervlm", str(scene_png), QUESTION, "-o", str(tmp_path / "y.png")])
+    assert code == 2 and "cannot provide 'cls_attention' scores" in capsys.readouterr().err  # named: an error
+
+
 def test_cli_without_model_uses_the_shipped_one_or_says_how_to_pass_one(capsys, monkeypatch, scene_png, tmp_path):
     from tokenprune.evaluation import runner
 

@@ -177,7 +177,7 @@ def _runnable(model: Any, configs: list[MethodConfig], log: Console) -> list[tup
     for config in configs:
         try:
             check_method(adapter, create_method(config.name, **config.given))
-        except (UnsupportedScoresError, UnsupportedMergeError) as exc:
+        except (UnsupportedScoresError, UnsupportedMergeError, InputError) as exc:
             if not config.optional:
                 raise UsageError(f"--methods: {exc}") from exc
             log.print(f"tokenprune: skipped {config}: {exc}", markup=False, highlight=False)

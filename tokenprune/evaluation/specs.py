@@ -187,8 +187,12 @@ def is_pattern(name: str) -> bool:
     return name == ALL or not _GLOB.isdisjoint(name)
 
 
-def _alternatives(key: str, raw: str, name: str) -> list[Any]:
-    """The values of ``key=raw``: one, or one per ``|``-separated alternative (not inside a quoted value)."""
+def _alternatives(key: str, raw: str, name: str, default: Any) -> list[Any]:
+    """The values of ``key=raw``: one, or one per ``|``-separated alternative (not inside a quoted value).
+
+    A parameter whose default is text takes the text as written: ``pooling=none`` is the pooling named
+    "none", not None (which would mean the default, ``mean``).
+    """
     text = raw.strip()
     quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
     pieces = [text] if quoted else text.split("|")
@@ -197,11 +201,21 @@ def _alternatives(key: str, raw: str, name: str) -> list[Any]:
             f"bad value {raw!r} of {key!r} for method {name!r}: expected a value, or alternatives "
             f"separated by '|' such as 0.1|0.2|0.4"
         )
-    values = [parse_value(piece) for piece in pieces]
+    if isinstance(default, str):
+        values: list[Any] = [_text(piece) for piece in pieces]
+    else:
+        values = [parse_value(piece) for piece in pieces]
     unique = list(dict.fromkeys(repr(v) for v in values))
     if len(unique) != len(values):
         raise InputError(f"{key}={raw!r} for method {name!r} lists a value twice")
     return values
+
+
+def _text(piece: str) -> str:
+    """A text value as written: stripped, and unquoted when quoted."""
+    piece = piece.strip()
+    value = parse_value(piece)
+    return value if isinstance(value, str) and piece[:1] in "'\"" else piece
 
 
 def _in_model_methods(pattern: str) -> list[str]:
@@ -241,7 +255,7 @@ def parse_methods(text: str, *, positions: str | None = None) -> list[MethodConf
         [0.2, 0.5]
     """
     from tokenprune.integrations.base import check_positions
-    from tokenprune.registry import create_method
+    from tokenprune.registry import create_method, get_method_spec
 
     configs: list[MethodConfig] = []
 
@@ -262,11 +276,13 @@ def parse_methods(text: str, *, positions: str | None = None) -> list[MethodConf
             for match in _in_model_methods(name):  # checked against the positions and the model when run
                 add(MethodConfig(match, {}, dict(create_method(match).params), positions, optional=True))
             continue
+        defaults = {} if name == REFERENCE else dict(get_method_spec(name).params)  # an unknown name raises here
+        defaults[POSITIONS_KEY] = ""  # the harness setting is text too
         sweeps: dict[str, list[Any]] = {}
         for key, value in raw:
             if key in sweeps:
                 raise InputError(f"parameter {key!r} given twice for method {name!r} in {text!r}")
-            sweeps[key] = _alternatives(key, value, name)
+            sweeps[key] = _alternatives(key, value, name, defaults.get(key))
         if name == REFERENCE:
             if sweeps:
                 raise InputError(f"{REFERENCE!r} (the unpruned reference) takes no parameters; got {dict(raw)!r}")
