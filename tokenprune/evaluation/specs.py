@@ -12,6 +12,9 @@ failing those, a string (quotes optional):
 >>> parse_value("0.2"), parse_value("3"), parse_value("True"), parse_value("none"), parse_value("'max'")
 (0.2, 3, True, None, 'max')
 
+None means the method's default. A parameter whose default is text takes the text as written, so
+``zspa:pooling=none`` is the pooling called "none", not the default.
+
 One key is not a method parameter but a setting of the harness: ``positions=original`` (or
 ``contiguous``) says how the language model positions the kept tokens (``tokenprune.apply(positions=...)``),
 so ``zspa,zspa:positions=original`` compares the two in one run.
