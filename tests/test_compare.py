@@ -302,6 +302,32 @@ def test_relative_scores_and_mcnemar_on_hand_made_records():
     assert pair["p_holm"] == pair["p_value"]  # a family of one test
 
 
+def test_the_main_table_shows_holm_adjusted_p_values():
+    """Two methods against none with raw p-values 0.5 and 0.25: the table shows 0.500 for both (Holm: 2 x 0.25,
+    then the running maximum), not y's raw 0.250."""
+    from rich.console import Console
+
+    from tokenprune.cli.compare_cmd import render_tables
+
+    none = [1] * 8 + [0] * 2
+    better = [1] * 10  # 2 discordant samples, both for it: p = 0.5
+    worse = [1] * 5 + [0] * 5  # 3 discordant against it: p = 0.25
+    summary = summarize(_synthetic("exact_match", {"none": none, "x": better, "y": worse}))
+    rows = {row["method"]: row for row in summary["results"]}
+    assert (rows["x"]["p_value_vs_none"], rows["y"]["p_value_vs_none"]) == (0.5, 0.25)
+    assert (rows["x"]["p_holm_vs_none"], rows["y"]["p_holm_vs_none"]) == (0.5, 0.5)
+    console = Console(width=200, record=True)
+    console.print(render_tables(summary)[0])
+    text = console.export_text()
+    cells = {}
+    for line in text.splitlines():
+        if line.count("│") > 6:
+            row = [cell.strip() for cell in line.split("│")[1:-1]]
+            cells[row[0]] = row
+    assert (cells["x"][4], cells["y"][4]) == ("0.500", "0.500")
+    assert "Holm-adjusted" in text
+
+
 def test_pope_f1_is_bootstrapped_as_a_corpus_statistic():
     labels = [1, 0] * 10
     none = [(1.0, [label, label]) for label in labels]

@@ -115,6 +115,7 @@ def test_all_and_patterns_are_every_registered_method_they_match_that_can_run_in
         ("zspa:core_ratio=0.1|0.1", "lists a value twice"),
         ("all:core_ratio=0.1", "method pattern 'all' takes no parameters"),
         ("zs*:pooling=max", "takes no parameters"),
+        ("zspa|divprune", "separate methods with ','"),
         ("nothing*", "matches no registered method that can run inside a model; registered: .*zspa"),
         ("attention,att*", "matches no registered method that can run inside a model"),
     ],

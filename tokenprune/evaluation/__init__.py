@@ -37,6 +37,7 @@ from tokenprune.evaluation.significance import (
     McNemarResult,
     compare_metric,
     compare_paired,
+    holm,
     mcnemar_exact,
     paired_bootstrap,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "exact_match",
     "exact_match_any",
     "get_metric",
+    "holm",
     "mcnemar_exact",
     "mean_statistic",
     "multiple_choice",

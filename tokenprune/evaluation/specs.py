@@ -279,6 +279,11 @@ def parse_methods(text: str, *, positions: str | None = None) -> list[MethodConf
             for match in _in_model_methods(name):  # checked against the positions and the model when run
                 add(MethodConfig(match, {}, dict(create_method(match).params), positions, optional=True))
             continue
+        if "|" in name:
+            raise InputError(
+                f"{name!r} is not a method: '|' separates the values of one parameter (zspa:core_ratio=0.1|0.2); "
+                f"separate methods with ',' (zspa,divprune)"
+            )
         defaults = {} if name == REFERENCE else dict(get_method_spec(name).params)  # an unknown name raises here
         defaults[POSITIONS_KEY] = ""  # the harness setting is text too
         sweeps: dict[str, list[Any]] = {}
