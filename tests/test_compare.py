@@ -27,7 +27,7 @@ from tokenprune.evaluation.runner import (
     run_comparison,
     score_sample,
 )
-from tokenprune.evaluation.significance import holm
+from tokenprune.evaluation.significance import holm, score_interval
 from tokenprune.evaluation.specs import MethodConfig
 from tokenprune.testing.models import tiny_llava, tiny_llava_processor
 
@@ -215,6 +215,7 @@ def test_the_summary_matches_significance_py_on_the_same_records(baseline):
     for row, config in zip(results, baseline.configs, strict=True):
         mine = scores[config.id]
         assert row["score"] == aggregate("exact_match_any", mine) and row["n"] == 6
+        assert row["score_ci"] == list(score_interval("exact_match_any", mine))
         assert row["relative"] == (row["score"] / aggregate("exact_match_any", none) if any(none) else None)
         assert row["params"] == dict(config.method.params)
         if config.method.is_reference:
@@ -295,6 +296,7 @@ def test_relative_scores_and_mcnemar_on_hand_made_records():
         "n": 5,
         "p_value_vs_none": mcnemar_exact(worse[::2], none[::2]).p_value,
         "p_holm_vs_none": holm([rows[m]["families"][f]["p_value_vs_none"] for m in "xy" for f in "ab"])[2],
+        "score_ci": list(score_interval("exact_match", worse[::2])),
     }
     assert rows["y"]["p_holm_vs_none"] == min(1.0, 2 * rows["y"]["p_value_vs_none"])  # the smaller of 2 tests
     (pair,) = summary["pairwise"]
@@ -324,7 +326,9 @@ def test_the_main_table_shows_holm_adjusted_p_values():
         if line.count("│") > 6:
             row = [cell.strip() for cell in line.split("│")[1:-1]]
             cells[row[0]] = row
-    assert (cells["x"][4], cells["y"][4]) == ("0.500", "0.500")
+    assert (cells["x"][5], cells["y"][5]) == ("0.500", "0.500")
+    low, high = score_interval("exact_match", worse)  # Wilson's interval of 5 / 10
+    assert rows["y"]["score_ci"] == [low, high] and cells["y"][3] == f"{100 * low:.1f}-{100 * high:.1f}"
     assert "Holm-adjusted" in text
 
 

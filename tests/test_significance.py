@@ -401,3 +401,57 @@ def test_holm_on_a_hand_computed_family_skips_none_and_refuses_non_p_values():
     for bad in (1.5, -0.1, float("nan"), "0.1", True):
         with pytest.raises(InputError, match=r"p-values must be numbers in \[0, 1\] or None"):
             significance.holm([0.1, bad])
+
+
+# --- one method's score interval ------------------------------------------------------------------
+
+
+@given(st.integers(1, 400), st.data(), st.sampled_from([0.8, 0.9, 0.95, 0.99]))
+def test_score_interval_of_a_proportion_is_wilsons(n, data, confidence):
+    """Wilson (1927) written out: centre (k + z^2/2) / (n + z^2), half-width z sqrt(k(n-k)/n + z^2/4) / (n + z^2)."""
+    from scipy.stats import norm
+
+    k = data.draw(st.integers(0, n))
+    low, high = significance.score_interval("exact_match", [1.0] * k + [0.0] * (n - k), confidence=confidence)
+    z = norm.ppf((1 + confidence) / 2)
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z * math.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    assert low == pytest.approx(max(0.0, centre - half), abs=1e-9)
+    assert high == pytest.approx(min(1.0, centre + half), abs=1e-9)
+    assert low <= k / n <= high
+
+
+def test_score_interval_covers_the_true_accuracy_about_as_often_as_it_says():
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(2000):
+        outcomes = (rng.random(100) < 0.3).astype(float)
+        low, high = significance.score_interval("exact_match", outcomes)
+        hits += low <= 0.3 <= high
+    assert 0.93 <= hits / 2000 <= 0.97
+
+
+def test_score_interval_of_other_metrics_is_the_bootstrap_percentile_interval():
+    """VQA accuracy (0, 0.3, 0.6, 1 per sample): the documented bootstrap, one resample at a time."""
+    values = np.random.default_rng(3).choice([0.0, 0.3, 0.6, 1.0], size=40)
+    low, high = significance.score_interval("vqa_accuracy", values, confidence=0.9, n_resamples=2000, seed=7)
+    rng = np.random.default_rng(7)
+    means = [values[rng.integers(0, 40, size=40)].mean() for _ in range(2000)]
+    assert (low, high) == pytest.approx((np.percentile(means, 5), np.percentile(means, 95)), abs=1e-12)
+    # POPE F1 is recomputed on each resample of (prediction, label) rows
+    labels = [True, False] * 30
+    outcomes = pope_outcomes([True] * 45 + [False] * 15, labels)
+    low, high = significance.score_interval("pope_f1", outcomes, n_resamples=2000)
+    f1 = pope_f1_statistic(np.asarray(outcomes)[None])[0]
+    assert 0 < low < f1 < high < 1
+
+
+def test_score_interval_of_one_sample_and_bad_arguments():
+    with pytest.raises(InputError, match="expected a non-empty 1-D sequence of scores"):
+        significance.score_interval("exact_match", [])
+    assert significance.score_interval("exact_match", [1.0]) == pytest.approx((0.2065, 1.0), abs=1e-4)
+    assert significance.score_interval("vqa_accuracy", [0.3]) is None
+    with pytest.raises(InputError, match="confidence must be a number in"):
+        significance.score_interval("exact_match", [1.0, 0.0], confidence=1.0)
+    with pytest.raises(InputError, match="n_resamples must be an int"):
+        significance.score_interval("vqa_accuracy", [1.0, 0.0], n_resamples=0)

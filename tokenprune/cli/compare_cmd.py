@@ -194,6 +194,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _interval(interval: list[float] | None) -> str:
+    """``"61.5-72.1"``: a score's interval x 100; ``"-"`` for none."""
+    return "-" if interval is None else f"{_pct(interval[0])}-{_pct(interval[1])}"
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -228,6 +233,7 @@ def render_tables(summary: dict[str, Any]) -> list[Table]:
     main.add_column("keep", justify="right")
     for name in benchmarks:
         main.add_column(name, justify="right")
+        main.add_column("95% CI", justify="right")
         main.add_column("%", justify="right")
         main.add_column("p", justify="right")
     if len(benchmarks) > 1:
@@ -238,7 +244,8 @@ def render_tables(summary: dict[str, Any]) -> list[Table]:
         cells = [Text(label), Text(_keep(keep))]
         for name in benchmarks:
             row = by_bench[name]
-            cells += [Text(_pct(row["score"])), Text(_pct(row["relative"])), Text(format_p(row["p_holm_vs_none"]))]
+            cells += [Text(_pct(row["score"])), Text(_interval(row["score_ci"]))]
+            cells += [Text(_pct(row["relative"])), Text(format_p(row["p_holm_vs_none"]))]
         any_row = by_bench[benchmarks[0]]
         if len(benchmarks) > 1:
             relatives = [by_bench[name]["relative"] for name in benchmarks]
@@ -279,7 +286,8 @@ def _max(by_bench: dict[str, dict[str, Any]], field: str) -> float | None:
 
 def _caption(meta: dict[str, Any]) -> str:
     return (
-        f"score x 100; %: of none; p: paired test vs none on the same samples (exact "
+        f"score x 100; 95% CI: the score's interval (Wilson for 0/1 metrics, bootstrap otherwise); %: of none; "
+        f"p: paired test vs none on the same samples (exact "
         f"McNemar for 0/1 metrics, paired bootstrap otherwise), Holm-adjusted over the table's tests, "
         f"* p < {ALPHA}. tokens: visual tokens kept per "
         f"sample; GFLOPs: the language model's prefill per sample (counted, not timed); ms: per generate call "

@@ -8,7 +8,8 @@
                    "methods", "keeps", "seed", "batch_size", "max_new_tokens", "device", "dtype", "world_size",
                    "output", "tokenprune", "torch", "transformers", "python", "platform", "threads",
                    "git_commit", "date", "computed", "reused", "significance": {...}, "skipped": {label: why}},
-      "results": [{"method", "label", "params", "positions", "keep", "benchmark", "metric", "score", "relative",
+      "results": [{"method", "label", "params", "positions", "keep", "benchmark", "metric", "score", "score_ci",
+                   "relative",
                    "selection_ms", "prefill_ms", "peak_mem_mb", "visual_before", "visual_after", "prefill_gflops", "n",
                    "p_value_vs_none", "p_holm_vs_none", "test_vs_none", "vs_none", "families"}, ...],
       "pairwise": [{"benchmark", "keep", "method_a", "label_a", "params_a", "method_b", "label_b", "params_b",
@@ -16,7 +17,9 @@
     }
 
 One ``results`` row per configuration and benchmark, the reference (``method`` ``"none"``, ``keep`` 1.0)
-first. ``score`` is the benchmark's metric on all its samples (POPE: F1; a fraction in [0, 1]),
+first. ``score`` is the benchmark's metric on all its samples (POPE: F1; a fraction in [0, 1]), and
+``score_ci`` its 95 % interval ``[low, high]`` (:func:`~tokenprune.evaluation.significance.score_interval`:
+Wilson for 0/1 metrics, a seeded bootstrap otherwise; None with too few samples);
 ``relative`` is ``score / score of none`` (None when that is 0), ``selection_ms`` and ``prefill_ms``
 are means over samples of the timings of the ``generate`` call that processed each sample (a batch;
 the reference selects nothing, 0.0), ``peak_mem_mb`` the largest peak of those calls (None on CPU),
@@ -28,7 +31,8 @@ against the reference on the same samples (``as_dict()`` of
 :class:`~tokenprune.evaluation.significance.BootstrapResult` otherwise; ``difference`` is this row
 minus the reference), and ``p_value_vs_none``/``test_vs_none`` repeat its p-value and test name; all
 three are None for the reference row. ``families`` (benchmarks whose samples carry a question family,
-such as ``scenes``) maps each family to ``{"score", "relative", "n", "p_value_vs_none", "p_holm_vs_none"}``;
+such as ``scenes``) maps each family to ``{"score", "score_ci", "relative", "n", "p_value_vs_none",
+"p_holm_vs_none"}``;
 it is absent otherwise. ``positions`` is how the language model positioned the kept tokens (``"contiguous"``,
 ``"original"``), as run: the model's default where the spec set none; None for the reference row.
 ``metadata.skipped`` names the methods a pattern chose (``all``) that the model could not run, with why.
@@ -51,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokenprune.evaluation.metrics import aggregate
-from tokenprune.evaluation.significance import compare_metric, holm
+from tokenprune.evaluation.significance import compare_metric, holm, score_interval
 
 if TYPE_CHECKING:
     from tokenprune.evaluation.runner import BenchmarkRun, Comparison
@@ -92,6 +96,12 @@ def _relative(score: float, reference: float) -> float | None:
     return score / reference if reference > 0 else None
 
 
+def _interval(metric: str, values: np.ndarray, *, n_resamples: int, seed: int) -> list[float] | None:
+    """The score's 95 % interval as ``[low, high]`` (:func:`~tokenprune.evaluation.significance.score_interval`)."""
+    interval = score_interval(metric, values, n_resamples=n_resamples, seed=seed)
+    return None if interval is None else list(interval)
+
+
 def _test(metric: str, a: np.ndarray, b: np.ndarray, *, n_resamples: int, seed: int) -> dict[str, Any] | None:
     """The paired test of ``a`` against ``b`` as a dict, or None when there are too few samples."""
     if len(a) < 2:
@@ -112,6 +122,7 @@ def _families(
             test = _test(run.metric, values[index], reference[index], n_resamples=n_resamples, seed=seed)
         out[family] = {
             "score": score,
+            "score_ci": _interval(run.metric, values[index], n_resamples=n_resamples, seed=seed),
             "relative": _relative(score, base),
             "n": int(index.sum()),
             "p_value_vs_none": None if test is None else test["p_value"],
@@ -159,6 +170,7 @@ def summarize(comparison: Comparison, *, n_resamples: int = DEFAULT_RESAMPLES) -
                 "benchmark": run.name,
                 "metric": run.metric,
                 "score": score,
+                "score_ci": _interval(run.metric, mine, n_resamples=n_resamples, seed=seed),
                 "relative": _relative(score, base),
                 "selection_ms": _mean([r["selection_ms"] for r in records]),
                 "prefill_ms": _mean([r["prefill_ms"] for r in records]),
