@@ -302,6 +302,8 @@ def test_relative_scores_and_mcnemar_on_hand_made_records():
     (pair,) = summary["pairwise"]
     assert pair["difference"] == pytest.approx(0.6) and pair["p_value"] == mcnemar_exact(better, worse).p_value
     assert pair["p_holm"] == pair["p_value"]  # a family of one test
+    expected = mcnemar_exact(better, worse)
+    assert pair["difference_ci"] == [expected.ci_low, expected.ci_high] and expected.ci_low > 0
 
 
 def test_the_main_table_shows_holm_adjusted_p_values():
@@ -328,7 +330,7 @@ def test_the_main_table_shows_holm_adjusted_p_values():
             cells[row[0]] = row
     assert (cells["x"][5], cells["y"][5]) == ("0.500", "0.500")
     low, high = score_interval("exact_match", worse)  # Wilson's interval of 5 / 10
-    assert rows["y"]["score_ci"] == [low, high] and cells["y"][3] == f"{100 * low:.1f}-{100 * high:.1f}"
+    assert rows["y"]["score_ci"] == [low, high] and cells["y"][3] == f"[{100 * low:.1f}, {100 * high:.1f}]"
     assert "Holm-adjusted" in text
 
 
@@ -366,7 +368,7 @@ def test_the_cli_prints_the_tables_and_writes_the_json(capsys, model_dir, baseli
     lines = out.splitlines()
     assert any([c.strip() for c in line.split("│")[1:3]] == ["none", "100%"] for line in lines)
     assert sum("zspa:core_ratio=0.5,pooling=max" in line for line in lines) == 2 + 2 + 4  # main, families, pairs
-    assert "existence (1)" in out and "A - B" in out and "0 records computed, 42 reused" in out
+    assert "existence (1)" in out and "A - B" in out and "0 records computed, 42 reused" in " ".join(out.split())
     assert "Kept tokens' positions, where the label does not say: contiguous." in " ".join(out.split())
 
     data = json.loads(path.read_text())

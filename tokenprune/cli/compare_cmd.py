@@ -195,8 +195,8 @@ def _pct(value: float | None) -> str:
 
 
 def _interval(interval: list[float] | None) -> str:
-    """``"61.5-72.1"``: a score's interval x 100; ``"-"`` for none."""
-    return "-" if interval is None else f"{_pct(interval[0])}-{_pct(interval[1])}"
+    """``"[61.5, 72.1]"``: an interval x 100 (a score's, or a difference's); ``"-"`` for none."""
+    return "-" if interval is None else f"[{_pct(interval[0])}, {_pct(interval[1])}]"
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -327,12 +327,13 @@ def _family_table(benchmark: str, rows: list[dict[str, Any]]) -> Table:
 def _pairwise_table(pairs: list[dict[str, Any]]) -> Table:
     table = Table(
         title="methods against each other at the same keep ratio (A - B, paired)",
-        caption=f"p: Holm-adjusted over the {len(pairs)} tests of this table",
+        caption=f"A - B x 100 and its 95% interval; p: Holm-adjusted over the {len(pairs)} tests of this table",
         caption_justify="left",
     )
     for header, justify in (("benchmark", "left"), ("keep", "right"), ("A", "left"), ("B", "left")):
         table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     table.add_column("A - B", justify="right")
+    table.add_column("95% CI", justify="right")
     table.add_column("p", justify="right")
     table.add_column("test")
     for pair in pairs:
@@ -342,6 +343,7 @@ def _pairwise_table(pairs: list[dict[str, Any]]) -> Table:
             Text(pair["label_a"]),
             Text(pair["label_b"]),
             Text(_num(None if pair["difference"] is None else 100 * pair["difference"])),
+            Text(_interval(pair["difference_ci"])),
             Text(format_p(pair["p_holm"])),
             Text(pair["test"] or "-"),
         )

@@ -13,7 +13,7 @@
                    "selection_ms", "prefill_ms", "peak_mem_mb", "visual_before", "visual_after", "prefill_gflops", "n",
                    "p_value_vs_none", "p_holm_vs_none", "test_vs_none", "vs_none", "families"}, ...],
       "pairwise": [{"benchmark", "keep", "method_a", "label_a", "params_a", "method_b", "label_b", "params_b",
-                    "test", "difference", "p_value", "p_holm", "detail"}, ...]
+                    "test", "difference", "difference_ci", "p_value", "p_holm", "detail"}, ...]
     }
 
 One ``results`` row per configuration and benchmark, the reference (``method`` ``"none"``, ``keep`` 1.0)
@@ -37,7 +37,8 @@ it is absent otherwise. ``positions`` is how the language model positioned the k
 ``"original"``), as run: the model's default where the spec set none; None for the reference row.
 ``metadata.skipped`` names the methods a pattern chose (``all``) that the model could not run, with why.
 ``pairwise`` holds one paired test per benchmark for every two methods at the same keep ratio
-(``difference`` = A - B, ``detail`` the test's ``as_dict()``).
+(``difference`` = A - B, ``difference_ci`` its 95 % interval: Agresti and Min's for 0/1 metrics, the
+bootstrap's percentile interval otherwise; ``detail`` the test's ``as_dict()``).
 
 A comparison of many methods runs many tests, and some will fall below 0.05 by chance alone. Each
 ``p_holm*`` is its ``p_value*`` adjusted by Holm's step-down method
@@ -208,6 +209,7 @@ def summarize(comparison: Comparison, *, n_resamples: int = DEFAULT_RESAMPLES) -
                     "params_b": b.method.json_params(),
                     "test": None if test is None else test["test"],
                     "difference": None if test is None else test["difference"],
+                    "difference_ci": None if test is None else [test["ci_low"], test["ci_high"]],
                     "p_value": None if test is None else test["p_value"],
                     "detail": test,
                 }

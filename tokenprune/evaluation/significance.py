@@ -24,6 +24,7 @@ differences, which is far more sensitive than comparing two independent accuraci
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -64,6 +65,9 @@ class McNemarResult:
             (right, right).
         accuracy_a, accuracy_b: mean outcome of each method.
         difference: ``accuracy_a - accuracy_b``, that is ``(b10 - b01) / n``.
+        ci_low, ci_high: an interval of the difference at ``confidence`` (Agresti and Min's adjusted
+            Wald interval for paired proportions; see :func:`mcnemar_exact`).
+        confidence: the interval's nominal coverage, e.g. 0.95.
         p_value: two-sided exact p-value; 1.0 when there is no discordant sample.
     """
 
@@ -77,6 +81,9 @@ class McNemarResult:
     accuracy_a: float
     accuracy_b: float
     difference: float
+    ci_low: float
+    ci_high: float
+    confidence: float
     p_value: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,20 +127,27 @@ class BootstrapResult:
         return {"test": self.test, **asdict(self)}
 
 
-def mcnemar_exact(a: Sequence[bool | int], b: Sequence[bool | int]) -> McNemarResult:
-    """McNemar's exact test: do paired 0/1 outcomes of two methods differ?
+def mcnemar_exact(a: Sequence[bool | int], b: Sequence[bool | int], *, confidence: float = 0.95) -> McNemarResult:
+    """McNemar's exact test: do paired 0/1 outcomes of two methods differ? And by how much?
 
     With ``b01`` samples only B got right and ``b10`` only A got right, the two-sided p-value is that
     of the exact binomial test of ``min(b01, b10)`` successes in ``b01 + b10`` trials at probability
     1/2 (``scipy.stats.binomtest``): the chance, if neither method were better, of a split at least
     this lopsided. It is 1.0 when no sample is discordant, and symmetric in A and B.
 
+    The interval of the difference ``(b10 - b01) / n`` is Agresti and Min's (2005) adjusted Wald
+    interval: add 1/2 to each of the four cells, then ``d +- z sqrt((b10' + b01' - (b10' - b01')^2 / n')
+    / n'^2)`` with ``d = (b10' - b01') / n'`` and ``n' = n + 2``, clipped to [-1, 1]. Unlike the plain Wald
+    interval it does not collapse to a point when no sample is discordant, and its coverage stays near
+    the nominal level for small samples. Swapping A and B mirrors it.
+
     Args:
         a, b: per-sample outcomes of methods A and B on the same samples, in the same order: bools,
             or numbers equal to 0 or 1.
+        confidence: coverage of the interval, in ``(0, 1)``.
 
     Raises:
-        InputError: different lengths, no samples, or a value other than 0/1.
+        InputError: different lengths, no samples, a value other than 0/1, or a bad ``confidence``.
 
     Example:
         >>> r = mcnemar_exact([1, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 1])
@@ -156,6 +170,8 @@ def mcnemar_exact(a: Sequence[bool | int], b: Sequence[bool | int]) -> McNemarRe
 
         # The two-sided test at 1/2 is symmetric; testing the smaller count makes that exact in floats.
         p_value = min(1.0, float(binomtest(min(b01, b10), discordant, 0.5).pvalue))
+    _, confidence, _ = _check_bootstrap(1, confidence, 0)
+    low, high = _paired_difference_interval(b10, b01, n, confidence)
     return McNemarResult(
         n=n,
         b00=n - b01 - b10 - b11,
@@ -165,8 +181,22 @@ def mcnemar_exact(a: Sequence[bool | int], b: Sequence[bool | int]) -> McNemarRe
         accuracy_a=(b10 + b11) / n,
         accuracy_b=(b01 + b11) / n,
         difference=(b10 - b01) / n,
+        ci_low=low,
+        ci_high=high,
+        confidence=confidence,
         p_value=p_value,
     )
+
+
+def _paired_difference_interval(b10: int, b01: int, n: int, confidence: float) -> tuple[float, float]:
+    """Agresti and Min's adjusted Wald interval of ``(b10 - b01) / n`` (see :func:`mcnemar_exact`)."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf((1 + confidence) / 2))
+    up, down, total = b10 + 0.5, b01 + 0.5, n + 2.0
+    centre = (up - down) / total
+    half = z * math.sqrt(max(0.0, up + down - (up - down) ** 2 / total)) / total
+    return max(-1.0, centre - half), min(1.0, centre + half)
 
 
 def paired_bootstrap(
