@@ -334,6 +334,30 @@ def test_the_main_table_shows_holm_adjusted_p_values():
     assert "Holm-adjusted" in text
 
 
+def test_tables_in_markdown_have_the_cells_of_the_terminal_tables():
+    from rich.table import Table
+
+    from tokenprune.cli.compare_cmd import render_tables, tables_markdown
+
+    none, better, worse = [1] * 8 + [0] * 2, [1] * 10, [1] * 5 + [0] * 5
+    tables = render_tables(summarize(_synthetic("exact_match", {"none": none, "x": better, "y": worse})))
+    blocks = tables_markdown(tables).strip().split("\n\n")
+    assert len(blocks) == 3 * len(tables)  # title, table, caption
+    for table, (title, body, caption) in zip(tables, zip(*[iter(blocks)] * 3, strict=True), strict=True):
+        assert title == f"**{' '.join(str(table.title).split())}**" and caption == " ".join(str(table.caption).split())
+        header, rule, *rows = body.split("\n")
+        assert header == "| " + " | ".join(str(column.header) for column in table.columns) + " |"
+        assert rule.count("|") == len(table.columns) + 1
+        assert rule.split("|")[1:-1] == ["---:" if c.justify == "right" else "---" for c in table.columns]
+        assert len(rows) == table.row_count
+        for index, row in enumerate(rows):
+            assert row == "| " + " | ".join(list(column.cells)[index].plain for column in table.columns) + " |"
+    odd = Table(title="t")
+    odd.add_column("a|b")
+    odd.add_row("x | y")
+    assert tables_markdown([odd]) == "**t**\n\n| a\\|b |\n|---|\n| x \\| y |\n"
+
+
 def test_pope_f1_is_bootstrapped_as_a_corpus_statistic():
     labels = [1, 0] * 10
     none = [(1.0, [label, label]) for label in labels]
@@ -391,6 +415,15 @@ def test_the_cli_prints_the_tables_and_writes_the_json(capsys, model_dir, baseli
     code = main([*argv, "--json", "-"])
     out, err = capsys.readouterr()
     assert code == 0 and json.loads(out)["results"] == expected["results"]
+
+    code = main([*argv, "--markdown", "-"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "┃" not in out and "│" not in out  # Markdown only, in place of the tables
+    assert out.startswith("**tiny-llava") and "| none | 100% |" in out
+    assert out.count("| zspa:core_ratio=0.5,pooling=max |") == 2 + 2 + 4  # main, families, pairs
+    code = main([*argv, "--markdown", str(tmp_path / "t.md"), "--json", str(tmp_path / "t.json")])
+    assert code == 0 and (tmp_path / "t.md").read_text() == out and "┃" in capsys.readouterr().out
+    assert main([*argv, "--markdown", "-", "--json", "-"]) == 2 and "both write to stdout" in capsys.readouterr().err
 
 
 def test_all_runs_every_method_the_model_can_and_skips_the_others_with_the_reason(capsys, model_dir, tmp_path):

@@ -26,7 +26,7 @@ from rich.text import Text
 from tokenprune.cli._console import UsageError, print_json, stderr_console
 from tokenprune.errors import InputError
 
-__all__ = ["NAME", "add_parser", "format_p", "render_tables", "run"]
+__all__ = ["NAME", "add_parser", "format_p", "render_tables", "run", "tables_markdown"]
 
 NAME = "compare"
 
@@ -49,8 +49,9 @@ examples:
                                        a sweep: zspa at every combination of the values (six methods)
   tokenprune compare --methods mine,all
                                        your plugin's method against every registered method it can run with
-  tokenprune compare --json results.json --output runs/pope
-                                       also write the JSON summary; per-sample records go to runs/pope
+  tokenprune compare --json results.json --markdown results.md --output runs/pope
+                                       also write the JSON summary and the tables in Markdown; per-sample
+                                       records go to runs/pope
   torchrun --nproc_per_node 4 -m tokenprune compare --model ... --benchmark pope --output runs/pope
                                        one shard of the samples per GPU; rank 0 merges and prints
 
@@ -155,6 +156,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "or $TOKENPRUNE_CACHE_DIR/compare)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout, no table)")
+    parser.add_argument(
+        "--markdown",
+        metavar="PATH",
+        help="also write the tables as GitHub Markdown to PATH, for a README or a paper's notes ('-': stdout, "
+        "in place of the tables)",
+    )
     parser.add_argument(
         "--max-new-tokens", type=_positive, metavar="N", help="decoding limit (default: 8 for scenes, 16 otherwise)"
     )
@@ -415,8 +422,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from tokenprune.evaluation.report import summarize
     from tokenprune.evaluation.runner import default_output_dir, run_comparison
 
+    if args.json == "-" and args.markdown == "-":
+        raise UsageError("--json - and --markdown - both write to stdout; give one of them a file")
     on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
-    to_stdout = args.json == "-"
+    to_stdout = "-" in (args.json, args.markdown)
     progress, bar = _progress(stderr_console().is_terminal and not to_stdout)
     output = Path(args.output) if args.output else default_output_dir()
     with _settings(args.threads or (1 if on_cpu else None), quiet=not args.debug), bar or contextlib.nullcontext():
@@ -442,9 +451,40 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.json and not to_stdout:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    if to_stdout:
+    tables = render_tables(summary)
+    if args.markdown and args.markdown != "-":
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(tables_markdown(tables), encoding="utf-8")
+    if args.json == "-":
         print_json(console, summary)
-        return 0
-    for table in render_tables(summary):
-        console.print(table)
+    elif args.markdown == "-":
+        console.file.write(tables_markdown(tables))
+    else:
+        for table in tables:
+            console.print(table)
     return 0
+
+
+def tables_markdown(tables: list[Table]) -> str:
+    """The tables of :func:`render_tables` as GitHub Markdown: each title in bold, the table, its caption.
+
+    Cells are the same text as in the terminal; right-aligned columns stay right-aligned, and ``|`` in a
+    cell is escaped.
+    """
+    blocks = []
+    for table in tables:
+        lines = [f"**{_plain(table.title)}**", ""] if table.title else []
+        columns = table.columns
+        cells = [[_plain(cell) for cell in column.cells] for column in columns]
+        lines.append("| " + " | ".join(_plain(column.header) for column in columns) + " |")
+        lines.append("|" + "|".join("---:" if column.justify == "right" else "---" for column in columns) + "|")
+        lines += ["| " + " | ".join(column[row] for column in cells) + " |" for row in range(table.row_count)]
+        if table.caption:
+            lines += ["", _plain(table.caption)]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _plain(value: Any) -> str:
+    text = value.plain if isinstance(value, Text) else str(value)
+    return " ".join(text.split()).replace("|", "\\|")
