@@ -54,6 +54,7 @@ from scipy import stats as scipy_stats
 
 import tokenprune
 from tokenprune.integrations import get_adapter, prune_inputs
+from tokenprune.integrations.base import encode
 from tokenprune.stages import Stride
 
 TARGET = 1.03  # pruned / ideal, time and peak memory (the issue's target on a GPU)
@@ -281,7 +282,7 @@ def _encoded_adapter(model: Any, inputs: dict[str, Any], scores: str | None, mer
     """An adapter of ``model`` whose ``encode_images`` returns the images of ``inputs``, encoded once."""
     adapter = get_adapter(model)
     with torch.inference_mode():
-        images = adapter.encode_images(inputs, scores=scores, **({"merge": True} if merge else {}))
+        images = encode(adapter.encode_images, inputs, scores=scores, merge=merge)
     adapter.encode_images = lambda _inputs, *, scores=None, merge=False: images  # this adapter instance only
     return adapter
 

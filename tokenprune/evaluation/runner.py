@@ -445,7 +445,9 @@ class _BatchEncodings:
         for seen, asked, images in self._entries:
             if asked == (scores, merge) and all(a is b for a, b in zip(seen, tensors, strict=True)):
                 return images
-        images = self._encode(inputs, scores=scores, **({"merge": True} if merge else {}))
+        from tokenprune.integrations.base import encode
+
+        images = encode(self._encode, inputs, scores=scores, merge=merge)
         self._entries.append((tensors, (scores, merge), images))
         return images
 

@@ -41,6 +41,7 @@ __all__ = [
     "check_merging",
     "check_method",
     "check_prune_layer",
+    "encode",
     "check_positions",
     "merged_features",
     "resolve_positions",
@@ -606,11 +607,7 @@ def prune_inputs(
     source = selector.score_source if "scores" in selector.requires else None
     merge = selector.merges
     input_ids = inputs.get("input_ids")
-    images = (
-        adapter.encode_images(inputs, scores=source, merge=True)
-        if merge
-        else adapter.encode_images(inputs, scores=source)
-    )
+    images = encode(adapter.encode_images, inputs, scores=source, merge=merge)
     if merge and (images.raw is None or images.metric is None):  # else nothing would be merged, silently
         raise TokenPruneError(f"{adapter.name}: encode_images(merge=True) must give raw features and a merge metric")
     sizes = [f.shape[0] for f in images.features]
@@ -637,6 +634,15 @@ def prune_inputs(
     if positions != adapter.position_modes[0]:  # the family's default is what rebuild gives
         kwargs["position_ids"] = adapter.original_positions(inputs, pruned)
     return PrunedInputs(kwargs, keep, input_ids, stats)
+
+
+def encode(
+    encode_images: Callable[..., ImageTokens], inputs: Mapping[str, Any], *, scores: str | None, merge: bool
+) -> ImageTokens:
+    """``encode_images(inputs, scores=...)``, with ``merge=True`` only when merging: an adapter that cannot
+    merge (:attr:`ModelAdapter.merging` False, e.g. a plugin's written before merging existed) need not
+    accept the keyword."""
+    return encode_images(inputs, scores=scores, merge=True) if merge else encode_images(inputs, scores=scores)
 
 
 def check_method(adapter: ModelAdapter, selector: Selector) -> None:
