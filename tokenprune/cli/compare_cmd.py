@@ -55,19 +55,21 @@ examples:
   torchrun --nproc_per_node 4 -m tokenprune compare --model ... --benchmark pope --output runs/pope
                                        one shard of the samples per GPU; rank 0 merges and prints
 
-Method parameters follow a colon; a comma piece with '=' belongs to the method before it
-(see `tokenprune list`); values separated by '|' make one method per value (a sweep). positions=original
-or contiguous in a spec sets how the LM positions that method's kept tokens (zspa:positions=original|contiguous
-compares both). 'all' (or a pattern such as 'div*') is every registered method it matches that can run in a
-model, with its defaults; those the model at hand cannot run are skipped with the reason (on stderr and in
-the JSON's metadata.skipped), where a method named explicitly is an error. Each (sample, method, keep) record is
-appended to OUTPUT as soon as its batch is done, so an interrupted run resumes where it stopped and a
-repeated run reuses finished samples (--no-resume recomputes). p: paired test against none on the same
-samples (exact McNemar for 0/1 metrics, paired bootstrap for POPE F1 and VQA accuracy), adjusted by Holm's
-method over the tests of its table, so that comparing many methods does not find differences by chance
-(the JSON keeps both: p_value_vs_none and p_holm_vs_none). ms: per generate
-call of --batch-size samples. peak MB: torch.cuda.max_memory_allocated; '-' on CPU, which keeps no
-allocator statistics.
+Method parameters follow a colon; a comma piece with '=' belongs to the method before it (see
+`tokenprune list`); values separated by '|' make one method per value (a sweep). positions=original or
+contiguous in a spec sets how the LM positions that method's kept tokens (zspa:positions=original|contiguous
+compares both). 'all' (or a pattern such as 'div*') is every registered method it matches that can run in
+a model, with its defaults; those the model at hand cannot run are skipped with the reason (on stderr and
+in the JSON's metadata.skipped), where a method named explicitly is an error.
+
+Each (sample, method, keep) record is appended to OUTPUT as soon as its batch is done, so an interrupted
+run resumes where it stopped and a repeated run reuses finished samples (--no-resume recomputes).
+
+95% CI: the score's interval (Wilson for 0/1 metrics, bootstrap otherwise). p: paired test against none on
+the same samples (exact McNemar for 0/1 metrics, paired bootstrap for POPE F1 and VQA accuracy), adjusted
+by Holm's method over the tests of its table, so that comparing many methods does not find differences by
+chance (the JSON keeps both: p_value_vs_none and p_holm_vs_none). ms: per generate call of --batch-size
+samples. peak MB: torch.cuda.max_memory_allocated; '-' on CPU, which keeps no allocator statistics.
 """
 
 
