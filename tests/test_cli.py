@@ -58,10 +58,26 @@ def test_list_json_matches_the_registry(capsys):
     assert [item["name"] for item in data] == tokenprune.list_methods()
     for item in data:
         spec = tokenprune.get_method_spec(item["name"])
-        assert set(item) == {"name", "summary", "params", "plugin"}
+        assert set(item) == {"name", "summary", "params", "needs", "plugin"}
         assert item["params"] == dict(spec.params)
         assert list(item["params"]) == list(spec.params)  # the factory's order
         assert (item["summary"], item["plugin"]) == (spec.summary, spec.plugin)
+
+
+def test_list_says_what_each_method_needs_beyond_the_visual_tokens(capsys):
+    code, out, _ = run_cli(capsys, "list", "--json")
+    needs = {item["name"]: item["needs"] for item in json.loads(out)}
+    assert needs["zspa"] == needs["relevance"] == ["prompt"] and needs["divprune"] == needs["stride"] == []
+    assert needs["attention"] == ["scores:external"] and needs["fastervlm"] == ["scores:cls_attention"]
+    assert needs["visionzip"] == ["scores:cls_attention", "merges"]
+    assert needs["fastv"] == ["scores:lm_attention", "inside_lm"]
+    for name, codes in needs.items():  # what the selector itself says
+        selector = tokenprune.create_method(name)
+        assert ("prompt" in codes) == ("prompt" in selector.requires)
+        assert ("merges" in codes) == selector.merges and ("inside_lm" in codes) == (selector.prune_layer is not None)
+    code, table, _ = run_cli(capsys, "list")
+    rows = {line.split()[1]: line for line in table.splitlines() if len(line.split()) > 1}
+    assert code == 0 and "merges tokens" in rows["visionzip"] and "caller's scores" in rows["attention"]
 
 
 def test_list_json_writes_unserializable_defaults_as_repr(capsys, fresh_registry):
