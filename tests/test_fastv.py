@@ -87,6 +87,26 @@ def test_a_padded_row_generates_as_it_does_alone(model, inputs):
     assert session.stats[0].kept[1].tolist() == session.stats[1].kept[0].tolist()
 
 
+def test_beam_search_and_several_returned_sequences_prune_every_copy_of_a_row_alike(model, inputs):
+    """generate repeats each row before the prefill (beams, num_return_sequences): FastV follows, every copy keeps
+    what the row keeps without beams, the statistics are the call's own rows, and a padded row decodes its
+    beams as it does alone (the shorter caches' masks follow the beams as they are reordered)."""
+    beams = {**GEN, "num_beams": 3, "num_return_sequences": 2}
+    with tokenprune.apply(model, "fastv", budget=4) as session:
+        model.generate(**inputs, **GEN)
+        greedy_kept = session.last.kept
+        batched = model.generate(**inputs, **beams)
+        stats = session.last
+        real = int(inputs["attention_mask"][1].sum())
+        alone = {"input_ids": inputs["input_ids"][1:, -real:], "attention_mask": inputs["attention_mask"][1:, -real:]}
+        alone = model.generate(**alone, pixel_values=inputs["pixel_values"][1:], **beams)
+    length = inputs["input_ids"].shape[1]
+    assert batched.shape[0] == 4 and torch.equal(batched[:, :length], inputs["input_ids"].repeat_interleave(2, 0))
+    assert stats.visual_before == [16, 16] and stats.visual_after == [4, 4] and len(stats.sequence_after) == 2
+    assert [k.tolist() for k in stats.kept] == [k.tolist() for k in greedy_kept]
+    assert torch.equal(batched[2:, length:], alone[:, real:])
+
+
 def test_forward_agrees_with_generates_first_token_and_computes_the_loss(model, inputs):
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
     with tokenprune.apply(model, "fastv", budget=4) as session:

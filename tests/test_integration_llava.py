@@ -186,6 +186,22 @@ def test_placeholder_count_mismatch_is_reported(model, inputs):
         model.generate(**broken, **GEN)
 
 
+def test_beam_search_with_several_returned_sequences_equals_the_ideal(model, inputs):
+    """Each returned sequence starts with its own row's prompt, and the new tokens are those of stock generate
+    on the already pruned input (FastV under beams: tests/test_fastv.py)."""
+    from tokenprune.integrations import get_adapter, prune_inputs
+
+    beams = {**GEN, "num_beams": 2, "num_return_sequences": 2}
+    length = inputs["input_ids"].shape[1]
+    with tokenprune.apply(model, "zspa", budget=0.5):
+        out = model.generate(**inputs, **beams)
+    assert torch.equal(out[:, :length], inputs["input_ids"].repeat_interleave(2, dim=0))
+    with torch.no_grad():
+        pruned = prune_inputs(get_adapter(model), tokenprune.create_method("zspa"), 0.5, dict(inputs))
+    ideal = model.generate(**pruned.kwargs, **beams)
+    assert torch.equal(out[:, length:], ideal[:, pruned.kwargs["input_ids"].shape[1] :])
+
+
 def test_caller_scores_cannot_come_from_a_model_call(model, inputs):
     with pytest.raises(UnsupportedScoresError, match="'fastervlm'"), tokenprune.apply(model, "attention", budget=4):
         pytest.fail("refused when the block is entered")

@@ -90,11 +90,13 @@ class LayerPruner:
         self.selector = selector
         self.budget = budget
         self.layer = selector.prune_layer
+        self.prompt_tokens = prompt_tokens
         self.input_ids = inputs["input_ids"]
-        attention_mask = inputs.get("attention_mask")
-        self.layout = Layout.locate(adapter, self.input_ids, attention_mask, None, prompt_tokens)
+        self.attention_mask = inputs.get("attention_mask")
+        self.layout = Layout.locate(adapter, self.input_ids, self.attention_mask, None, prompt_tokens)
         self.protected = adapter.protected_tokens(inputs)  # e.g. LLaVA-NeXT newlines: kept, outside the budget
         self.length = self.input_ids.shape[1]
+        self.repeats = 1  # generate's copies of each row (beam search, several returned sequences)
         check_prune_layer(adapter, self.layer)
         self.layers = adapter.language_model().layers
         self.eager = adapter.language_model().config._attn_implementation == "eager"
@@ -129,6 +131,43 @@ class LayerPruner:
 
         return hook
 
+    def _expand(self, rows: int) -> None:
+        """Follow ``generate``, which repeats each row for beam search or several returned sequences.
+
+        ``generate`` repeats every row ``r`` times in place (``repeat_interleave``) before the prefill, so
+        the layout, the ids and the protected tokens are repeated the same way; every copy of a row then
+        keeps the same tokens (their hidden states are the same).
+        """
+        batch = self.input_ids.shape[0]
+        if rows % batch:
+            raise TokenPruneError(
+                f"fastv expected the prefill of the call's {batch} rows, or of copies of them (beam search); got "
+                f"{rows} rows at layer {self.layer}"
+            )
+        repeats = rows // batch
+        images = [[i for i, (row, _) in enumerate(self.layout.spans) if row == b] for b in range(batch)]
+        self.input_ids = self.input_ids.repeat_interleave(repeats, dim=0)
+        if self.attention_mask is not None:
+            self.attention_mask = self.attention_mask.repeat_interleave(repeats, dim=0)
+        self.layout = Layout.locate(self.adapter, self.input_ids, self.attention_mask, None, self.prompt_tokens)
+        if self.protected is not None:
+            self.protected = [self.protected[i] for b in range(batch) for _ in range(repeats) for i in images[b]]
+        self.repeats = repeats
+
+    def _collapse(self, stats: PruneStats) -> PruneStats:
+        """``stats`` of the first copy of each row: what the call's own rows and images got."""
+        if self.repeats == 1:
+            return stats
+        first = [i for i, (row, _) in enumerate(self.layout.spans) if row % self.repeats == 0]
+        return PruneStats(
+            visual_before=[stats.visual_before[i] for i in first],
+            visual_after=[stats.visual_after[i] for i in first],
+            selection_ms=stats.selection_ms,
+            kept=[stats.kept[i] for i in first],
+            sequence_before=stats.sequence_before[:: self.repeats],
+            sequence_after=stats.sequence_after[:: self.repeats],
+        )
+
     def _select(self, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any]) -> None:
         self.done = True
         if hidden.shape[1] != self.length:
@@ -136,6 +175,8 @@ class LayerPruner:
                 f"fastv expected the prefill of all {self.length} tokens at layer {self.layer}; got "
                 f"{hidden.shape[1]} (chunked prefill is not supported)"
             )
+        if hidden.shape[0] != self.input_ids.shape[0]:
+            self._expand(hidden.shape[0])
         cache = _cache(kwargs)
         if cache is not None and "Static" in type(cache).__name__:
             raise TokenPruneError(
@@ -146,7 +187,7 @@ class LayerPruner:
         prunable = prunable_counts(layout.sizes, self.protected)
         if resolve_budget(self.budget, prunable) == tuple(prunable):  # keeps everything: nothing to score
             kept = [torch.ones(n, dtype=torch.bool, device=hidden.device) for n in layout.sizes]
-            self.stats = layout.stats(kept, layout.keep_mask(kept), 0.0)
+            self.stats = self._collapse(layout.stats(kept, layout.keep_mask(kept), 0.0))
             return
         _sync(hidden.device)
         start = time.perf_counter()
@@ -169,8 +210,9 @@ class LayerPruner:
         ).kept
         _sync(hidden.device)
         keep = layout.keep_mask(kept)
-        self.stats = layout.stats(kept, keep, (time.perf_counter() - start) * 1e3)  # scores + selection
-        lengths = self.stats.sequence_after
+        stats = layout.stats(kept, keep, (time.perf_counter() - start) * 1e3)  # scores + selection
+        self.stats = self._collapse(stats)
+        lengths = stats.sequence_after
         if lengths == layout.lengths:  # keep is within the real tokens: as many kept means all kept
             return  # everything kept: the model runs exactly as stock
         left = layout.left_padded
