@@ -131,6 +131,22 @@ def test_static_cache_and_out_of_range_layers_are_refused(model, inputs):
     assert model.generate(**inputs, **GEN).shape[0] == inputs["input_ids"].shape[0]  # and left the model as it was
 
 
+def test_generate_without_the_kv_cache_is_refused_and_so_is_a_longer_forward_after_the_prefill(model, inputs):
+    """Without the cache every step recomputes the whole sequence, which the pruned layers do not expect."""
+    with tokenprune.apply(model, "fastv", budget=4), pytest.raises(TokenPruneError, match="use_cache=False"):
+        model.generate(**inputs, **GEN, use_cache=False)
+    from tokenprune.integrations import get_adapter
+    from tokenprune.integrations.fastv import LayerPruner
+
+    pruner = LayerPruner(get_adapter(model), tokenprune.create_method("fastv", layer=1), 4, dict(inputs))
+    with pruner.installed(), torch.no_grad():
+        model(**inputs, use_cache=False)  # the prefill: pruned at layer 1
+        longer = torch.cat([inputs["input_ids"], inputs["input_ids"][:, -1:]], dim=1)
+        mask = torch.cat([inputs["attention_mask"], inputs["attention_mask"][:, -1:]], dim=1)
+        with pytest.raises(TokenPruneError, match="got a forward of 25 tokens after it"):
+            model(input_ids=longer, attention_mask=mask, pixel_values=inputs["pixel_values"], use_cache=False)
+
+
 def test_the_model_is_restored_and_hooks_removed(model, inputs):
     stock = model.generate(**inputs, **GEN)
     with tokenprune.apply(model, "fastv", budget=3):

@@ -202,6 +202,27 @@ def test_beam_search_with_several_returned_sequences_equals_the_ideal(model, inp
     assert torch.equal(out[:, length:], ideal[:, pruned.kwargs["input_ids"].shape[1] :])
 
 
+def test_total_lengths_keep_their_meaning_on_the_shorter_prompt(model, inputs):
+    """max_length and min_length count the prompt: on the pruned prompt they are moved down by what was pruned,
+    so a pruned generate makes as many new tokens as stock, whether the call or the generation config sets them."""
+    length = inputs["input_ids"].shape[1]
+    with tokenprune.apply(model, "zspa", budget=4):
+        relative = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        total = model.generate(**inputs, max_length=length + 5, do_sample=False)
+        at_least = model.generate(**inputs, max_new_tokens=5, min_length=length + 5, do_sample=False)
+        saved = model.generation_config.max_length
+        model.generation_config.max_length = length + 3
+        try:
+            from_config = model.generate(**inputs, do_sample=False)
+        finally:
+            model.generation_config.max_length = saved
+    assert relative.shape[1] == length + 5 and torch.equal(total, relative) and torch.equal(at_least, relative)
+    assert torch.equal(from_config, relative[:, : length + 3])
+    assert torch.equal(
+        model.generate(**inputs, max_length=length + 5, do_sample=False)[:, :length], inputs["input_ids"]
+    )
+
+
 def test_caller_scores_cannot_come_from_a_model_call(model, inputs):
     with pytest.raises(UnsupportedScoresError, match="'fastervlm'"), tokenprune.apply(model, "attention", budget=4):
         pytest.fail("refused when the block is entered")

@@ -125,6 +125,12 @@ class LayerPruner:
                 hidden, args = args[0], args[1:]
             if index == self.layer and not self.done:
                 self._select(module, hidden, kwargs)
+            elif index == self.layer and self.pruned is not None and hidden.shape[1] != 1:
+                raise TokenPruneError(
+                    f"fastv pruned the prefill of {self.length} tokens and then decodes one token at a time on "
+                    f"the KV cache; got a forward of {hidden.shape[1]} tokens after it (generate with "
+                    f"use_cache=False, or assisted decoding), which it does not support: keep use_cache=True"
+                )
             if self.pruned is not None:
                 hidden, kwargs = self._shrink(index, hidden, kwargs)
             return (hidden, *args), kwargs

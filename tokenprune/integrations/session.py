@@ -183,6 +183,13 @@ class PruningSession:
                 return stock_generate(**kwargs)
             self._prefill_ms = None
             if inside_lm:
+                config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+                if kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
+                    raise TokenPruneError(
+                        f"{self.selector!r} prunes inside the language model and then decodes on the KV cache; "
+                        f"generate(use_cache=False) recomputes the whole sequence at every step, which it does not "
+                        f"support: keep use_cache=True (the default)"
+                    )
                 pruner = self._layer_pruner(kwargs)
                 with pruner.installed():
                     out = pruned_generate(**kwargs)
@@ -190,7 +197,9 @@ class PruningSession:
                 return out
             with torch.no_grad():  # generate never backpropagates: keep no graph of the vision tower
                 pruned = self._prune(kwargs)
-            out = pruned_generate(**pruned.kwargs)
+            shift = pruned.original_input_ids.shape[1] - pruned.kwargs["input_ids"].shape[1]
+            config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+            out = pruned_generate(**{**pruned.kwargs, **total_lengths(kwargs, config, shift)})
             self._record(pruned.stats)
             return _restore_prompt(out, pruned)
 
@@ -232,6 +241,34 @@ class PruningSession:
         for name in (*_WRAPPED, _SESSION_ATTR):
             state.pop(name, None)
         state.update(self._saved)
+
+
+def total_lengths(kwargs: dict[str, Any], config: Any, shift: int) -> dict[str, int]:
+    """``max_length``/``min_length`` for a prompt ``shift`` tokens shorter, so that they mean what they meant.
+
+    They count the prompt too, so on the pruned prompt they would allow (or force) ``shift`` more new tokens
+    than stock ``generate`` makes. Both are taken from the call, else from ``config`` (the generation config
+    the call uses), and moved down by ``shift``; ``max_length`` only where ``max_new_tokens`` does not
+    decide. Returns the keyword arguments to pass on (none when nothing needs moving).
+
+    Example:
+        >>> from transformers import GenerationConfig
+        >>> total_lengths({"max_length": 600}, GenerationConfig(), shift=500)
+        {'max_length': 100}
+        >>> total_lengths({"max_new_tokens": 8, "min_length": 590}, GenerationConfig(), shift=500)
+        {'min_length': 90}
+    """
+    if shift == 0:
+        return {}
+    out = {}
+    if kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None)) is None:
+        max_length = kwargs.get("max_length", getattr(config, "max_length", None))
+        if max_length is not None:
+            out["max_length"] = max_length - shift
+    min_length = kwargs.get("min_length", getattr(config, "min_length", 0)) or 0
+    if min_length > 0:
+        out["min_length"] = max(0, min_length - shift)
+    return out
 
 
 def _restore_prompt(out: Any, pruned: PrunedInputs) -> Any:
