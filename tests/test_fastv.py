@@ -147,6 +147,13 @@ def test_generate_without_the_kv_cache_is_refused_and_so_is_a_longer_forward_aft
             model(input_ids=longer, attention_mask=mask, pixel_values=inputs["pixel_values"], use_cache=False)
 
 
+def test_a_call_with_inputs_embeds_and_images_is_a_clear_error(model, inputs):
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    call = {"inputs_embeds": embeds, "attention_mask": inputs["attention_mask"], "pixel_values": inputs["pixel_values"]}
+    with tokenprune.apply(model, "fastv", budget=4), pytest.raises(InputError, match="pruning needs input_ids"):
+        model.generate(**call, **GEN)
+
+
 def test_the_model_is_restored_and_hooks_removed(model, inputs):
     stock = model.generate(**inputs, **GEN)
     with tokenprune.apply(model, "fastv", budget=3):

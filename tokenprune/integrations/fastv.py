@@ -91,9 +91,10 @@ class LayerPruner:
         self.budget = budget
         self.layer = selector.prune_layer
         self.prompt_tokens = prompt_tokens
-        self.input_ids = inputs["input_ids"]
         self.attention_mask = inputs.get("attention_mask")
-        self.layout = Layout.locate(adapter, self.input_ids, self.attention_mask, None, prompt_tokens)
+        # Layout.locate refuses a call without input_ids (inputs_embeds) with a clear error
+        self.layout = Layout.locate(adapter, inputs.get("input_ids"), self.attention_mask, None, prompt_tokens)
+        self.input_ids = inputs["input_ids"]
         self.protected = adapter.protected_tokens(inputs)  # e.g. LLaVA-NeXT newlines: kept, outside the budget
         self.length = self.input_ids.shape[1]
         self.repeats = 1  # generate's copies of each row (beam search, several returned sequences)
