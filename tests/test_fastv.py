@@ -147,6 +147,24 @@ def test_generate_without_the_kv_cache_is_refused_and_so_is_a_longer_forward_aft
             model(input_ids=longer, attention_mask=mask, pixel_values=inputs["pixel_values"], use_cache=False)
 
 
+def test_the_callers_own_decoding_after_a_pruned_forward_equals_generate(model, inputs):
+    """A hand-written loop: a forward with the images (pruned at layer K), then forwards of one token on its
+    cache. The layers from K on cached only the kept tokens, and their masks follow that cache."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with tokenprune.apply(model, "fastv", budget=4), torch.no_grad():
+        expected = model.generate(**inputs, **GEN)[:, inputs["input_ids"].shape[1] :]
+        out = model(**inputs, use_cache=True)
+        tokens, mask = [out.logits[:, -1:].argmax(-1)], inputs["attention_mask"]
+        for _ in range(GEN["max_new_tokens"] - 1):
+            cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = model(input_ids=tokens[-1], attention_mask=mask, use_cache=True, **{name: cache})
+            tokens.append(out.logits[:, -1:].argmax(-1))
+    assert torch.equal(torch.cat(tokens, dim=1), expected)
+
+
 def test_a_call_with_inputs_embeds_and_images_is_a_clear_error(model, inputs):
     embeds = model.get_input_embeddings()(inputs["input_ids"])
     call = {"inputs_embeds": embeds, "attention_mask": inputs["attention_mask"], "pixel_values": inputs["pixel_values"]}

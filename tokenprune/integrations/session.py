@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -129,6 +130,7 @@ class PruningSession:
         # length on the device, and reading it would sync every decoding step and break torch.compile.
         self._generating = False
         self._prefill_pending = False
+        self._followed: tuple[Callable[[], Any], LayerPruner] | None = None  # see _remember
 
     @property
     def last(self) -> PruneStats | None:
@@ -211,6 +213,10 @@ class PruningSession:
                     return stock_forward(**kwargs)
                 self._prefill_pending = False
                 return self._timed_prefill(lambda: stock_forward(**kwargs))
+            follower = self._following(kwargs) if inside_lm else None
+            if follower is not None:  # the caller's decoding step on the cache of a prefill pruned inside the LM
+                with follower.installed():
+                    return stock_forward(**kwargs)
             if not _has_images(self.adapter, kwargs):  # text only, or the caller's own decoding steps
                 _refuse_encoded_images(kwargs)
                 return stock_forward(**kwargs)
@@ -228,6 +234,7 @@ class PruningSession:
                     vocab = self.model.config.get_text_config().vocab_size
                     out.loss = self.model.loss_function(logits=out.logits, labels=labels, vocab_size=vocab)
                 self._record(pruner.stats)
+                self._remember(out, pruner)
                 return out
             pruned = self._prune(kwargs)
             out = self._timed_prefill(lambda: stock_forward(**pruned.kwargs))
@@ -235,6 +242,27 @@ class PruningSession:
             return out
 
         state["generate"], state["forward"], state[_SESSION_ATTR] = generate, forward, self
+
+    def _remember(self, out: Any, pruner: LayerPruner) -> None:
+        """Keep the pruner of a forward that pruned inside the LM, for the caller's decoding steps on its cache.
+
+        Its layers from ``prune_layer`` on cached only the kept tokens, so a decoding step on that cache needs
+        the same layers' masks rebuilt (the pruner's decoding hooks), where stock sizes them for layer 0.
+        """
+        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        self._followed = None
+        if cache is not None and pruner.pruned is not None:
+            try:
+                self._followed = (weakref.ref(cache), pruner)
+            except TypeError:  # a cache type without weak references: keep it (until the next prefill)
+                self._followed = (lambda: cache, pruner)
+
+    def _following(self, kwargs: dict[str, Any]) -> LayerPruner | None:
+        """The pruner whose prefill made the cache this call decodes on, if any."""
+        cache = _cache(kwargs)
+        if cache is None or self._followed is None or self._followed[0]() is not cache:
+            return None
+        return self._followed[1]
 
     def uninstall(self) -> None:
         state = self.model.__dict__
