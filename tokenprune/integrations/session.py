@@ -249,7 +249,9 @@ class PruningSession:
         Its layers from ``prune_layer`` on cached only the kept tokens, so a decoding step on that cache needs
         the same layers' masks rebuilt (the pruner's decoding hooks), where stock sizes them for layer 0.
         """
-        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        cache = getattr(out, "past_key_values", None)
+        if cache is None:
+            cache = getattr(out, "cache", None)
         self._followed = None
         if cache is not None and pruner.pruned is not None:
             try:
