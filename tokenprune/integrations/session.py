@@ -249,9 +249,9 @@ class PruningSession:
         Its layers from ``prune_layer`` on cached only the kept tokens, so a decoding step on that cache needs
         the same layers' masks rebuilt (the pruner's decoding hooks), where stock sizes them for layer 0.
         """
-        cache = getattr(out, "past_key_values", None)
+        cache = getattr(out, "cache", None)  # transformers >= 5.24 (past_key_values there is a deprecated alias)
         if cache is None:
-            cache = getattr(out, "cache", None)
+            cache = getattr(out, "past_key_values", None)
         self._followed = None
         if cache is not None and pruner.pruned is not None:
             try:
