@@ -158,7 +158,7 @@ def test_the_callers_own_decoding_after_a_pruned_forward_equals_generate(model, 
         out = model(**inputs, use_cache=True)
         tokens, mask = [out.logits[:, -1:].argmax(-1)], inputs["attention_mask"]
         for _ in range(GEN["max_new_tokens"] - 1):
-            cache = out.past_key_values if getattr(out, "past_key_values", None) is not None else out.cache
+            cache = getattr(out, name)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = model(input_ids=tokens[-1], attention_mask=mask, use_cache=True, **{name: cache})
             tokens.append(out.logits[:, -1:].argmax(-1))
