@@ -40,6 +40,11 @@ class HidesProtected(PluginLlavaAdapter):  # encode_images protects a token, pro
         return ImageTokens(images.features, protected, images.scores)
 
 
+class MiscountsImages(PluginLlavaAdapter):  # says each image has one placeholder more than it encodes to
+    def image_token_counts(self, inputs):
+        return [count + 1 for count in super().image_token_counts(inputs)]
+
+
 class MisalignsRaw(PluginLlavaAdapter):  # the raw features for merging, in another order than the features
     def encode_images(self, inputs, *, scores=None, merge=False):
         images = super().encode_images(inputs, scores=scores, merge=merge)
@@ -82,6 +87,7 @@ def test_a_plugin_adapter_is_checked_like_a_builtin(adapted):
         (ShufflesFeatures, r"\(ShufflesFeatures\) with 'zspa', budget=1.0: generate differs from stock"),
         (HidesProtected, r"protected_tokens\(inputs\) and encode_images\(inputs\).protected disagree"),
         (MisalignsRaw, r"\(MisalignsRaw\): image 0: project\(raw\) vs its features"),
+        (MiscountsImages, r"image_token_counts\(inputs\) is \[17, 17\]; encoded: \[16, 16\]"),
     ],
 )
 def test_the_check_catches_a_broken_adapter(adapted, adapter, message):

@@ -165,6 +165,19 @@ def test_the_callers_own_decoding_after_a_pruned_forward_equals_generate(model, 
     assert torch.equal(torch.cat(tokens, dim=1), expected)
 
 
+def test_images_whose_placeholders_touch_are_told_apart(model):
+    """``<image><image>`` in one row: two images of 16 tokens each, the budget per image (not one of 32)."""
+    ids = torch.tensor([[1, 5, 6, *([IMAGE_TOKEN] * 32), 9, 10]])
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    call = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+    with tokenprune.apply(model, "fastv", budget=4, layer=1) as session:
+        model.generate(**call, **GEN)
+    assert session.last.visual_before == [16, 16] and session.last.visual_after == [4, 4]
+    with tokenprune.apply(model, "zspa", budget=4) as session:  # as before the LM
+        model.generate(**call, **GEN)
+    assert session.last.visual_before == [16, 16] and session.last.visual_after == [4, 4]
+
+
 def test_a_call_with_inputs_embeds_and_images_is_a_clear_error(model, inputs):
     embeds = model.get_input_embeddings()(inputs["input_ids"])
     call = {"inputs_embeds": embeds, "attention_mask": inputs["attention_mask"], "pixel_values": inputs["pixel_values"]}

@@ -188,6 +188,17 @@ class ModelAdapter(ABC):
         """
         return None
 
+    def image_token_counts(self, inputs: Mapping[str, Any]) -> list[int] | None:
+        """Per image, its number of placeholders, known without encoding (pruning inside the LM), or None.
+
+        None takes one image per run of consecutive placeholders, which is right wherever other tokens
+        separate the images (Qwen2.5-VL's vision start and end tokens). A family whose prompts may put two
+        images' placeholders side by side (LLaVA's ``<image><image>``) must say where one ends. The base
+        class takes the lengths of :meth:`protected_tokens` when there are some.
+        """
+        protected = self.protected_tokens(inputs)
+        return None if protected is None else [int(mask.shape[0]) for mask in protected]
+
     def unsupported_scores(self, source: str) -> UnsupportedScoresError:
         return UnsupportedScoresError(
             f"{self.name} cannot provide {source!r} scores ({SCORE_SOURCES.get(source, 'unknown source')})"

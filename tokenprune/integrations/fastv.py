@@ -92,8 +92,10 @@ class LayerPruner:
         self.layer = selector.prune_layer
         self.prompt_tokens = prompt_tokens
         self.attention_mask = inputs.get("attention_mask")
-        # Layout.locate refuses a call without input_ids (inputs_embeds) with a clear error
-        self.layout = Layout.locate(adapter, inputs.get("input_ids"), self.attention_mask, None, prompt_tokens)
+        # Layout.locate refuses a call without input_ids (inputs_embeds) with a clear error; the counts tell
+        # images apart whose placeholders touch (LLaVA's <image><image>)
+        sizes = adapter.image_token_counts(inputs)
+        self.layout = Layout.locate(adapter, inputs.get("input_ids"), self.attention_mask, sizes, prompt_tokens)
         self.input_ids = inputs["input_ids"]
         self.protected = adapter.protected_tokens(inputs)  # e.g. LLaVA-NeXT newlines: kept, outside the budget
         self.length = self.input_ids.shape[1]
@@ -153,12 +155,14 @@ class LayerPruner:
             )
         repeats = rows // batch
         images = [[i for i, (row, _) in enumerate(self.layout.spans) if row == b] for b in range(batch)]
+        order = [i for b in range(batch) for _ in range(repeats) for i in images[b]]
         self.input_ids = self.input_ids.repeat_interleave(repeats, dim=0)
         if self.attention_mask is not None:
             self.attention_mask = self.attention_mask.repeat_interleave(repeats, dim=0)
-        self.layout = Layout.locate(self.adapter, self.input_ids, self.attention_mask, None, self.prompt_tokens)
+        sizes = [self.layout.sizes[i] for i in order]
+        self.layout = Layout.locate(self.adapter, self.input_ids, self.attention_mask, sizes, self.prompt_tokens)
         if self.protected is not None:
-            self.protected = [self.protected[i] for b in range(batch) for _ in range(repeats) for i in images[b]]
+            self.protected = [self.protected[i] for i in order]
         self.repeats = repeats
 
     def _collapse(self, stats: PruneStats) -> PruneStats:

@@ -49,6 +49,17 @@ class LlavaAdapter(ModelAdapter):
     merging = True
     score_sources = frozenset({"cls_attention"})
 
+    def image_token_counts(self, inputs: Mapping[str, Any]) -> list[int] | None:
+        """One count per image in ``pixel_values`` ``(n, 3, H, W)``: its patches, plus the [CLS] token with the
+        ``full`` feature strategy (from the tensor's shape: nothing is read from the device)."""
+        pixels = inputs.get("pixel_values")
+        if not isinstance(pixels, Tensor) or pixels.dim() != 4:
+            return None
+        patch = self.model.config.vision_config.patch_size
+        strategy = inputs.get("vision_feature_select_strategy") or self.model.config.vision_feature_select_strategy
+        count = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch) + (strategy == "full")
+        return [count] * pixels.shape[0]
+
     def project(self, raw: Tensor) -> Tensor:
         return self.model.model.multi_modal_projector(raw)
 

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from tokenprune.errors import InputError, TokenPruneError
 from tokenprune.integrations.attention import cls_attention, maybe_capture, mean_keys
-from tokenprune.integrations.base import ImageTokens
+from tokenprune.integrations.base import ImageTokens, ModelAdapter
 from tokenprune.integrations.llava import LlavaAdapter
 
 __all__ = ["LlavaNextAdapter"]
@@ -89,6 +89,10 @@ class LlavaNextAdapter(LlavaAdapter):
             per_tile, image_sizes, vision_feature_select_strategy=strategy, image_newline=marker
         )
         return list(packed)
+
+    def image_token_counts(self, inputs: Mapping[str, Any]) -> list[int] | None:
+        """Per image, its packed tokens (tiles and newlines), as :meth:`protected_tokens` lays them out."""
+        return ModelAdapter.image_token_counts(self, inputs)
 
     def protected_tokens(self, inputs: Mapping[str, Any]) -> list[Tensor]:
         """Per image, an ``(N_i,)`` bool mask of its ``image_newline`` tokens, from ``image_sizes`` alone.

@@ -168,10 +168,14 @@ class _Contract:
         self.check_text_only()
 
     def protected_masks(self) -> list[Tensor] | None:
-        """The adapter's protected tokens, which must agree with those of ``encode_images``."""
+        """The adapter's protected tokens, which must agree with those of ``encode_images`` (and so must the
+        image token counts it gives without encoding)."""
         protected = self.adapter.protected_tokens(self.inputs)
         with torch.no_grad():
-            encoded = self.adapter.encode_images(self.inputs).protected
+            images = self.adapter.encode_images(self.inputs)
+        encoded = images.protected
+        counts, sizes = self.adapter.image_token_counts(self.inputs), [f.shape[0] for f in images.features]
+        self.check(counts is None or counts == sizes, f"image_token_counts(inputs) is {counts}; encoded: {sizes}")
         if protected is None or encoded is None:
             self.check(protected is encoded, "protected_tokens(inputs) and encode_images(inputs).protected disagree")
             return None
