@@ -165,6 +165,24 @@ def test_the_callers_own_decoding_after_a_pruned_forward_equals_generate(model, 
     assert torch.equal(torch.cat(tokens, dim=1), expected)
 
 
+def test_the_loss_takes_the_calls_loss_options_and_a_tuple_output(model, inputs):
+    """num_items_in_batch (the Trainer's gradient accumulation) normalises the loss as stock does; with
+    return_dict=False the loss comes first in the tuple; shift_labels, which cannot follow the pruning, is refused."""
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    count = torch.tensor(7)
+    with torch.no_grad():
+        stock = model(**inputs, labels=labels, num_items_in_batch=count).loss
+        with tokenprune.apply(model, "fastv", budget=1.0, layer=1):
+            same = model(**inputs, labels=labels, num_items_in_batch=count).loss
+        with tokenprune.apply(model, "fastv", budget=4, layer=1):
+            pruned = model(**inputs, labels=labels, num_items_in_batch=count)
+            loss, logits, *_ = model(**inputs, labels=labels, num_items_in_batch=count, return_dict=False)
+            with pytest.raises(TokenPruneError, match="shift_labels"):
+                model(**inputs, shift_labels=labels)
+    torch.testing.assert_close(same, stock)
+    assert torch.equal(loss, pruned.loss) and torch.equal(logits, pruned.logits) and logits.shape[1] < labels.shape[1]
+
+
 def test_images_whose_placeholders_touch_are_told_apart(model):
     """``<image><image>`` in one row: two images of 16 tokens each, the budget per image (not one of 32)."""
     ids = torch.tensor([[1, 5, 6, *([IMAGE_TOKEN] * 32), 9, 10]])

@@ -224,15 +224,17 @@ class PruningSession:
                 return stock_forward(**kwargs)
             self._prefill_ms = None
             if inside_lm:
-                labels = kwargs.pop("labels", None)
+                if kwargs.get("shift_labels") is not None:
+                    raise TokenPruneError(
+                        f"{self.selector!r} shortens the sequence inside the language model; shift_labels (already "
+                        f"shifted) cannot follow it: pass labels instead"
+                    )
+                labels = kwargs.pop("labels", None)  # the logits come out shorter: the loss is computed here
                 pruner = self._layer_pruner(kwargs)
                 with pruner.installed():
                     out = self._timed_prefill(lambda: stock_forward(**kwargs))
                 if labels is not None:
-                    if pruner.pruned is not None:
-                        labels = pruner.pruned.take(labels, fill=-100)
-                    vocab = self.model.config.get_text_config().vocab_size
-                    out.loss = self.model.loss_function(logits=out.logits, labels=labels, vocab_size=vocab)
+                    out = self._layer_pruned_loss(out, labels, pruner, kwargs)
                 self._record(pruner.stats)
                 self._remember(out, pruner)
                 return out
@@ -242,6 +244,21 @@ class PruningSession:
             return out
 
         state["generate"], state["forward"], state[_SESSION_ATTR] = generate, forward, self
+
+    def _layer_pruned_loss(self, out: Any, labels: Tensor, pruner: LayerPruner, kwargs: dict[str, Any]) -> Any:
+        """``out`` with the loss stock computes, on the kept positions: the model's own loss function, with
+        the call's ``num_items_in_batch`` and ``ignore_index`` (the Trainer's gradient accumulation passes
+        the former); a tuple output (``return_dict=False``) gets it first, as stock puts it."""
+        if pruner.pruned is not None:
+            labels = pruner.pruned.take(labels, fill=-100)
+        logits = out[0] if isinstance(out, tuple) else out.logits
+        options = {name: kwargs[name] for name in ("num_items_in_batch", "ignore_index") if name in kwargs}
+        vocab = self.model.config.get_text_config().vocab_size
+        loss = self.model.loss_function(logits=logits, labels=labels, vocab_size=vocab, **options)
+        if isinstance(out, tuple):
+            return (loss, *out)
+        out.loss = loss
+        return out
 
     def _remember(self, out: Any, pruner: LayerPruner) -> None:
         """Keep the pruner of a forward that pruned inside the LM, for the caller's decoding steps on its cache.
