@@ -223,6 +223,28 @@ def test_total_lengths_keep_their_meaning_on_the_shorter_prompt(model, inputs):
     )
 
 
+@pytest.mark.parametrize("method", ["zspa", "fastv"])
+def test_continuing_on_the_cache_of_a_pruned_generate_is_refused(model, inputs, method):
+    """transformers' "continue on the returned cache": that cache holds the pruned prompt while the returned
+    sequences hold the whole one, so it is refused (a deep copy of the cache too); a stock cache continues."""
+    import copy
+
+    gen = {**GEN, "return_dict_in_generate": True}
+    more = torch.tensor([[12, 13]] * inputs["input_ids"].shape[0])
+    with tokenprune.apply(model, method, budget=4, **({"layer": 1} if method == "fastv" else {})):
+        out = model.generate(**inputs, **gen)
+        ids = torch.cat([out.sequences, more], dim=1)
+        mask = torch.cat([inputs["attention_mask"], torch.ones_like(ids[:, inputs["input_ids"].shape[1] :])], dim=1)
+        for cache in (out.cache, copy.deepcopy(out.cache)):
+            with pytest.raises(TokenPruneError, match="filled by a pruned generate"):
+                model.generate(input_ids=ids, attention_mask=mask, cache=cache, **GEN)
+    stock = model.generate(**inputs, **gen)  # outside the block: a stock cache
+    ids = torch.cat([stock.sequences, more], dim=1)
+    with tokenprune.apply(model, method, budget=4, **({"layer": 1} if method == "fastv" else {})):
+        continued = model.generate(input_ids=ids, attention_mask=mask, cache=stock.cache, **GEN)
+    assert continued.shape[1] == ids.shape[1] + GEN["max_new_tokens"]
+
+
 def test_caller_scores_cannot_come_from_a_model_call(model, inputs):
     with pytest.raises(UnsupportedScoresError, match="'fastervlm'"), tokenprune.apply(model, "attention", budget=4):
         pytest.fail("refused when the block is entered")

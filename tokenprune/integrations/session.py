@@ -181,6 +181,7 @@ class PruningSession:
         def generate(*args: Any, **kwargs: Any) -> Any:
             kwargs = _positional(args, kwargs)
             _refuse_encoded_images(kwargs)
+            _refuse_pruned_cache(kwargs)
             if not _has_images(self.adapter, kwargs):
                 return stock_generate(**kwargs)
             self._prefill_ms = None
@@ -196,6 +197,7 @@ class PruningSession:
                 with pruner.installed():
                     out = pruned_generate(**kwargs)
                 self._record(pruner.stats)
+                _mark_pruned(out, kwargs, pruner.pruned is not None)
                 return out
             with torch.no_grad():  # generate never backpropagates: keep no graph of the vision tower
                 pruned = self._prune(kwargs)
@@ -203,6 +205,7 @@ class PruningSession:
             config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
             out = pruned_generate(**{**pruned.kwargs, **total_lengths(kwargs, config, shift)})
             self._record(pruned.stats)
+            _mark_pruned(out, pruned.kwargs, shift > 0)
             return _restore_prompt(out, pruned)
 
         @functools.wraps(stock_forward)
@@ -288,6 +291,33 @@ class PruningSession:
         for name in (*_WRAPPED, _SESSION_ATTR):
             state.pop(name, None)
         state.update(self._saved)
+
+
+_PRUNED_CACHE = "_tokenprune_pruned_generate"
+"""Set on a KV cache a pruned ``generate`` filled (it survives ``copy.deepcopy``), see :func:`_refuse_pruned_cache`."""
+
+
+def _mark_pruned(out: Any, kwargs: dict[str, Any], pruned: bool) -> None:
+    """Mark the caches a pruned ``generate`` filled: the one it returns, and one the caller passed in."""
+    if not pruned:
+        return
+    for cache in (getattr(out, "cache", None), _cache(kwargs)):
+        if cache is not None:
+            with contextlib.suppress(AttributeError, TypeError):  # a cache type that takes no attributes
+                setattr(cache, _PRUNED_CACHE, True)
+
+
+def _refuse_pruned_cache(kwargs: dict[str, Any]) -> None:
+    """Refuse to continue on a cache a pruned ``generate`` filled (transformers' "continue generation on the
+    returned cache"): it holds the pruned prompt, while the returned sequences hold the caller's whole one, so
+    the continuation would feed the language model tokens it already saw, at other positions."""
+    cache = _cache(kwargs)
+    if cache is not None and getattr(cache, _PRUNED_CACHE, False):
+        raise TokenPruneError(
+            "this KV cache was filled by a pruned generate: it holds the pruned prompt, while the sequences "
+            "generate returned hold your whole prompt, so continuing on it would feed the language model "
+            "misaligned tokens. Generate again from the whole conversation, with its images"
+        )
 
 
 def total_lengths(kwargs: dict[str, Any], config: Any, shift: int) -> dict[str, int]:
