@@ -183,6 +183,16 @@ def test_the_loss_takes_the_calls_loss_options_and_a_tuple_output(model, inputs)
     assert torch.equal(loss, pruned.loss) and torch.equal(logits, pruned.logits) and logits.shape[1] < labels.shape[1]
 
 
+def test_keeping_everything_runs_as_stock_under_a_chunked_prefill(model, inputs):
+    """Nothing to prune: the chunked prefill FastV cannot prune is not refused, and the output is stock's."""
+    chunked = {**GEN, "prefill_chunk_size": 8}
+    stock = model.generate(**inputs, **chunked)
+    with tokenprune.apply(model, "fastv", budget=1.0, layer=1):
+        assert torch.equal(model.generate(**inputs, **chunked), stock)
+    with tokenprune.apply(model, "fastv", budget=4, layer=1), pytest.raises(TokenPruneError, match="chunked prefill"):
+        model.generate(**inputs, **chunked)
+
+
 def test_images_whose_placeholders_touch_are_told_apart(model):
     """``<image><image>`` in one row: two images of 16 tokens each, the budget per image (not one of 32)."""
     ids = torch.tensor([[1, 5, 6, *([IMAGE_TOKEN] * 32), 9, 10]])

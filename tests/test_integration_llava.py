@@ -245,6 +245,39 @@ def test_continuing_on_the_cache_of_a_pruned_generate_is_refused(model, inputs, 
     assert continued.shape[1] == ids.shape[1] + GEN["max_new_tokens"]
 
 
+def test_a_chunked_prefill_is_timed_whole(model, inputs, monkeypatch):
+    """prefill_ms adds up every chunk of a chunked prefill, and no decoding step."""
+    from tokenprune.integrations import session as session_module
+
+    ticks = iter(range(0, 10**6, 10))  # every reading of the clock (time.perf_counter) 10 s after the one before
+    monkeypatch.setattr(session_module.time, "perf_counter", lambda: next(ticks))
+    with tokenprune.apply(model, "zspa", budget=4) as session:
+        out = model.generate(**inputs, **GEN, prefill_chunk_size=8)
+    length = max(session.last.sequence_after)  # the pruned prompt's padded length: its chunks of 8
+    assert out.shape[1] == inputs["input_ids"].shape[1] + GEN["max_new_tokens"]
+    assert session.last.prefill_ms == -(-length // 8) * 10 * 1e3  # one 10 s reading pair per chunk
+
+
+def test_a_streamer_receives_the_callers_prompt_then_the_new_tokens(model):
+    class Recorder:
+        def __init__(self):
+            self.puts, self.ended = [], False
+
+        def put(self, value):
+            self.puts.append(value.clone())
+
+        def end(self):
+            self.ended = True
+
+    alone = tiny_llava_inputs(model, PROMPTS[:1])
+    recorder = Recorder()
+    with tokenprune.apply(model, "zspa", budget=4):
+        out = model.generate(**alone, **GEN, streamer=recorder)
+    length = alone["input_ids"].shape[1]
+    assert torch.equal(recorder.puts[0].view(1, -1), alone["input_ids"]) and recorder.ended
+    assert torch.equal(torch.cat([p.view(-1) for p in recorder.puts[1:]]), out[0, length:])
+
+
 def test_caller_scores_cannot_come_from_a_model_call(model, inputs):
     with pytest.raises(UnsupportedScoresError, match="'fastervlm'"), tokenprune.apply(model, "attention", budget=4):
         pytest.fail("refused when the block is entered")

@@ -181,6 +181,14 @@ class LayerPruner:
 
     def _select(self, layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any]) -> None:
         self.done = True
+        if hidden.shape[0] != self.input_ids.shape[0] and hidden.shape[1] == self.length:
+            self._expand(hidden.shape[0])
+        layout = self.layout
+        prunable = prunable_counts(layout.sizes, self.protected)
+        if resolve_budget(self.budget, prunable) == tuple(prunable):  # keeps everything: runs as stock
+            kept = [torch.ones(n, dtype=torch.bool, device=hidden.device) for n in layout.sizes]
+            self.stats = self._collapse(layout.stats(kept, layout.keep_mask(kept), 0.0))
+            return
         if hidden.shape[1] != self.length:
             raise TokenPruneError(
                 f"fastv expected the prefill of all {self.length} tokens at layer {self.layer}; got "
@@ -194,12 +202,6 @@ class LayerPruner:
                 f"fastv drops tokens from layer {self.layer} on, so layers keep caches of different lengths; "
                 f"{type(cache).__name__} cannot hold them. Use the default DynamicCache (no cache_implementation)."
             )
-        layout = self.layout
-        prunable = prunable_counts(layout.sizes, self.protected)
-        if resolve_budget(self.budget, prunable) == tuple(prunable):  # keeps everything: nothing to score
-            kept = [torch.ones(n, dtype=torch.bool, device=hidden.device) for n in layout.sizes]
-            self.stats = self._collapse(layout.stats(kept, layout.keep_mask(kept), 0.0))
-            return
         _sync(hidden.device)
         start = time.perf_counter()
         positions = torch.arange(self.length, device=hidden.device)

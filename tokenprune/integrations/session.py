@@ -129,7 +129,7 @@ class PruningSession:
         # forward wrapper knows both from these flags, not by reading the cache: a static cache keeps its
         # length on the device, and reading it would sync every decoding step and break torch.compile.
         self._generating = False
-        self._prefill_pending = False
+        self._prefill_pending = 0  # prompt tokens the prefill has still to run (several calls: a chunked prefill)
         self._followed: tuple[Callable[[], Any], LayerPruner] | None = None  # see _remember
 
     @property
@@ -142,13 +142,15 @@ class PruningSession:
             stats.prefill_ms = self._prefill_ms
             self.stats.append(stats)
 
-    def _timed_prefill(self, call: Callable[[], Any]) -> Any:
+    def _timed_prefill(self, call: Callable[[], Any], *, add: bool = False) -> Any:
+        """``call()``, its time kept as the prefill's (``add``: added to it, for the chunks of one prefill)."""
         device = self.model.device if hasattr(self.model, "device") else torch.device("cpu")
         _sync(device)
         start = time.perf_counter()
         out = call()
         _sync(device)
-        self._prefill_ms = (time.perf_counter() - start) * 1e3
+        elapsed = (time.perf_counter() - start) * 1e3
+        self._prefill_ms = elapsed + (self._prefill_ms or 0.0) if add else elapsed
         return out
 
     def _prune(self, kwargs: dict[str, Any]) -> PrunedInputs:
@@ -170,12 +172,12 @@ class PruningSession:
         stock_generate, stock_forward = self.model.generate, self.model.forward
         inside_lm = self.selector.prune_layer is not None
 
-        def pruned_generate(**kwargs: Any) -> Any:  # the prefill is the first forward it makes
-            self._generating = self._prefill_pending = True
+        def pruned_generate(**kwargs: Any) -> Any:  # the prefill is the first forward it makes (or chunks)
+            self._generating, self._prefill_pending, self._prefill_ms = True, kwargs["input_ids"].shape[1], None
             try:
                 return stock_generate(**kwargs)
             finally:
-                self._generating = self._prefill_pending = False
+                self._generating, self._prefill_pending = False, 0
 
         @functools.wraps(stock_generate)
         def generate(*args: Any, **kwargs: Any) -> Any:
@@ -203,7 +205,10 @@ class PruningSession:
                 pruned = self._prune(kwargs)
             shift = pruned.original_input_ids.shape[1] - pruned.kwargs["input_ids"].shape[1]
             config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
-            out = pruned_generate(**{**pruned.kwargs, **total_lengths(kwargs, config, shift)})
+            options = total_lengths(kwargs, config, shift)
+            if kwargs.get("streamer") is not None:  # it shows the prompt first: the caller's own, not the pruned one
+                options["streamer"] = _PromptStreamer(kwargs["streamer"], pruned.original_input_ids)
+            out = pruned_generate(**{**pruned.kwargs, **options})
             self._record(pruned.stats)
             _mark_pruned(out, pruned.kwargs, shift > 0)
             return _restore_prompt(out, pruned)
@@ -212,10 +217,11 @@ class PruningSession:
         def forward(*args: Any, **kwargs: Any) -> Any:
             kwargs = _positional(args, kwargs)
             if self._generating:  # inside our own generate: the call is already pruned
-                if not self._prefill_pending:  # a decoding step (or a later chunk of a chunked prefill)
+                if not self._prefill_pending:  # a decoding step
                     return stock_forward(**kwargs)
-                self._prefill_pending = False
-                return self._timed_prefill(lambda: stock_forward(**kwargs))
+                ids = kwargs.get("input_ids")  # a chunk of the prefill, or all of it: its time counts
+                self._prefill_pending = max(0, self._prefill_pending - (ids.shape[1] if ids is not None else 1 << 30))
+                return self._timed_prefill(lambda: stock_forward(**kwargs), add=True)
             follower = self._following(kwargs) if inside_lm else None
             if follower is not None:  # the caller's decoding step on the cache of a prefill pruned inside the LM
                 with follower.installed():
@@ -291,6 +297,28 @@ class PruningSession:
         for name in (*_WRAPPED, _SESSION_ATTR):
             state.pop(name, None)
         state.update(self._saved)
+
+
+class _PromptStreamer:
+    """A ``generate`` streamer that receives the caller's prompt where ``generate`` puts the pruned one.
+
+    ``generate`` puts the prompt ids first, then each new token, then calls ``end()``; only the first
+    ``put`` is replaced, so a streamer that prints the prompt (``skip_prompt=False``) prints the caller's.
+    """
+
+    def __init__(self, streamer: Any, prompt: Tensor) -> None:
+        self.streamer, self.prompt, self.first = streamer, prompt, True
+
+    def put(self, value: Tensor) -> None:
+        if self.first:
+            self.first, value = False, self.prompt.to(value.device)
+        self.streamer.put(value)
+
+    def end(self) -> None:
+        self.streamer.end()
+
+    def __getattr__(self, name: str) -> Any:  # anything else the streamer offers (e.g. a text queue)
+        return getattr(self.streamer, name)
 
 
 _PRUNED_CACHE = "_tokenprune_pruned_generate"
