@@ -32,6 +32,9 @@ def run_cli(capsys, *argv):
         (["--positions", "grid"], "argument --positions: invalid choice: 'grid'"),
         (["--methods", "fastv", "--positions", "contiguous"], "'fastv' prunes inside the language model"),
         (["--methods", "zspa:positions=kept"], "positions of 'zspa' must be one of ['contiguous', 'original']"),
+        (["--json", "."], "--json . is a directory; expected a file path"),
+        (["--markdown", "."], "--markdown . is a directory; expected a file path"),
+        (["--json", "-", "--markdown", "-"], "both write to stdout"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line_naming_what_exists(capsys, argv, expected):

@@ -79,6 +79,7 @@ def test_values_separated_by_a_bar_are_a_sweep_over_every_combination_in_the_ord
     assert [m.params["core_ratio"] for m in methods[:6]] == [0.1, 0.1, 0.4, 0.4, 0.2, 0.2]
     assert not any(m.optional for m in methods)
     assert parse_methods("zspa,zspa:core_ratio=0.2|0.5") == parse_methods("zspa,zspa:core_ratio=0.5")  # one kept
+    assert [str(m) for m in parse_methods("zspa:core_ratio=0,zspa:core_ratio=0.0")] == ["zspa:core_ratio=0"]  # 0 == 0.0
     positions = parse_methods("zspa:positions=original|contiguous")
     assert [m.positions for m in positions] == ["original", "contiguous"]
     with pytest.raises(MethodParameterError, match=re.escape("'mean|max'")):  # a quoted value is one value, not split
@@ -113,6 +114,7 @@ def test_all_and_patterns_are_every_registered_method_they_match_that_can_run_in
         ("zspa:core_ratio=0.1||0.2", "expected a value, or alternatives separated by '|'"),
         ("zspa:core_ratio=0.1|", "expected a value, or alternatives"),
         ("zspa:core_ratio=0.1|0.1", "lists a value twice"),
+        ("zspa:core_ratio=1|1.0", "lists a value twice"),
         ("all:core_ratio=0.1", "method pattern 'all' takes no parameters"),
         ("zs*:pooling=max", "takes no parameters"),
         ("zspa|divprune", "separate methods with ','"),

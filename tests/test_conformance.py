@@ -35,6 +35,25 @@ def test_half_precision_inputs(name):
             assert torch.equal(method(case.visual, **case.kwargs()), method(upcast.visual, **upcast.kwargs()))
 
 
+def test_scores_keep_their_own_precision_whatever_the_tokens_dtype():
+    """float64 scores 1e-12 apart are not a tie, and 1e39 is finite: float32 tokens do not round them."""
+    attention = tokenprune.create_method("attention")
+    scores = torch.tensor([[1.0, 1.0 + 1e-12, 0.5, 0.0]], dtype=torch.float64)
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        assert attention(torch.randn(1, 4, 3).to(dtype), scores=scores, budget=1).tolist() == [[1]]
+    large = torch.tensor([[1e39, 0.0, 2.0, 1.0]], dtype=torch.float64)
+    assert attention(torch.randn(1, 4, 3), scores=large, budget=2).tolist() == [[0, 2]]
+    assert attention(torch.randn(1, 4, 3), scores=torch.tensor([[0.5, 0.25, 1.0, 0.0]]).half(), budget=1).tolist() == [
+        [2]
+    ]
+
+
+def test_a_missing_input_names_the_method_once():
+    with pytest.raises(tokenprune.MissingInputError) as error:
+        tokenprune.create_method("zspa")(torch.randn(1, 4, 3), budget=2)
+    assert str(error.value).count("method 'zspa'") == 1
+
+
 @pytest.mark.parametrize("name", METHODS)
 @given(case=token_cases())
 def test_random_cases(name, case):

@@ -113,6 +113,23 @@ def test_a_bad_metric_is_a_clear_error(metric, message):
     assert str(error.value).endswith("(method 'visionzip')")  # a registered method's plan names it, as its call does
 
 
+def test_a_non_finite_metric_is_an_error_not_one_token_absorbing_all():
+    """A NaN wins every argmax: every dropped token would join the kept token holding it."""
+    visual, scores = torch.randn(1, 8, 4), torch.rand(1, 8)
+    metric = torch.randn(1, 8, 4)
+    metric[0, 3, 0] = float("nan")
+    selector = tokenprune.create_method("visionzip", contextual_ratio=1.0)
+    with pytest.raises(InputError, match=r"metric has NaN or infinite values at real tokens \(method 'visionzip'\)"):
+        selector.plan(visual, scores=scores, budget=4, metric=metric)
+    visual[0, 5, 1] = float("inf")  # without a metric the visual tokens are compared: checked too
+    with pytest.raises(InputError, match=r"visual \(compared by the merge, as no metric was given\) has NaN"):
+        selector.plan(visual, scores=scores, budget=4)
+    padded = torch.randn(1, 8, 4)
+    padded[0, 7] = float("nan")  # padding may hold anything
+    mask = torch.tensor([[True] * 7 + [False]])
+    selector.plan(torch.randn(1, 8, 4), scores=scores, budget=4, metric=padded, visual_mask=mask)
+
+
 @pytest.mark.parametrize("ratio", [-0.1, 1.5, "half", True])
 def test_the_contextual_ratio_must_be_a_share(ratio):
     with pytest.raises(ValueError, match=r"contextual_ratio must be a number in \[0, 1\]"):

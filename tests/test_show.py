@@ -409,6 +409,12 @@ def test_cli_usage_errors_exit_2_with_one_line(capsys, saved_llava, scene_png, t
     assert len([line for line in err.splitlines() if "error:" in line]) == 1 and "Traceback" not in err
 
 
+def test_cli_an_output_that_is_a_directory_exits_2_before_any_work(capsys, saved_llava, scene_png, tmp_path):
+    code = main(["show", "--model", str(saved_llava), str(scene_png), QUESTION, "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a directory; expected an image file path" in err and "loading" not in err
+
+
 def test_cli_image_errors_exit_2(capsys, saved_llava, tmp_path):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not a png")

@@ -124,9 +124,9 @@ class Method(Wrapper):
         try:
             return call(visual, **kwargs)
         except TokenPruneError as exc:
-            tag = f"(method {self.name!r})"
-            if exc.args and isinstance(exc.args[0], str) and tag not in exc.args[0]:
-                exc.args = (f"{exc.args[0]} {tag}", *exc.args[1:])
+            named = f"method {self.name!r}"
+            if exc.args and isinstance(exc.args[0], str) and named not in exc.args[0]:  # named once, not twice
+                exc.args = (f"{exc.args[0]} ({named})", *exc.args[1:])
             raise
         except Exception as exc:
             shapes = ", ".join(

@@ -112,7 +112,7 @@ class TokenBatch:
 
     def finite_sums(self) -> list[Tensor]:
         """One float64 sum per checked input, each a one-element tensor: finite exactly when that input's
-        real values are.
+        real values are (for token vectors: their norms, which also overflow when the float32 squares do).
 
         The inputs checked are the prompt's token norms, the scores, and the visual token norms once a
         stage has computed them. Padding was zeroed by :meth:`from_inputs`, and the sums are in float64,
@@ -252,8 +252,8 @@ class TokenBatch:
             prompt = prompt.to(compute)
             if prompt_mask is not None:
                 prompt = prompt.masked_fill(~prompt_mask.unsqueeze(-1), 0.0)
-        if scores is not None:
-            scores = scores.to(compute)
+        if scores is not None:  # in their own precision (float64 scores may differ by less than float32 resolves)
+            scores = scores.float() if scores.dtype in _HALF else scores
             if visual_mask is not None:
                 scores = scores.masked_fill(~real, 0.0)
         return cls(visual, real, checked.counts, prompt, prompt_mask, scores, checked.unbatched)
@@ -517,7 +517,11 @@ class Selector(ABC):
         """
 
         def work(tokens: TokenBatch, target: tuple[int, ...]) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
-            selection, owner = self.assign(tokens, target, _as_metric(metric, tokens))
+            vectors = _as_metric(metric, tokens)
+            if self.merges and not bool(torch.isfinite(vectors.sum(dtype=torch.float64))):  # a NaN wins every argmax
+                what = "metric" if metric is not None else "visual (compared by the merge, as no metric was given)"
+                raise InputError(f"{what} has NaN or infinite values at real tokens")
+            selection, owner = self.assign(tokens, target, vectors)
             return (*self._summarize(tokens, selection, target), owner)
 
         inputs = {"prompt": prompt, "visual_mask": visual_mask, "prompt_mask": prompt_mask, "scores": scores}

@@ -426,6 +426,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     if args.json == "-" and args.markdown == "-":
         raise UsageError("--json - and --markdown - both write to stdout; give one of them a file")
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path and path != "-" and Path(path).is_dir():  # found now, not after the whole comparison
+            raise UsageError(f"{flag} {path} is a directory; expected a file path (or '-' for stdout)")
     on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
     to_stdout = "-" in (args.json, args.markdown)
     progress, bar = _progress(stderr_console().is_terminal and not to_stdout)

@@ -196,6 +196,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     output = Path(args.output)
     if not output.parent.is_dir():
         raise UsageError(f"the output directory {output.parent} does not exist")
+    if output.is_dir():  # found now, not after the model has run
+        raise UsageError(f"-o {output} is a directory; expected an image file path such as {output / 'kept.png'}")
     image = _open_image(args.image)
     model_path = args.model if args.model is not None else default_model()
     device = _device(args.device)

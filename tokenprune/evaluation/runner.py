@@ -674,9 +674,9 @@ def check_in_model(methods: Sequence[MethodConfig]) -> None:
         selector = create_method(method.name, **method.given)
         if "scores" in selector.requires and selector.score_source == "external":
             raise InputError(
-                f"method {str(method)!r} ranks tokens by scores passed by the caller, which compare cannot pass: "
-                f"expected a method whose scores the model provides (fastervlm, visionzip, fastv) or one that needs "
-                f"none"
+                f"method {str(method)!r} ranks tokens by scores passed by the caller, which a model call cannot pass "
+                f"(compare and show run each method inside the model): expected a method whose scores the model "
+                f"provides (fastervlm, visionzip, fastv) or one that needs none"
             )
 
 

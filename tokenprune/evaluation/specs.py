@@ -48,6 +48,7 @@ from __future__ import annotations
 import ast
 import itertools
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -106,8 +107,9 @@ class MethodConfig:
 
     @property
     def identity(self) -> tuple[str, str]:
-        """``(name, repr of the full parameters and the positions)``: equal for equal configurations."""
-        params = repr(sorted(self.params.items()))
+        """``(name, repr of the full parameters and the positions)``: equal for equal configurations (numbers
+        by value: ``core_ratio=1`` is ``core_ratio=1.0``)."""
+        params = repr(sorted((key, _canonical(value)) for key, value in self.params.items()))
         return self.name, params if self.positions is None else f"{params}|positions={self.positions}"
 
     def json_params(self) -> dict[str, Any]:
@@ -125,6 +127,13 @@ class MethodConfig:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MethodConfig) and self.identity == other.identity
+
+
+def _canonical(value: Any) -> Any:
+    """A number as a float (``1`` and ``1.0`` alike; bools stay bools), anything else as it is."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _format(value: Any) -> str:
@@ -208,7 +217,7 @@ def _alternatives(key: str, raw: str, name: str, default: Any) -> list[Any]:
         values: list[Any] = [_text(piece) for piece in pieces]
     else:
         values = [parse_value(piece) for piece in pieces]
-    unique = list(dict.fromkeys(repr(v) for v in values))
+    unique = list(dict.fromkeys(repr(_canonical(v)) for v in values))
     if len(unique) != len(values):
         raise InputError(f"{key}={raw!r} for method {name!r} lists a value twice")
     return values
