@@ -556,6 +556,15 @@ def _length_of(shape, gflops):
     return length
 
 
+def test_a_batch_across_two_benchmarks_gives_what_one_sample_at_a_time_gives(model_dir, pope_shapes):
+    """With 3 scene questions and batches of 4, one batch holds the last scene and the first POPE question."""
+    run = {"keeps": (0.5,), "limit": 3, "model": model_dir, "benchmarks": ["scenes", ("pope", pope_shapes)]}
+    batched = run_comparison("zspa", **run, batch_size=4, output=None)
+    one = run_comparison("zspa", **run, batch_size=1, output=None)
+    assert [b.name for b in batched.benchmarks] == ["scenes", "pope"] and batched.computed == 2 * 3 * 2
+    assert _predictions(batched) == _predictions(one)
+
+
 def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_size(tmp_path, pope_shapes):
     """LLaVA-NeXT (anyres tiles, newline tokens) under the same harness: pre-LM, inside-LM and CLS-attention
     methods, with its real processor, on images of six shapes, so rows of a batch hold different counts."""

@@ -877,8 +877,8 @@ class _Runner:
         for indices in by_benchmark.values():  # a batch holds one benchmark, except at a boundary
             part = [rows[i] for i in indices]
             run = part[0][0]
-            rows = [(samples[i].images, samples[i].prompt) for i in indices]
-            inputs = chat_inputs(self.processor, rows, device=self.device, dtype=self.dtype)
+            chats = [(samples[i].images, samples[i].prompt) for i in indices]  # not `rows`: the next group reads it
+            inputs = chat_inputs(self.processor, chats, device=self.device, dtype=self.dtype)
             self.encodings.clear()
             lengths = inputs["attention_mask"].sum(dim=1).tolist()  # each row's real tokens, unpruned
             with torch.inference_mode():
