@@ -565,6 +565,15 @@ def test_a_batch_across_two_benchmarks_gives_what_one_sample_at_a_time_gives(mod
     assert _predictions(batched) == _predictions(one)
 
 
+def test_one_benchmark_from_two_sources_is_refused(model_dir, pope_shapes, tmp_path):
+    """Results are keyed by benchmark name: two copies would mix (the second overwrote the first)."""
+    with pytest.raises(InputError, match=r"benchmark 'pope' given 2 times"):
+        run_comparison("zspa", model=model_dir, benchmarks=[("pope", pope_shapes), ("pope", str(tmp_path))])
+    run = {"keeps": (0.5,), "limit": 2, "model": model_dir, "output": None}
+    once = run_comparison("zspa", benchmarks=[("pope", pope_shapes), ("pope", pope_shapes)], **run)  # the same: one
+    assert [b.name for b in once.benchmarks] == ["pope"]
+
+
 def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_size(tmp_path, pope_shapes):
     """LLaVA-NeXT (anyres tiles, newline tokens) under the same harness: pre-LM, inside-LM and CLS-attention
     methods, with its real processor, on images of six shapes, so rows of a batch hold different counts."""

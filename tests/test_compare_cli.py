@@ -33,6 +33,7 @@ def run_cli(capsys, *argv):
         (["--methods", "fastv", "--positions", "contiguous"], "'fastv' prunes inside the language model"),
         (["--methods", "zspa:positions=kept"], "positions of 'zspa' must be one of ['contiguous', 'original']"),
         (["--json", "."], "--json . is a directory; expected a file path"),
+        (["--benchmark", "pope=/a,pope=/b"], "benchmark 'pope' given 2 times (/a, /b)"),
         (["--markdown", "."], "--markdown . is a directory; expected a file path"),
         (["--json", "-", "--markdown", "-"], "both write to stdout"),
     ],

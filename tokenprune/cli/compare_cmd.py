@@ -404,7 +404,7 @@ def _settings(threads: int | None, *, quiet: bool) -> Iterator[None]:
 
 def _parse(args: argparse.Namespace) -> tuple[Any, tuple[float, ...], list[tuple[str, str | None]]]:
     from tokenprune.evaluation.datasets import UnknownBenchmarkError
-    from tokenprune.evaluation.runner import check_in_model
+    from tokenprune.evaluation.runner import check_in_model, one_per_name
     from tokenprune.evaluation.specs import parse_benchmarks, parse_keeps, parse_methods
 
     try:
@@ -412,6 +412,7 @@ def _parse(args: argparse.Namespace) -> tuple[Any, tuple[float, ...], list[tuple
         check_in_model(methods)
         keeps = parse_keeps(args.keep)
         benchmarks = parse_benchmarks(args.benchmark)
+        one_per_name(benchmarks)
     except (UnknownBenchmarkError, InputError) as exc:
         raise UsageError(str(exc)) from exc
     return methods, keeps, benchmarks

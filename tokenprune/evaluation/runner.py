@@ -613,6 +613,7 @@ def run_comparison(
         configs_methods = _method_configs(methods, positions)
     keeps = parse_keeps(keeps) if isinstance(keeps, str) else parse_keeps(",".join(map(str, keeps)))
     chosen = parse_benchmarks(benchmarks) if isinstance(benchmarks, str) else _benchmark_choices(benchmarks)
+    one_per_name(chosen)
     check_in_model(configs_methods)
     _check_int(limit, "limit", 1, optional=True)
     _check_int(seed, "seed", 0)
@@ -692,8 +693,23 @@ def _method_configs(methods: Sequence[MethodConfig | str], positions: str | None
 def _benchmark_choices(benchmarks: Sequence[str | tuple[str, str | None]]) -> list[tuple[str, str | None]]:
     chosen: list[tuple[str, str | None]] = []
     for item in benchmarks:
-        chosen += parse_benchmarks(item) if isinstance(item, str) else [(get_benchmark(item[0]).name, item[1])]
+        for entry in parse_benchmarks(item) if isinstance(item, str) else [(get_benchmark(item[0]).name, item[1])]:
+            if entry not in chosen:
+                chosen.append(entry)
     return chosen
+
+
+def one_per_name(chosen: Sequence[tuple[str, str | None]]) -> None:
+    """Refuse one benchmark from two sources: its results, keyed by name, would mix them."""
+    sources: dict[str, list[str]] = {}
+    for name, path in chosen:
+        sources.setdefault(name, []).append(path or "the hub")
+    for name, where in sources.items():
+        if len(where) > 1:
+            raise InputError(
+                f"benchmark {name!r} given {len(where)} times ({', '.join(where)}): a comparison scores each "
+                f"benchmark once; compare each copy in a run of its own (with its own --output)"
+            )
 
 
 class _Runner:
