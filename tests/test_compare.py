@@ -565,6 +565,26 @@ def test_a_batch_across_two_benchmarks_gives_what_one_sample_at_a_time_gives(mod
     assert _predictions(batched) == _predictions(one)
 
 
+def test_reused_records_are_scored_against_the_data_as_loaded_now(model_dir, pope_shapes, tmp_path):
+    """A local copy whose answers changed: the predictions are reused (same key), the scores are not stale."""
+    import shutil
+
+    datasets = pytest.importorskip("datasets")
+    copy = tmp_path / "pope"
+    shutil.copytree(pope_shapes, copy)
+    run = {"keeps": (0.5,), "limit": 4, "model": model_dir, "benchmarks": [("pope", str(copy))]}
+    first = run_comparison("zspa", **run, output=tmp_path / "records")
+    (parquet,) = copy.rglob("*.parquet")
+    table = datasets.Dataset.from_parquet(str(parquet))
+    flipped = table.map(lambda row: {"answer": "no" if row["answer"] == "yes" else "yes"})
+    flipped.to_parquet(str(parquet))
+    second = run_comparison("zspa", **run, output=tmp_path / "records")
+    assert second.computed == 0 and second.reused == len(first.records)
+    for key, record in first.records.items():
+        again = second.records[key]
+        assert again["prediction"] == record["prediction"] and again["pope"][1] == 1 - record["pope"][1]
+
+
 def test_one_benchmark_from_two_sources_is_refused(model_dir, pope_shapes, tmp_path):
     """Results are keyed by benchmark name: two copies would mix (the second overwrote the first)."""
     with pytest.raises(InputError, match=r"benchmark 'pope' given 2 times"):

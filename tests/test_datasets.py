@@ -61,7 +61,7 @@ def pope_dir(tmp_path):
         root / "data" / "test-00000-of-00001.parquet",
         {
             "id": ["0", "1", "2", "3"],
-            "question_id": ["1", "2", "3", "4"],
+            "question_id": ["1", "1", "1", "2"],  # restarts in each category, as in POPE's original files
             "question": [" Is there a dog in the image? ", "Is there a cat in the image?"] * 2,
             "answer": ["yes", "No", "no", "yes"],
             "image_source": ["COCO_1", "COCO_2", "COCO_3", "COCO_4"],
@@ -183,7 +183,7 @@ def chartqa_jsonl(tmp_path):
 
 def test_pope_loads_all_categories_by_default(pope_dir, tmp_path):
     samples = load("pope", pope_dir, tmp_path)
-    assert [s.id for s in samples] == ["1", "2", "3", "4"]
+    assert [s.id for s in samples] == ["0", "1", "2", "3"]  # the hub's unique id, not question_id
     first, second = samples[0], samples[1]
     assert first.benchmark == "pope" and first.metric == "pope_f1"
     assert first.answers == ("yes",) and first.label is True
@@ -197,7 +197,7 @@ def test_pope_loads_all_categories_by_default(pope_dir, tmp_path):
     assert second.images[0].mode == "RGB"  # a greyscale image is converted
 
 
-@pytest.mark.parametrize(("split", "ids"), [("adversarial", ["1", "4"]), ("popular", ["2"]), ("random", ["3"])])
+@pytest.mark.parametrize(("split", "ids"), [("adversarial", ["0", "3"]), ("popular", ["1"]), ("random", ["2"])])
 def test_pope_split_is_a_category(pope_dir, tmp_path, split, ids):
     samples = load("pope", pope_dir, tmp_path, split=split)
     assert [s.id for s in samples] == ids
@@ -205,7 +205,7 @@ def test_pope_split_is_a_category(pope_dir, tmp_path, split, ids):
 
 
 def test_pope_limit_applies_after_the_category_filter(pope_dir, tmp_path):
-    assert [s.id for s in load("pope", pope_dir, tmp_path, split="adversarial", limit=1)] == ["1"]
+    assert [s.id for s in load("pope", pope_dir, tmp_path, split="adversarial", limit=1)] == ["0"]
 
 
 def test_pope_unknown_split(pope_dir, tmp_path):
@@ -297,7 +297,7 @@ def test_a_single_file_is_the_split(chartqa_jsonl, tmp_path):
 def test_limit(pope_dir, tmp_path, limit, n):
     samples = load("pope", pope_dir, tmp_path, limit=limit)
     assert len(samples) == n
-    assert [s.id for s in samples] == ["1", "2", "3", "4"][:n]
+    assert [s.id for s in samples] == ["0", "1", "2", "3"][:n]
 
 
 @pytest.mark.parametrize("limit", [-1, 1.5, True, "3"])
@@ -366,6 +366,33 @@ def test_sample_is_frozen_and_hashable():
 
 
 # --- malformed data -----------------------------------------------------------------------------
+
+
+def test_samples_that_share_an_id_are_an_error_not_one_record(tmp_path):
+    """Without the hub's `id`, POPE falls back to question_id, which repeats across categories: refused."""
+    rows = {
+        "question_id": ["1", "1"],
+        "question": ["Is there a dog?", "Is there a cat?"],
+        "answer": ["yes", "no"],
+        "image": [image(0), image(1)],
+        "category": ["adversarial", "popular"],
+    }
+    write_parquet(tmp_path / "pope" / "data" / "test-00000-of-00001.parquet", rows)
+    with pytest.raises(BenchmarkFormatError, match=r"sample id '1' is used by rows 0 and 1"):
+        load("pope", tmp_path / "pope", tmp_path)
+    assert [s.id for s in load("pope", tmp_path / "pope", tmp_path, split="popular")] == ["1"]  # alone: fine
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_an_empty_local_file_says_so(tmp_path, suffix):
+    path = tmp_path / "textvqa" / f"validation{suffix}"
+    path.parent.mkdir(parents=True)
+    if suffix == ".jsonl":
+        path.write_text("")
+    else:
+        write_parquet(path, {"question_id": [], "question": [], "answers": [], "image": []})
+    with pytest.raises(BenchmarkFormatError, match=r"benchmark 'textvqa': .*(empty|holds no rows)"):
+        load("textvqa", tmp_path / "textvqa", tmp_path)
 
 
 def test_missing_column(tmp_path):

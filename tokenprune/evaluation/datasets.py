@@ -308,8 +308,15 @@ def iter_benchmark(
     rows = rows.select(indices)
     reader = _READERS[spec.name]
     context = _Context(source)
+    seen: dict[str, int] = {}
     for index, row in zip(indices, rows, strict=True):
         sample = reader(row, index, context)
+        if sample.id in seen:  # records and results are keyed by it: two samples would share one record
+            raise BenchmarkFormatError(
+                f"benchmark {spec.name!r}: sample id {sample.id!r} is used by rows {seen[sample.id]} and {index}; "
+                f"every sample needs an id of its own"
+            )
+        seen[sample.id] = index
         yield replace(sample, prompt=build_prompt(sample, family))
 
 
@@ -370,7 +377,18 @@ class _Source:
         if self.path is None:
             return datasets.load_dataset(self.hub_id, config, split=self.split, cache_dir=cache_dir)
         builder, files = _local_files(Path(self.path), self.split, config if self.spec.name == "gqa" else None)
-        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", cache_dir=cache_dir)
+        empty = [str(f) for f in files if f.stat().st_size == 0]
+        names = [str(f) for f in files]
+        try:
+            rows = datasets.load_dataset(builder, data_files=names, split="train", cache_dir=cache_dir)
+        except (StopIteration, RuntimeError, ValueError) as error:  # an empty file: no first line, "no data"
+            raise BenchmarkFormatError(
+                f"benchmark {self.spec.name!r}: could not read {', '.join(names)} "
+                f"({'empty: ' + ', '.join(empty) if empty else type(error).__name__ + ': ' + str(error)})"
+            ) from error
+        if len(rows) == 0:
+            raise BenchmarkFormatError(f"benchmark {self.spec.name!r}: {', '.join(names)} holds no rows")
+        return rows
 
 
 def _local_files(path: Path, split: str, subdir: str | None) -> tuple[str, list[Path]]:
@@ -514,8 +532,10 @@ def _read_pope(row: Mapping[str, Any], index: int, context: _Context) -> Sample:
     extra = {"category": row["category"]}
     if "image_source" in row:
         extra["image_source"] = row["image_source"]
+    # the hub's `id` is unique; `question_id` restarts in each category in POPE's original files
+    key = "id" if row.get("id") is not None else "question_id"
     return Sample(
-        id=_str(row, "question_id", where),
+        id=_str(row, key, where),
         benchmark="pope",
         question=_str(row, "question", where),
         prompt="",

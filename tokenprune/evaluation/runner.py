@@ -231,6 +231,20 @@ def score_sample(sample: Sample, prediction: str) -> tuple[float, list[int] | No
     raise InputError(f"no per-sample scoring for metric {metric!r} (sample {sample.id!r})")
 
 
+def _rescored(record: Mapping[str, Any], sample: Sample) -> dict[str, Any]:
+    """A reused record scored again from its prediction, against the sample as loaded now.
+
+    The prediction depends on what the key hashes (model, prompt, method, ...); the score also on the
+    sample's answers, which a local copy may have changed, and on tokenprune's metrics, which a fix may
+    have changed. Scoring is cheap, so reused records are never stale.
+    """
+    out = dict(record)
+    out["score"], pope = score_sample(sample, str(record.get("prediction", "")))
+    if pope is not None:
+        out["pope"] = pope
+    return out
+
+
 def _key(fields: Mapping[str, Any]) -> str:
     text = json.dumps(fields, sort_keys=True, default=repr, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -647,7 +661,7 @@ def run_comparison(
                     key = runner.key(run, sample, config)
                     if key not in merged:
                         raise TokenPruneError(f"no record of {sample.id} with {config.label} keep={config.keep}")
-                    records[run.name, sample.id, config.id] = merged[key]
+                    records[run.name, sample.id, config.id] = _rescored(merged[key], sample)
         metadata = _metadata(
             model=model_id,
             model_fingerprint=runner.fingerprint,
