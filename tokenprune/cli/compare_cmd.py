@@ -300,7 +300,7 @@ def _caption(meta: dict[str, Any]) -> str:
         f"McNemar for 0/1 metrics, paired bootstrap otherwise), Holm-adjusted over the table's tests, "
         f"* p < {ALPHA}. tokens: visual tokens kept per "
         f"sample; GFLOPs: the language model's prefill per sample (counted, not timed); ms: per generate call "
-        f"of {meta.get('batch_size')} samples; peak MB: max memory allocated "
+        f"(batches of up to {meta.get('batch_size')} samples); peak MB: max memory allocated "
         f"('-' on CPU: no allocator statistics). {meta.get('computed', 0)} records computed, "
         f"{meta.get('reused', 0)} reused."
     )
@@ -336,7 +336,8 @@ def _family_table(benchmark: str, rows: list[dict[str, Any]]) -> Table:
 def _pairwise_table(pairs: list[dict[str, Any]]) -> Table:
     table = Table(
         title="methods against each other at the same keep ratio (A - B, paired)",
-        caption=f"A - B x 100 and its 95% interval; p: Holm-adjusted over the {len(pairs)} tests of this table",
+        caption=f"A - B x 100 and its 95% interval; p: Holm-adjusted over the "
+        f"{sum(pair['p_value'] is not None for pair in pairs)} tests of this table",
         caption_justify="left",
     )
     for header, justify in (("benchmark", "left"), ("keep", "right"), ("A", "left"), ("B", "left")):
