@@ -169,23 +169,21 @@ def _methods(text: str) -> list[MethodConfig]:
 
 def _runnable(model: Any, configs: list[MethodConfig], log: Console) -> list[tuple[str, dict[str, Any]]]:
     """The methods to draw: those chosen by a pattern that this model cannot run are skipped, with why."""
+    from tokenprune.evaluation.runner import runnable_methods
     from tokenprune.integrations import get_adapter
     from tokenprune.integrations.base import UnsupportedMergeError, UnsupportedScoresError, check_method
     from tokenprune.registry import create_method
 
-    adapter, chosen = get_adapter(model), []
-    for config in configs:
-        try:
-            check_method(adapter, create_method(config.name, **config.given))
-        except (UnsupportedScoresError, UnsupportedMergeError, InputError) as exc:
-            if not config.optional:
-                raise UsageError(f"--methods: {exc}") from exc
-            log.print(f"tokenprune: skipped {config}: {exc}", markup=False, highlight=False)
-        else:
-            chosen.append((config.name, dict(config.given)))
-    if not chosen:
-        raise UsageError("--methods: no method given can run on this model")
-    return chosen
+    adapter = get_adapter(model)
+    try:
+        chosen, skipped = runnable_methods(
+            configs, lambda config: check_method(adapter, create_method(config.name, **config.given)), "this model"
+        )
+    except (UnsupportedScoresError, UnsupportedMergeError, InputError) as exc:
+        raise UsageError(f"--methods: {exc}") from exc
+    for label, why in skipped.items():
+        log.print(f"tokenprune: skipped {label}: {why}", markup=False, highlight=False)
+    return [(config.name, dict(config.given)) for config in chosen]
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

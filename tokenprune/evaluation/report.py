@@ -9,8 +9,8 @@
                    "output", "tokenprune", "torch", "transformers", "python", "platform", "threads",
                    "git_commit", "date", "computed", "reused", "significance": {...}, "skipped": {label: why}},
       "results": [{"method", "label", "params", "positions", "keep", "benchmark", "metric", "score", "score_ci",
-                   "relative",
-                   "selection_ms", "prefill_ms", "peak_mem_mb", "visual_before", "visual_after", "prefill_gflops", "n",
+                   "relative", "selection_ms", "prefill_ms", "peak_mem_mb", "visual_before", "visual_after",
+                   "prefill_gflops", "n",
                    "p_value_vs_none", "p_holm_vs_none", "test_vs_none", "vs_none", "families"}, ...],
       "pairwise": [{"benchmark", "keep", "method_a", "label_a", "params_a", "method_b", "label_b", "params_b",
                     "test", "difference", "difference_ci", "p_value", "p_holm", "detail"}, ...]

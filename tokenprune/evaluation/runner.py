@@ -86,8 +86,10 @@ __all__ = [
     "load_model",
     "load_processor",
     "max_new_tokens_for",
+    "one_per_name",
     "read_records",
     "run_comparison",
+    "runnable_methods",
     "score_sample",
 ]
 
@@ -681,6 +683,36 @@ def run_comparison(
         return Comparison(configs, runs, records, metadata, computed=total, reused=len(records) - total)
 
 
+def runnable_methods(
+    methods: Sequence[MethodConfig], check: Callable[[MethodConfig], None], model: str
+) -> tuple[list[MethodConfig], dict[str, str]]:
+    """``methods`` that pass ``check`` (which raises what the model would), and why each other was skipped.
+
+    Only methods a pattern chose (:attr:`MethodConfig.optional`) are skipped; one named explicitly that fails
+    the check raises its error. Used by ``compare`` and ``show``.
+
+    Raises:
+        InputError, UnsupportedScoresError, UnsupportedMergeError: a method named explicitly cannot run on
+            ``model``, or no method is left.
+    """
+    from tokenprune.integrations.base import UnsupportedMergeError, UnsupportedScoresError
+
+    kept, skipped = [], {}
+    for method in methods:
+        try:
+            check(method)
+        except (InputError, UnsupportedScoresError, UnsupportedMergeError) as error:
+            if not method.optional:
+                raise
+            skipped[str(method)] = str(error)
+        else:
+            kept.append(method)
+    if methods and not kept:
+        reasons = "; ".join(f"{label}: {why}" for label, why in skipped.items())
+        raise InputError(f"no method given can run on {model}: {reasons}")
+    return kept, skipped
+
+
 def check_in_model(methods: Sequence[MethodConfig]) -> None:
     """Raise :class:`InputError` for a method that cannot run inside a model (its scores come from the caller)."""
     from tokenprune.registry import create_method
@@ -825,23 +857,9 @@ class _Runner:
             InputError, UnsupportedScoresError, UnsupportedMergeError: a method named explicitly cannot run
                 here, or no method is left.
         """
-        from tokenprune.integrations.base import UnsupportedMergeError, UnsupportedScoresError
-
         if any(method.optional for method in methods):
             self._load()
-        kept, skipped = [], {}
-        for method in methods:
-            try:
-                self._check(method)
-            except (InputError, UnsupportedScoresError, UnsupportedMergeError) as error:
-                if not method.optional:
-                    raise
-                skipped[str(method)] = str(error)
-            else:
-                kept.append(method)
-        if methods and not kept:
-            reasons = "; ".join(f"{label}: {why}" for label, why in skipped.items())
-            raise InputError(f"no method given can run on {self.model_id}: {reasons}")
+        kept, skipped = runnable_methods(methods, self._check, self.model_id)
         self._methods = kept
         return kept, skipped
 
