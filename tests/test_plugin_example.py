@@ -320,3 +320,88 @@ def test_a_plugin_whose_hook_is_broken_is_reported_by_name(plugin_module, source
     plugin_module("raising", source)
     with pytest.warns(PluginWarning, match=match):
         _builtins_still_work()
+
+
+TRYLAST_DUPLICATE = """
+import tokenprune
+from tokenprune.stages import Stride
+
+
+@tokenprune.hookimpl(trylast=True)
+def tokenprune_register_methods(register):
+    register("zspa", Stride, summary="a plugin taking a built-in's name by running its hook last")
+"""
+
+WRAPPER_HOOK = """
+import tokenprune
+from tokenprune.stages import Stride
+
+
+@tokenprune.hookimpl(wrapper=True)
+def tokenprune_register_methods(register):
+    register("wrapped", Stride, summary="never registered: a wrapper's body does not run as a hook")
+    return (yield)
+"""
+
+RAISING_ADAPTER = """
+import tokenprune
+
+
+@tokenprune.hookimpl
+def tokenprune_model_adapter(model):
+    raise RuntimeError("adapter hook boom")
+"""
+
+
+def test_a_plugin_cannot_take_a_builtin_name_by_marking_its_hook_trylast(plugin_module):
+    plugin_module("zlast", TRYLAST_DUPLICATE)
+    with pytest.warns(PluginWarning, match=r"plugin 'zlast' registered a broken method 'zspa': .*already registered"):
+        _builtins_still_work()  # zspa is still the built-in
+
+
+def test_a_hook_wrapper_is_reported_not_silently_ignored(plugin_module):
+    plugin_module("hwrap", WRAPPER_HOOK)
+    with pytest.warns(PluginWarning, match=r"plugin 'hwrap': tokenprune_register_methods is a hook wrapper"):
+        _builtins_still_work()
+    assert "wrapped" not in tokenprune.list_methods()
+
+
+def test_two_entry_points_with_one_name_are_reported(plugin_module, add_entry_point):
+    plugin_module("twin", TRYLAST_DUPLICATE.replace("zspa", "twin-method").replace("(trylast=True)", ""))
+    add_entry_point("twin", "some_other_module")
+    tokenprune.plugins.reset()
+    with pytest.warns(
+        PluginWarning, match=r"plugin 'twin' \(some_other_module\): another entry point is already named"
+    ):
+        records = tokenprune.plugins.list_plugins()
+    twins = [r for r in records if r.name == "twin"]
+    assert [r.error is None for r in twins] == [True, False]
+
+
+@pytest.fixture(scope="module")
+def llava():
+    """Built before the entry points are faked (transformers reads them as it imports)."""
+    from tokenprune.testing.models import tiny_llava
+
+    return tiny_llava(seed=0)
+
+
+def test_an_adapter_hook_that_raises_is_reported_and_the_builtins_still_answer(llava, plugin_module):
+    from tokenprune.integrations import get_adapter
+    from tokenprune.integrations.llava import LlavaAdapter
+
+    plugin_module("badadapter", RAISING_ADAPTER)
+    with pytest.warns(PluginWarning, match=r"plugin 'badadapter' failed in tokenprune_model_adapter .*: RuntimeError"):
+        assert isinstance(get_adapter(llava), LlavaAdapter)
+
+
+@pytest.mark.parametrize(
+    ("name", "factory", "message"),
+    [
+        ("abc\n", lambda: None, "method name must be lowercase"),
+        ("posonly", lambda a=1, /: None, "factory parameter 'a' is positional-only"),
+    ],
+)
+def test_names_are_matched_whole_and_factories_must_take_keywords(fresh_registry, name, factory, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        tokenprune.register_method(name, factory)

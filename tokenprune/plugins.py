@@ -81,7 +81,12 @@ def _build() -> tuple[pluggy.PluginManager, list[PluginRecord]]:
     for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         dist = entry_point.dist
         dist_name = f"{dist.metadata['Name']} {dist.version}" if dist is not None else None
-        if manager.get_plugin(entry_point.name) is not None or manager.is_blocked(entry_point.name):
+        if manager.is_blocked(entry_point.name):
+            continue
+        if manager.get_plugin(entry_point.name) is not None:  # the first of two with one name was loaded
+            error = f"another entry point is already named {entry_point.name!r}; this one was not loaded"
+            _warn(f"tokenprune plugin {entry_point.name!r} ({entry_point.value}): {error}")
+            records.append(PluginRecord(entry_point.name, "entry point", entry_point.value, dist_name, error))
             continue
         try:
             plugin = entry_point.load()

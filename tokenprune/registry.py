@@ -43,7 +43,7 @@ __all__ = [
     "register_method",
 ]
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")  # matched whole (fullmatch): "abc\n" is not a name
 RUNTIME_PLUGIN = "python"
 
 
@@ -91,6 +91,8 @@ def _factory_params(name: str, factory: Callable[..., Any]) -> dict[str, Any]:
     for param in signature.parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise TypeError(f"method {name!r}: factory takes *{param.name}; declare each parameter by name")
+        if param.kind is param.POSITIONAL_ONLY:  # create_method passes parameters by keyword
+            raise TypeError(f"method {name!r}: factory parameter {param.name!r} is positional-only; make it a keyword")
         if param.default is param.empty:
             raise TypeError(f"method {name!r}: factory parameter {param.name!r} needs a default value")
         params[param.name] = param.default
@@ -166,7 +168,7 @@ class MethodRegistry:
         override: bool = False,
     ) -> MethodSpec:
         """Add a method; raises if the name is taken (unless ``override``) or the factory is unusable."""
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(
                 f"method name must be lowercase letters, digits, '_', '-' or '.', starting with a letter or "
                 f"digit; got {name!r}"
@@ -272,9 +274,24 @@ def _build_registry() -> MethodRegistry:
 
     manager = get_plugin_manager()
     registry = MethodRegistry()
-    for impl in manager.hook.tokenprune_register_methods.get_hookimpls():  # registration order
+    # in the order the plugins were registered, built-ins first: pluggy orders hook implementations by their
+    # tryfirst/trylast marks, and a plugin must not take a built-in's name by marking its hook trylast
+    order = {name: index for index, (name, _) in enumerate(manager.list_name_plugin())}
+    impls = sorted(
+        manager.hook.tokenprune_register_methods.get_hookimpls(),
+        key=lambda impl: order.get(manager.get_name(impl.plugin), len(order)),
+    )
+    for impl in impls:
         plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
         kwargs = {"register": MethodRegistrar(registry, plugin)}
+        if impl.hookwrapper or impl.wrapper:  # its body would never run: report it, as a broken hook
+            warnings.warn(
+                f"tokenprune plugin {plugin!r}: tokenprune_register_methods is a hook wrapper, which registers "
+                f"nothing; implement it as a plain @tokenprune.hookimpl",
+                PluginWarning,
+                stacklevel=2,
+            )
+            continue
         try:
             impl.function(*(kwargs[arg] for arg in impl.argnames))
         except Exception as exc:  # third-party code: report and keep going

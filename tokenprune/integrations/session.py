@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.budget import Budget
-from tokenprune.errors import TokenPruneError
+from tokenprune.errors import PluginWarning, TokenPruneError
 from tokenprune.integrations.base import (
     ModelAdapter,
     PrunedInputs,
@@ -50,7 +51,26 @@ def get_adapter(model: Any) -> ModelAdapter:
     from tokenprune.integrations.adapters import BUILTIN_ADAPTERS
     from tokenprune.plugins import get_plugin_manager
 
-    adapter = get_plugin_manager().hook.tokenprune_model_adapter(model=model)
+    manager = get_plugin_manager()
+    adapter, plugin = None, None
+    # the hook's firstresult call, one implementation at a time (pluggy's order: the last registered first), so
+    # that a plugin whose hook raises is reported by name and the others (the built-ins) still answer
+    for impl in reversed(manager.hook.tokenprune_model_adapter.get_hookimpls()):
+        plugin = manager.get_name(impl.plugin) or repr(impl.plugin)
+        if impl.hookwrapper or impl.wrapper:
+            continue
+        try:
+            adapter = impl.function(**{name: model for name in impl.argnames})
+        except Exception as exc:  # third-party code: report and ask the next
+            warnings.warn(
+                f"tokenprune plugin {plugin!r} failed in tokenprune_model_adapter for {type(model).__name__}: "
+                f"{type(exc).__name__}: {exc}",
+                PluginWarning,
+                stacklevel=2,
+            )
+            continue
+        if adapter is not None:
+            break
     if adapter is None:
         raise UnsupportedModelError(
             f"no tokenprune adapter for {type(model).__name__}; built-in adapters cover "
@@ -58,8 +78,8 @@ def get_adapter(model: Any) -> ModelAdapter:
         )
     if not isinstance(adapter, ModelAdapter):
         raise UnsupportedModelError(
-            f"tokenprune_model_adapter returned {type(adapter).__name__} for {type(model).__name__}; "
-            f"expected a tokenprune.integrations.ModelAdapter"
+            f"tokenprune_model_adapter of plugin {plugin!r} returned {type(adapter).__name__} for "
+            f"{type(model).__name__}; expected a tokenprune.integrations.ModelAdapter"
         )
     return adapter
 
