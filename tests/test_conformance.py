@@ -99,3 +99,26 @@ def test_conformance_catches_a_broken_selector():
     plain = tokenprune.testing.make_case()  # no mask: selection sees the caller's float32 tensor
     with pytest.raises(AssertionError, match="mutated"):
         assert_conforms(Mutates(), plain)
+
+
+@pytest.mark.parametrize("change", ["nan_to_zero", "prompt_mask"])
+def test_conformance_catches_a_selector_that_cleans_or_unmasks_its_inputs(change):
+    """Replacing NaN (garbage padding) with 0 is a mutation too, and so is changing the prompt mask."""
+    from tokenprune.stages import Stride
+
+    class Cleans(Stride):
+        def __call__(self, visual, **kwargs):
+            if change == "nan_to_zero":
+                visual.nan_to_num_(0.0)
+            else:
+                kwargs["prompt_mask"][0, 0] = not bool(kwargs["prompt_mask"][0, 0])
+            return super().__call__(visual, **{k: v for k, v in kwargs.items() if k not in ("prompt", "prompt_mask")})
+
+    ragged = next(
+        case
+        for case in degenerate_cases()
+        if case.visual_mask is not None and case.prompt_mask is not None and bool(case.visual.isnan().any())
+    )
+    name = "visual" if change == "nan_to_zero" else "prompt_mask"
+    with pytest.raises(AssertionError, match=f"mutated its input '{name}'"):
+        assert_conforms(Cleans(), ragged)
