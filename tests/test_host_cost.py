@@ -185,6 +185,31 @@ def test_the_recorders_see_reads_blocking_copies_and_operations():
     assert ops.ops["any"] == 1 and ops.ops["_to_copy"] == 1 and "unsqueeze" not in ops.ops
 
 
+def test_calls_whose_result_size_the_device_decides_are_reads_and_copies_are_told_apart():
+    """torch.where(mask), argwhere, boolean indexing, masked_select, unique, repeat_interleave by a tensor and
+    formatting all wait for the device; .to(device=None) moves nothing, .cuda() and .to(tensor) may."""
+    x, mask = torch.arange(6.0), torch.tensor([True, False] * 3)
+    with HostTraffic() as traffic:
+        torch.where(mask)
+        mask.argwhere()
+        x[mask]
+        x[mask, ...] if x.dim() > 1 else x[(mask,)]
+        x.masked_select(mask)
+        torch.unique(x)
+        x.repeat_interleave(torch.tensor([1, 2, 1, 1, 1, 1]))
+        f"{x.sum():.2f}"
+        torch.where(mask, x, 0.0)  # three arguments: elementwise, no read
+        x[1:3]  # a slice: no read
+        x.repeat_interleave(torch.tensor([1, 2, 1, 1, 1, 1]), output_size=7)  # size given: no read
+        x.to(device=None)
+        x.to(x)
+    assert traffic.reads == [
+        "where", "argwhere", "__getitem__", "__getitem__", "masked_select", "unique", "repeat_interleave",
+        "__format__",
+    ]  # fmt: skip
+    assert traffic.blocking_copies == ["Tensor.to(device)"]  # x.to(x): the other tensor's device
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["zspa", "divprune", "relevance", "stride"])
 def test_cuda_call_without_masks_syncs_once(name):

@@ -27,8 +27,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["READS", "HostTraffic", "Operations"]
 
-READS = frozenset({"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy"})
-"""Tensor methods that return host values: each copies from the device and waits for it."""
+READS = frozenset(
+    {
+        "tolist", "item", "__bool__", "__int__", "__float__", "__index__", "__format__", "numpy",
+        # results whose size depends on the values: the device says how many before the host can allocate
+        "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive",
+    }
+)  # fmt: skip
+"""Tensor methods that return host values, or results sized by the values: each waits for the device.
+Also reads: ``torch.where(condition)`` with one argument, indexing with a bool tensor, and
+``repeat_interleave`` with a tensor of repeats and no ``output_size``."""
 
 
 class HostTraffic(TorchFunctionMode):
@@ -55,17 +63,30 @@ class HostTraffic(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name in READS:
+        if name in READS or _sized_by_values(name, args, kwargs):
             self.reads.append(name)
             self.where.append(_caller())
         elif name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
             self.blocking_copies.append(f"torch.{name}(..., device=...)")
-        elif name == "to" and _names_device(args[1:], kwargs):
+        elif (name == "to" and _names_device(args[1:], kwargs)) or name == "cuda":
+            what = "Tensor.cuda()" if name == "cuda" else "Tensor.to(device)"
             if kwargs.get("non_blocking", False):
-                self.async_copies.append("Tensor.to(device, non_blocking=True)")
+                self.async_copies.append(f"{what[:-1]}, non_blocking=True)" if name == "to" else what)
             else:
-                self.blocking_copies.append("Tensor.to(device)")
+                self.blocking_copies.append(what)
         return func(*args, **kwargs)
+
+
+def _sized_by_values(name: str, args: tuple, kwargs: dict) -> bool:
+    """Calls outside :data:`READS` whose result size the device decides: the host waits for it."""
+    if name == "where":
+        return len(args) + len(kwargs) == 1  # torch.where(condition): nonzero
+    if name == "__getitem__" and len(args) > 1:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
+    if name == "repeat_interleave" and len(args) > 1:
+        return isinstance(args[1], torch.Tensor) and kwargs.get("output_size") is None
+    return False
 
 
 def _caller() -> str:
@@ -78,7 +99,10 @@ def _caller() -> str:
 
 
 def _names_device(args: tuple, kwargs: dict) -> bool:
-    return "device" in kwargs or any(isinstance(arg, torch.device | str) for arg in args)
+    """A ``.to`` that may move data: a device given (not None), or another tensor (its device)."""
+    if kwargs.get("device") is not None:
+        return True
+    return any(isinstance(arg, torch.device | str | torch.Tensor) for arg in args)
 
 
 class Operations(TorchDispatchMode):
