@@ -409,6 +409,18 @@ def test_cli_usage_errors_exit_2_with_one_line(capsys, saved_llava, scene_png, t
     assert len([line for line in err.splitlines() if "error:" in line]) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("name", "expected"), [("fig.gif", "GIF"), ("fig.jpg", "JPEG"), ("fig", "PNG")])
+def test_cli_writes_the_format_its_suffix_names(capsys, saved_llava, scene_png, tmp_path, name, expected):
+    code = main(["show", "--model", str(saved_llava), str(scene_png), QUESTION, "-o", str(tmp_path / name)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    with Image.open(tmp_path / name) as figure:
+        assert figure.format == expected
+    code = main(["show", "--model", str(saved_llava), str(scene_png), QUESTION, "-o", str(tmp_path / "fig.xyz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'.xyz' is not an image format Pillow writes" in err and "loading" not in err
+
+
 def test_cli_an_output_that_is_a_directory_exits_2_before_any_work(capsys, saved_llava, scene_png, tmp_path):
     code = main(["show", "--model", str(saved_llava), str(scene_png), QUESTION, "-o", str(tmp_path)])
     err = capsys.readouterr().err

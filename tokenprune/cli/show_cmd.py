@@ -152,6 +152,20 @@ def _open_image(path: str) -> Any:
         raise UsageError(f"cannot read {path} as an image: {exc}") from exc
 
 
+def _image_format(output: Path) -> str:
+    """Pillow's format for the output's suffix (PNG without one); an unknown suffix is a usage error, not PNG
+    bytes under another name."""
+    from PIL import Image
+
+    suffix = output.suffix.lower()
+    if not suffix:
+        return "PNG"
+    formats = Image.registered_extensions()
+    if suffix not in formats:
+        raise UsageError(f"-o {output}: {suffix!r} is not an image format Pillow writes; use .png, .jpg or .webp")
+    return formats[suffix]
+
+
 def _methods(text: str) -> list[MethodConfig]:
     # compare's method specs and checks (tokenprune.evaluation): one syntax for both commands
     from tokenprune.evaluation.runner import check_in_model
@@ -196,6 +210,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"the output directory {output.parent} does not exist")
     if output.is_dir():  # found now, not after the model has run
         raise UsageError(f"-o {output} is a directory; expected an image file path such as {output / 'kept.png'}")
+    image_format = _image_format(output)
     image = _open_image(args.image)
     model_path = args.model if args.model is not None else default_model()
     device = _device(args.device)
@@ -211,8 +226,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     model, processor = _load(model_path, device)
     result = show_tokens(model, processor, image, args.question, _runnable(model, methods, log), keep=keep)
     figure = render_kept(image, result.layout, result.kept, panel_size=args.panel_size, caption=f"Q: {args.question}")
-    suffix = output.suffix.lower()
-    figure.save(output, format=None if suffix in (".png", ".jpg", ".jpeg", ".webp") else "PNG")
+    figure.save(output, format=image_format)
 
     table = Table()
     table.add_column("method", style="bold cyan", no_wrap=True)
