@@ -69,12 +69,18 @@ class HostTraffic(TorchFunctionMode):
         elif name in ("tensor", "as_tensor") and kwargs.get("device") is not None:
             self.blocking_copies.append(f"torch.{name}(..., device=...)")
         elif (name == "to" and _names_device(args[1:], kwargs)) or name == "cuda":
-            what = "Tensor.cuda()" if name == "cuda" else "Tensor.to(device)"
-            if kwargs.get("non_blocking", False):
-                self.async_copies.append(f"{what[:-1]}, non_blocking=True)" if name == "to" else what)
-            else:
-                self.blocking_copies.append(what)
+            non_blocking = bool(kwargs.get("non_blocking", False))
+            copies = self.async_copies if non_blocking else self.blocking_copies
+            copies.append(_COPY_LABELS[name, non_blocking])
         return func(*args, **kwargs)
+
+
+_COPY_LABELS = {
+    ("to", False): "Tensor.to(device)",
+    ("to", True): "Tensor.to(device, non_blocking=True)",
+    ("cuda", False): "Tensor.cuda()",
+    ("cuda", True): "Tensor.cuda(non_blocking=True)",
+}
 
 
 def _sized_by_values(name: str, args: tuple, kwargs: dict) -> bool:
