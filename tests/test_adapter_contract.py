@@ -117,7 +117,7 @@ def test_unusable_arguments_are_refused(adapted):
     with pytest.raises(ValueError, match="prunes inside the language model"):
         assert_adapter_contract(model, inputs, methods=("fastv",))
     text = {"input_ids": inputs["input_ids"][:, -2:], "attention_mask": inputs["attention_mask"][:, -2:]}
-    with pytest.raises(ValueError, match="no image placeholder"):
+    with pytest.raises(ValueError, match="no image or video placeholder"):
         assert_adapter_contract(model, text)
 
 

@@ -54,25 +54,50 @@ def rope_positions(model, run):
     )
 
 
+def visual_features(model, inputs):
+    """Each visual input's projected tokens in placeholder order, encoded here by the stock model."""
+    encoded = {}
+    for token, pixels, grid, encode in (
+        (IMAGE_TOKEN, "pixel_values", "image_grid_thw", model.model.get_image_features),
+        (QWEN_VIDEO_TOKEN, "pixel_values_videos", "video_grid_thw", model.model.get_video_features),
+    ):
+        if inputs.get(pixels) is not None:
+            encoded[token] = iter(encode(inputs[pixels], inputs[grid]).pooler_output)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    features = []
+    for b in range(ids.shape[0]):
+        row = ids[b][mask[b]].tolist()
+        for i, token in enumerate(row):
+            if token in encoded and (i == 0 or row[i - 1] != token):  # the first placeholder of a run
+                features.append(next(encoded[token]))
+    return features
+
+
 def ideal_short_sequence(model, inputs, kept):
     """Text + kept visual tokens of every row built by hand, with each token's original M-RoPE position.
 
     Returns ``inputs_embeds``, ``attention_mask`` and ``(4, B, L')`` ``position_ids`` (left padded), from
-    the unpruned inputs and the kept indices of each image alone: no tokenprune code involved.
+    the unpruned inputs and the kept indices of each image or video alone: no tokenprune code involved.
     """
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+    features = visual_features(model, inputs)
     positions, _ = model.model.get_rope_index(
-        ids, inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"], attention_mask=mask
+        ids,
+        inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        video_grid_thw=inputs.get("video_grid_thw"),
+        second_per_grid_ts=inputs.get("second_per_grid_ts"),
+        attention_mask=mask,
     )
     embeds = model.get_input_embeddings()(ids)
+    visual = (ids == IMAGE_TOKEN) | (ids == QWEN_VIDEO_TOKEN)
     rows, image = [], 0
     for b in range(ids.shape[0]):
-        keep = mask[b].bool() & (ids[b] != IMAGE_TOKEN)
+        keep = mask[b].bool() & ~visual[b]
         row_embeds = embeds[b].clone()
-        placeholders = (ids[b] == IMAGE_TOKEN).nonzero()[:, 0]
+        placeholders = visual[b].nonzero()[:, 0]
         offset = 0
-        while offset < placeholders.shape[0]:  # this row's images, one after the other
+        while offset < placeholders.shape[0]:  # this row's images and videos, one after the other
             n = features[image].shape[0]
             span = placeholders[offset : offset + n]
             keep[span[kept[image]]] = True
@@ -89,6 +114,27 @@ def ideal_short_sequence(model, inputs, kept):
         short_positions[0, b, width - n :] = torch.arange(n)
         short_positions[1:, b, width - n :] = row_positions
     return short, short_mask, short_positions
+
+
+# videos: (t, h, w) with t temporal patches of two frames; second_per_grid_ts != 1 scales their time positions
+VIDEO_CASES = {
+    "videos": ([[[5, 17, 9], [41, 8]], [[23], [64, 3, 55]]], [(2, 4, 4), (3, 4, 6)], ["video", "video"]),
+    "an image, a video, an image": (MULTI_PROMPTS, [(1, 4, 8), (2, 6, 4), (1, 4, 12)], ["image", "video", "image"]),
+    "a video, an image, a video": (MULTI_PROMPTS, [(2, 4, 8), (1, 6, 4), (2, 4, 4)], ["video", "image", "video"]),
+}
+
+
+def video_inputs(model, case, **kwargs):
+    prompts, grids, kinds = VIDEO_CASES[case]
+    seconds = [0.5, 2.0][: kinds.count("video")]
+    return tiny_qwen2_5_vl_inputs(model, prompts, grids, kinds=kinds, seconds=seconds, **kwargs)
+
+
+def case_inputs(model, case, **kwargs):
+    if case in VIDEO_CASES:
+        return video_inputs(model, case, **kwargs)
+    prompts, grids = (PROMPTS, GRIDS) if case == "two rows" else (MULTI_PROMPTS, MULTI_GRIDS)
+    return tiny_qwen2_5_vl_inputs(model, prompts, grids, **kwargs)
 
 
 def test_the_builtin_adapter_is_used_and_vision_markers_are_not_prompt_text(model):
@@ -123,10 +169,9 @@ def test_positions_come_from_explicit_position_ids_or_from_the_placeholders(mode
         assert torch.equal(model.generate(**no_types, **GEN), stock)
 
 
-@pytest.mark.parametrize("case", ["two rows", "two images in a row"])
+@pytest.mark.parametrize("case", ["two rows", "two images in a row", *VIDEO_CASES])
 def test_kept_tokens_keep_their_3d_positions_and_decoding_continues_the_original_ones(model, case):
-    prompts, grids = (PROMPTS, GRIDS) if case == "two rows" else (MULTI_PROMPTS, MULTI_GRIDS)
-    inputs = tiny_qwen2_5_vl_inputs(model, prompts, grids)
+    inputs = case_inputs(model, case)
     stock_positions, _ = rope_positions(model, lambda: model.generate(**inputs, **GEN))
     with tokenprune.apply(model, "zspa", budget=3) as session:
         positions, _ = rope_positions(model, lambda: model.generate(**inputs, **GEN))
@@ -152,11 +197,10 @@ def test_the_attention_mask_positions_are_contiguous_text_positions(model, input
         assert seen[0][b, width - n :].tolist() == list(range(n))
 
 
-@pytest.mark.parametrize("case", ["two rows", "two images in a row"])
+@pytest.mark.parametrize("case", ["two rows", "two images in a row", *VIDEO_CASES])
 def test_pruned_generation_equals_the_lm_fed_text_plus_k_with_original_positions(model, case):
     """The ideal: the short sequence and its positions built by hand, run through stock generate on embeddings."""
-    prompts, grids = (PROMPTS, GRIDS) if case == "two rows" else (MULTI_PROMPTS, MULTI_GRIDS)
-    inputs = tiny_qwen2_5_vl_inputs(model, prompts, grids)
+    inputs = case_inputs(model, case)
     with tokenprune.apply(model, "zspa", budget=5, core_ratio=0.4) as session:
         out = model.generate(**inputs, **SCORED)
     new_tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
@@ -284,18 +328,74 @@ def test_a_merging_composition_merges_the_merger_inputs_of_each_token(model, inp
             torch.testing.assert_close(features, mlp(merged[kept]), rtol=1e-5, atol=1e-6)
 
 
-def test_video_inputs_are_refused_clearly(model, inputs):
-    video = dict(inputs)
-    video["input_ids"] = inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE_TOKEN, QWEN_VIDEO_TOKEN)
-    video["mm_token_type_ids"] = 2 * inputs["mm_token_type_ids"]
-    video["pixel_values_videos"], video["video_grid_thw"] = video.pop("pixel_values"), video.pop("image_grid_thw")
-    model.generate(**video, **GEN)  # a valid video call for the stock model
+@pytest.mark.parametrize("case", VIDEO_CASES)
+def test_the_adapter_contract_with_videos(model, case):
+    """Videos alone and beside images: budget 1.0 == stock, lengths, stats, merging (raw features of every
+    frame back in raster order), restoring."""
+    assert_adapter_contract(model, video_inputs(model, case), generate_kwargs=GEN)
+
+
+def test_a_video_is_one_visual_input_selected_across_its_frames(model):
+    """One budget over all the video's tokens, stats per video, and its time positions scaled as the model does."""
+    inputs = video_inputs(model, "videos")
+    with tokenprune.apply(model, "divprune", budget=0.25) as session:
+        model.generate(**inputs, **GEN)
+    sizes = (inputs["video_grid_thw"].prod(-1) // 4).tolist()
+    assert session.last.visual_before == sizes == [8, 18]
+    assert session.last.visual_after == [2, 5]  # floor(0.25 * N + 0.5)
+    frames = inputs["video_grid_thw"][:, 1:].prod(-1) // 4  # tokens per temporal patch
+    assert any(len({int(k) // int(f) for k in kept}) > 1 for kept, f in zip(session.last.kept, frames, strict=True))
+
+    # the second video's kept tokens at their (time, height, width) positions, written out from its grid:
+    # row 1 is [23, <vision_start>, video, ...], so the video starts at position 2; a (3, 4, 6) patch grid
+    # merges to 3 x 2 x 3 tokens; time steps by tokens_per_second * second_per_grid_ts (2 s) per temporal patch
+    with tokenprune.apply(model, "divprune", budget=0.25) as session:
+        positions, _ = rope_positions(model, lambda: model.generate(**inputs, **GEN))
+    kept = session.last.kept[1]
+    step = model.config.vision_config.tokens_per_second * 2.0
+    expected = torch.stack([2 + (kept // 6) * step, 2 + (kept % 6) // 3, 2 + kept % 3]).long()
+    length = session.last.sequence_after[1]
+    slots = positions[0][:, 1, positions[0].shape[-1] - length + 2 :][:, : len(kept)]
+    assert torch.equal(slots, expected)
+
+
+def test_fastv_prunes_video_tokens_inside_the_language_model(model):
+    inputs = video_inputs(model, "an image, a video, an image")
+    stock = model.generate(**inputs, **GEN)
+    with tokenprune.apply(model, "fastv", layer=1, budget=1.0):
+        assert torch.equal(model.generate(**inputs, **GEN), stock)
+    with tokenprune.apply(model, "fastv", layer=1, budget=0.25) as session:
+        model.generate(**inputs, **GEN)
+    assert session.last.visual_before == [8, 12, 12]
+    assert session.last.visual_after == [2, 3, 3]
+
+
+def test_images_and_videos_whose_placeholders_touch_are_refused_clearly(model):
+    """Mixed calls tell images from videos by their placeholder runs: two runs of one kind side by side are
+    one run, so the counts disagree with the images given."""
+    inputs = tiny_qwen2_5_vl_inputs(
+        model, [[[5], [], [6], [7]]], [(1, 4, 4), (1, 4, 4), (2, 4, 4)], kinds=["image", "image", "video"]
+    )
+    row = inputs["input_ids"][0].tolist()
+    end = row.index(QWEN_VISION_END)
+    assert row[end + 1] == QWEN_VISION_START  # the two images' markers, side by side: drop them
+    columns = [i for i in range(len(row)) if i not in (end, end + 1)]
+    touching = {**inputs, **{k: inputs[k][:, columns] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}}
     with (
-        tokenprune.apply(model, "zspa", budget=4) as session,
-        pytest.raises(tokenprune.InputError, match=r"video tokens .* not supported"),
+        tokenprune.apply(model, "zspa", budget=0.5),
+        pytest.raises(tokenprune.InputError, match=r"1 runs of image placeholders .* but 2 images"),
     ):
-        model.generate(**video, **GEN)
-    assert session.stats == []
+        model.generate(**touching, **GEN)
+
+
+def test_pixel_values_without_their_grid_are_refused_clearly(model):
+    inputs = video_inputs(model, "videos")
+    del inputs["video_grid_thw"]
+    with (
+        tokenprune.apply(model, "zspa", budget=0.5),
+        pytest.raises(tokenprune.InputError, match=r"pixel_values_videos need video_grid_thw of shape \(n, 3\)"),
+    ):
+        model.generate(**inputs, **GEN)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

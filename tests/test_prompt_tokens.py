@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import tokenprune
+from tokenprune.integrations import get_adapter
+from tokenprune.integrations.base import Layout
 from tokenprune.integrations.prompt import question_tokens
 from tokenprune.testing.models import IMAGE_TOKEN, tiny_llava, tiny_llava_inputs, tiny_tokenizer
 
@@ -66,3 +68,46 @@ def test_the_prompt_choice_changes_what_a_prompt_aware_method_keeps():
     query = model.get_input_embeddings()(torch.tensor(question)).mean(0)
     scores = torch.nn.functional.cosine_similarity(features, query[None], dim=-1)
     assert restricted.last.kept[0].tolist() == torch.topk(scores, 4).indices.sort().values.tolist()
+
+
+def test_the_question_follows_the_last_image_or_video():
+    """Qwen2.5-VL: the question is the text after the last image or video, without its end marker."""
+    from tokenprune.testing.models import QWEN_VIDEO_TOKEN, tiny_qwen2_5_vl, tiny_qwen2_5_vl_processor
+
+    model = tiny_qwen2_5_vl()
+    processor = tiny_qwen2_5_vl_processor(model)
+    tokenizer = processor.tokenizer
+    chat = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "is it red?"},
+                {"type": "video"},
+                {"type": "text", "text": "what colour is the cube?"},
+            ],
+        }
+    ]
+    text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tokenizer(text.replace(processor.video_token, processor.video_token * 3))["input_ids"]])
+    assert (ids == QWEN_VIDEO_TOKEN).sum() == 3
+    layout = Layout.locate(get_adapter(model), ids, torch.ones_like(ids), None, question_tokens(processor))
+    assert ids[layout.prompt_mask].tolist() == ids_of(tokenizer, "what colour is the cube?")
+
+
+def test_a_prompt_callable_never_selects_markers_or_padding_and_must_match_the_ids():
+    """What a callable marks is narrowed to real text: special tokens (BOS) and padding are dropped."""
+    model = tiny_llava(seed=0)
+    inputs = tiny_llava_inputs(model, [([11, 12], [40, 41]), ([13], [42, 43, 44, 45])])
+    everything = lambda ids, mask: torch.ones_like(ids, dtype=torch.bool)  # noqa: E731
+    with tokenprune.apply(model, "relevance", budget=4) as text:
+        model.generate(**inputs, max_new_tokens=1)
+    with tokenprune.apply(model, "relevance", budget=4, prompt_tokens=everything) as marked:
+        model.generate(**inputs, max_new_tokens=1)
+    assert [k.tolist() for k in marked.last.kept] == [k.tolist() for k in text.last.kept]
+
+    wrong = lambda ids, mask: torch.ones(ids.shape[0], ids.shape[1] + 1, dtype=torch.bool)  # noqa: E731
+    with (
+        tokenprune.apply(model, "relevance", budget=4, prompt_tokens=wrong),
+        pytest.raises(tokenprune.InputError, match=r"must return a \(B, L\) mask .* got \(2, \d+\)"),
+    ):
+        model.generate(**inputs, max_new_tokens=1)

@@ -167,6 +167,18 @@ class ModelAdapter(ABC):
     def image_token_id(self) -> int:
         """The placeholder token id the processor puts once per visual token."""
 
+    @property
+    def placeholder_ids(self) -> tuple[int, ...]:
+        """Every placeholder token id whose tokens are pruned: :attr:`image_token_id`, and for a family that
+        also takes videos, the video placeholder (Qwen2.5-VL). A *visual input* is one image or one video."""
+        return (self.image_token_id,)
+
+    def modalities(self, inputs: Mapping[str, Any]) -> list[str] | None:
+        """Per visual input, in placeholder order, its key in ``mm_encoder_outputs`` (``"image"``, ``"video"``),
+        or None when every one is an image. :meth:`rebuild` hands each modality's kept features to the model
+        under its key; a family that encodes videos too says here which entries are videos."""
+        return None
+
     @abstractmethod
     def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
         """Projected visual tokens per image, in placeholder order (after the projector).
@@ -262,7 +274,17 @@ class ModelAdapter(ABC):
         kwargs["attention_mask"] = pruned.attention_mask
         if inputs.get("labels") is not None:
             kwargs["labels"] = pruned.take(inputs["labels"], fill=-100)
-        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        kinds = self.modalities(inputs) or ["image"] * len(features)
+        if len(kinds) != len(features):
+            raise TokenPruneError(
+                f"{self.name}: modalities(inputs) names {len(kinds)} visual inputs but {len(features)} were encoded"
+            )
+        grouped: dict[str, list[Tensor]] = {}
+        for kind, feats in zip(kinds, features, strict=True):
+            grouped.setdefault(kind, []).append(feats)
+        kwargs["mm_encoder_outputs"] = {
+            kind: BaseModelOutputWithPooling(pooler_output=feats) for kind, feats in grouped.items()
+        }
         return kwargs
 
 
@@ -343,6 +365,13 @@ def _image_spans(flat: Tensor, rows: list[int], sizes: list[int], adapter: str) 
     return spans
 
 
+def _placeholders(input_ids: Tensor, ids: Sequence[int]) -> Tensor:
+    """``(B, L)`` bool: True where ``input_ids`` holds one of ``ids`` (one comparison for a single id)."""
+    if len(ids) == 1:
+        return input_ids == ids[0]
+    return torch.isin(input_ids, torch.tensor(list(ids), dtype=input_ids.dtype).to(input_ids.device, non_blocking=True))
+
+
 def placeholder_runs(image_mask: Tensor) -> list[int]:
     """Lengths of the runs of consecutive placeholder tokens, row-major: one run per image.
 
@@ -375,7 +404,7 @@ class Layout:
 
     Attributes:
         real: ``(B, L)`` bool, real (non-padding) tokens.
-        image_mask: ``(B, L)`` bool, image placeholders.
+        image_mask: ``(B, L)`` bool, the placeholders of every visual input (image or video).
         prompt_mask: ``(B, L)`` bool, the prompt tokens the selector is given.
         spans: per image, ``(row, positions)`` of its placeholders, in placeholder order.
         sizes: per image, its number of placeholders.
@@ -411,16 +440,23 @@ class Layout:
             raise InputError(f"{adapter.name}: pruning needs input_ids of shape (B, L); got {type(input_ids).__name__}")
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         real = attention_mask.bool()
-        image_mask = (input_ids == adapter.image_token_id) & real
-        if callable(prompt_tokens):
-            prompt_mask = prompt_tokens(input_ids, attention_mask).to(device=real.device, dtype=torch.bool)
-            prompt_mask &= ~image_mask
-        elif prompt_tokens == "text":
-            special = torch.tensor(sorted(adapter.special_token_ids()), dtype=input_ids.dtype)
-            special = special.to(real.device, non_blocking=True)
-            prompt_mask = real & ~image_mask & ~torch.isin(input_ids, special)
-        else:
+        image_mask = _placeholders(input_ids, adapter.placeholder_ids) & real
+        if not callable(prompt_tokens) and prompt_tokens != "text":
             raise ValueError(f"prompt_tokens must be one of {PROMPT_SCOPES} or a callable; got {prompt_tokens!r}")
+        # placeholders, padding and special tokens (vision markers, BOS/EOS) are never prompt text, whatever
+        # a callable marks: question_tokens marks a span that starts right after an image, at its end marker
+        special = torch.tensor(sorted(adapter.special_token_ids()), dtype=input_ids.dtype)
+        special = special.to(real.device, non_blocking=True)
+        prompt_mask = real & ~image_mask & ~torch.isin(input_ids, special)
+        if callable(prompt_tokens):
+            marked = prompt_tokens(input_ids, attention_mask)
+            if not isinstance(marked, Tensor) or marked.shape != input_ids.shape:
+                got = tuple(marked.shape) if isinstance(marked, Tensor) else type(marked).__name__
+                raise InputError(
+                    f"{adapter.name}: the prompt_tokens callable must return a (B, L) mask the shape of input_ids "
+                    f"{tuple(input_ids.shape)}; got {got}"
+                )
+            prompt_mask &= marked.to(device=real.device, dtype=torch.bool)
         flat = image_mask.nonzero()  # (T, 2) row-major; its length is a read from the device
         # everything else the host needs, in one more read
         host = torch.cat([flat.T.flatten(), real.sum(dim=1), prompt_mask.sum(dim=1), _right_padded(attention_mask)])

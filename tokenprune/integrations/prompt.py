@@ -1,9 +1,9 @@
 """Which prompt tokens the selector sees: the user's question alone, learnt from the chat template.
 
 ``tokenprune.apply(..., prompt_tokens=question_tokens(processor))`` restricts the prompt to the
-question: the text after the row's last image placeholder and before the template's end-of-turn and
+question: the text after the row's last image (or video) placeholder and before the template's end-of-turn and
 generation-prompt tokens (``" ASSISTANT:"``, ``"<|im_end|>\\n<|im_start|>assistant\\n"``, ...), and
-after the template's opening (system prompt, ``"USER: "``) when a row has no image.
+after the template's opening (system prompt, ``"USER: "``) when a row has no image or video.
 """
 
 from __future__ import annotations
@@ -57,12 +57,15 @@ def _template_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
     )
 
 
-def question_tokens(processor_or_tokenizer: Any, *, image_token_id: int | None = None) -> Callable[..., Tensor]:
+def question_tokens(
+    processor_or_tokenizer: Any, *, image_token_id: int | None = None, video_token_id: int | None = None
+) -> Callable[..., Tensor]:
     """A ``prompt_tokens`` callable marking only the user's question in each row.
 
     Args:
         processor_or_tokenizer: a processor (its ``.tokenizer`` is used) or a tokenizer with a chat template.
         image_token_id: the image placeholder id; defaults to the processor's ``image_token_id``.
+        video_token_id: the video placeholder id; defaults to the processor's ``video_token_id`` (Qwen2.5-VL).
 
     Returns:
         ``(input_ids, attention_mask) -> (B, L) bool``.
@@ -70,6 +73,9 @@ def question_tokens(processor_or_tokenizer: Any, *, image_token_id: int | None =
     tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
     if image_token_id is None:
         image_token_id = getattr(processor_or_tokenizer, "image_token_id", None)
+    if video_token_id is None:
+        video_token_id = getattr(processor_or_tokenizer, "video_token_id", None)
+    placeholders = {token for token in (image_token_id, video_token_id) if isinstance(token, int)}
     head, tail = _template_frame(tokenizer)
 
     def mark(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -79,7 +85,7 @@ def question_tokens(processor_or_tokenizer: Any, *, image_token_id: int | None =
             positions = attention_mask[row].bool().nonzero()[:, 0]
             ids = input_ids[row, positions].tolist()
             end = len(ids) - len(tail) if tail and ids[len(ids) - len(tail) :] == tail else -1
-            images = [i for i, t in enumerate(ids) if t == image_token_id] if image_token_id is not None else []
+            images = [i for i, t in enumerate(ids) if t in placeholders]
             start = images[-1] + 1 if images else (len(head) if ids[: len(head)] == head else -1)
             if end < 0 or start < 0 or start >= end:
                 unframed.append(row)

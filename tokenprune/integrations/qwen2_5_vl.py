@@ -12,8 +12,10 @@ too. ``generate`` and ``forward`` are given these positions as ``position_ids`` 
 ``(4, B, L')``, the layout stock ``generate`` builds itself: row 0 the contiguous text positions of
 the short sequence (used for the attention mask), rows 1-3 the M-RoPE positions.
 
-Videos are not pruned yet: a call with ``pixel_values_videos`` under :func:`tokenprune.apply` is
-refused with an :class:`~tokenprune.errors.InputError`.
+Videos are pruned like images: each video is one visual input of ``t * h * w / 4`` tokens (``t`` its
+temporal patches), selected among all its frames at once under one budget, and each kept token keeps
+its (time, height, width) position (the time scaled by ``second_per_grid_ts`` as the model does). A
+prompt may hold images and videos together; each is pruned on its own.
 
 Merging methods: the raw feature of a visual token is the patch merger's MLP input (its four patches,
 normed and side by side), captured and put back in raster order (the encoder computes it in its
@@ -40,7 +42,6 @@ _VIDEO_KWARGS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
 class Qwen2_5_VLAdapter(ModelAdapter):
-    # pixel_values_videos is listed so that a video call reaches encode_images and is refused there
     image_kwargs = ("pixel_values", "image_grid_thw", *_VIDEO_KWARGS, "mm_token_type_ids", "position_ids")
     # M-RoPE positions are the image grid's: a kept patch stays where it was, and renumbering has no meaning
     position_modes = ("original",)
@@ -48,6 +49,41 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     @property
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
+
+    @property
+    def video_token_id(self) -> int:
+        return self.model.config.video_token_id
+
+    @property
+    def placeholder_ids(self) -> tuple[int, ...]:
+        return (self.image_token_id, self.video_token_id)
+
+    def modalities(self, inputs: Mapping[str, Any]) -> list[str] | None:
+        """Images and videos in placeholder order: each run of image (video) placeholders is one image (video).
+
+        Reads the device only when a call holds both: with one kind, every visual input is of that kind.
+        """
+        if inputs.get("pixel_values_videos") is None:
+            return None
+        grid = _grid(self.name, inputs, "pixel_values_videos", "video_grid_thw")
+        if inputs.get("pixel_values") is None:
+            return ["video"] * grid.shape[0]
+        images = _grid(self.name, inputs, "pixel_values", "image_grid_thw").shape[0]
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        kind = (ids == self.image_token_id).long() + 2 * (ids == self.video_token_id).long()
+        if mask is not None:
+            kind = kind * mask.long()
+        starts = kind != 0
+        starts[:, 1:] &= kind[:, 1:] != kind[:, :-1]  # the first token of each run of one kind
+        order = kind[starts].tolist()  # row-major, as the placeholders are filled
+        if order.count(1) != images or order.count(2) != grid.shape[0]:
+            raise InputError(
+                f"{self.name}: the input holds {order.count(1)} runs of image placeholders and {order.count(2)} "
+                f"of video placeholders, but {images} images and {grid.shape[0]} videos were given; expected each "
+                f"image and video between its own vision start and end tokens, as the processor writes them"
+            )
+        return ["image" if k == 1 else "video" for k in order]
 
     score_sources = frozenset()
 
@@ -90,24 +126,38 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     def encode_images(
         self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False
     ) -> ImageTokens:
-        if any(inputs.get(name) is not None for name in ("pixel_values_videos", "video_grid_thw")):
-            raise InputError(
-                f"{self.name}: pruning video tokens (pixel_values_videos) is not supported yet; "
-                f"call the model outside tokenprune.apply for video inputs"
-            )
         if scores is not None:
             raise self.unsupported_scores(scores)
-        grid = inputs.get("image_grid_thw")
-        if not isinstance(grid, Tensor):
-            raise InputError(f"{self.name}: pixel_values need image_grid_thw (one (t, h, w) row per image)")
-        with maybe_capture(self.model.model.visual.merger.mlp if merge else None) as seen:
-            out = self.model.model.get_image_features(inputs["pixel_values"], grid, return_dict=True)
-        images = ImageTokens(features=list(out.pooler_output))
+        encoded: dict[str, tuple[list[Tensor], list[Tensor] | None]] = {}
+        for kind, pixels, grid_name in (
+            ("image", "pixel_values", "image_grid_thw"),
+            ("video", "pixel_values_videos", "video_grid_thw"),
+        ):
+            if inputs.get(pixels) is not None:
+                encoded[kind] = self._encode(kind, inputs[pixels], _grid(self.name, inputs, pixels, grid_name), merge)
+        if not encoded:
+            raise InputError(
+                f"{self.name}: nothing to prune: the call has neither pixel_values nor pixel_values_videos"
+            )
+        kinds = self.modalities(inputs) or ["image"] * len(encoded["image"][0])
+        taken = {kind: iter(range(len(features))) for kind, (features, _) in encoded.items()}
+        order = [(kind, next(taken[kind])) for kind in kinds]  # placeholder order
+        images = ImageTokens(features=[encoded[kind][0][i] for kind, i in order])
         if merge:
-            raw = seen[-1][self._raster_order(grid)]
-            images.raw = list(torch.split(raw, [f.shape[0] for f in images.features]))
+            images.raw = [encoded[kind][1][i] for kind, i in order]
             images.metric = images.raw
         return images
+
+    def _encode(self, kind: str, pixels: Tensor, grid: Tensor, merge: bool) -> tuple[list[Tensor], list[Tensor] | None]:
+        """One modality's projected tokens per input, and with ``merge`` the merger's inputs in raster order."""
+        model = self.model.model
+        encoder = model.get_image_features if kind == "image" else model.get_video_features
+        with maybe_capture(model.visual.merger.mlp if merge else None) as seen:
+            features = list(encoder(pixels, grid, return_dict=True).pooler_output)
+        if not merge:
+            return features, None
+        raw = seen[-1][self._raster_order(grid)]
+        return features, list(torch.split(raw, [f.shape[0] for f in features]))
 
     def rope_positions(self, inputs: Mapping[str, Any]) -> Tensor:
         """``(3, B, L)`` M-RoPE positions of the unpruned sequence, as stock ``generate``/``forward`` would use."""
@@ -126,7 +176,12 @@ class Qwen2_5_VLAdapter(ModelAdapter):
             config = self.model.config
             types = (input_ids == config.image_token_id).long() + 2 * (input_ids == config.video_token_id).long()
         positions, _ = self.model.model.get_rope_index(
-            input_ids, types, image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs.get("attention_mask")
+            input_ids,
+            types,
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
+            second_per_grid_ts=inputs.get("second_per_grid_ts"),
+            attention_mask=inputs.get("attention_mask"),
         )
         return positions
 
@@ -139,6 +194,15 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         # what stock forward records for decoding without position_ids: original largest position + 1 - length
         self.model.model.rope_deltas = (rope.amax(dim=(0, 2)) + 1 - mask.sum(-1)).unsqueeze(1)
         return kwargs
+
+
+def _grid(adapter: str, inputs: Mapping[str, Any], pixels: str, name: str) -> Tensor:
+    """The ``(n, 3)`` patch grids that must come with ``pixels``, or a clear error."""
+    grid = inputs.get(name)
+    if not isinstance(grid, Tensor) or grid.dim() != 2 or grid.shape[-1] != 3:
+        got = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
+        raise InputError(f"{adapter}: {pixels} need {name} of shape (n, 3), one (t, h, w) row each; got {got}")
+    return grid
 
 
 def _window_index_function() -> Any:

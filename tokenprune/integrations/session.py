@@ -438,6 +438,7 @@ def apply(
             ``(input_ids, attention_mask) -> (B, L) bool`` such as
             :func:`tokenprune.integrations.question_tokens(processor) <tokenprune.integrations.prompt.question_tokens>`,
             which keeps only the user's question when a chat template adds system and role tokens.
+            Placeholders, padding and special tokens are never prompt text, whatever the callable marks.
         positions: how the language model positions the kept tokens. ``"contiguous"``: the shorter
             sequence is numbered afresh, as if each image had only its kept tokens (the default for
             LLaVA-1.5 and LLaVA-NeXT, as in the reference code of DivPrune and ZSPAPrune).

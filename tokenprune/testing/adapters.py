@@ -114,9 +114,10 @@ class _Contract:
         if not isinstance(ids, Tensor) or ids.dim() != 2 or not isinstance(mask, Tensor) or mask.shape != ids.shape:
             raise ValueError("inputs need input_ids and attention_mask of shape (B, L)")
         self.ids, self.real = ids, mask.bool()
-        self.image_mask = (ids == self.adapter.image_token_id) & self.real
+        placeholders = list(self.adapter.placeholder_ids)
+        self.image_mask = torch.isin(ids, torch.tensor(placeholders, dtype=ids.dtype, device=ids.device)) & self.real
         if not bool(self.image_mask.any()):
-            raise ValueError(f"inputs hold no image placeholder (token id {self.adapter.image_token_id})")
+            raise ValueError(f"inputs hold no image or video placeholder (token ids {placeholders})")
         self.labels = ids.masked_fill(~self.real, -100)
         self.class_methods = {name: getattr(type(model), name) for name in ("generate", "forward")}
         self.context = ""

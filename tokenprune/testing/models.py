@@ -6,7 +6,7 @@ small. ``tiny_llava_inputs`` builds matching processor-style inputs (left padded
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -204,6 +204,7 @@ QWEN_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -303,39 +304,64 @@ def tiny_qwen2_5_vl_inputs(
     *,
     seed: int = 0,
     left: bool = True,
+    kinds: Sequence[str] | None = None,
+    seconds: Sequence[float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Processor-style inputs for ``tiny_qwen2_5_vl`` (``mm_token_type_ids`` included, as the processor gives).
 
     Args:
-        prompts: per row, its text segments (token ids in ``[3, 100)``); an image goes between each two
-            consecutive segments, as ``<vision_start> <image> * n <vision_end>``.
-        grids: the ``(t, h, w)`` patch grid of each image, in order (row by row); ``h`` and ``w`` even.
+        prompts: per row, its text segments (token ids in ``[3, 100)``); a visual input goes between each
+            two consecutive segments, as ``<vision_start> <image or video> * n <vision_end>``.
+        grids: the ``(t, h, w)`` patch grid of each visual input, in order (row by row); ``h`` and ``w`` even.
+            A video's ``t`` is its number of temporal patches (two frames each).
         left: pad on the left (generation) or the right.
+        kinds: per visual input, ``"image"`` or ``"video"``; None for images only. Images come as
+            ``pixel_values``/``image_grid_thw``, videos as ``pixel_values_videos``/``video_grid_thw`` with
+            ``second_per_grid_ts``.
+        seconds: per video, the seconds between two temporal patches (``second_per_grid_ts``); 1.0 each
+            when None.
     """
     vision = model.config.vision_config
     merge = vision.spatial_merge_size**2
     if len(grids) != sum(len(segments) - 1 for segments in prompts):
-        raise ValueError(f"{len(grids)} grids for {sum(len(s) - 1 for s in prompts)} images")
-    images = iter(grids)
+        raise ValueError(f"{len(grids)} grids for {sum(len(s) - 1 for s in prompts)} visual inputs")
+    kinds = ["image"] * len(grids) if kinds is None else list(kinds)
+    if len(kinds) != len(grids) or not set(kinds) <= {"image", "video"}:
+        raise ValueError(f"kinds must be 'image' or 'video', one per grid ({len(grids)}); got {kinds}")
+    placeholder = {"image": IMAGE_TOKEN, "video": QWEN_VIDEO_TOKEN}
+    visuals = iter(zip(grids, kinds, strict=True))
     rows = []
     for segments in prompts:
         row = list(segments[0])
         for text in segments[1:]:
-            t, h, w = next(images)
-            row += [QWEN_VISION_START, *([IMAGE_TOKEN] * (t * h * w // merge)), QWEN_VISION_END, *text]
+            (t, h, w), kind = next(visuals)
+            row += [QWEN_VISION_START, *([placeholder[kind]] * (t * h * w // merge)), QWEN_VISION_END, *text]
         rows.append(row)
     ids, mask = _pad_rows(rows, left=left)
-    grid = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
     patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
     g = torch.Generator().manual_seed(seed)
-    pixels = torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g)
-    return {
+    out = {
         "input_ids": ids,
         "attention_mask": mask,
-        "mm_token_type_ids": (ids == IMAGE_TOKEN).long(),
-        "pixel_values": pixels,
-        "image_grid_thw": grid,
+        "mm_token_type_ids": (ids == IMAGE_TOKEN).long() + 2 * (ids == QWEN_VIDEO_TOKEN).long(),
     }
+    for kind, pixels, grid_name in (
+        ("image", "pixel_values", "image_grid_thw"),
+        ("video", "pixel_values_videos", "video_grid_thw"),
+    ):
+        chosen = [grid for grid, k in zip(grids, kinds, strict=True) if k == kind]
+        if not chosen:
+            continue
+        grid = torch.tensor(chosen, dtype=torch.long).reshape(-1, 3)
+        out[grid_name] = grid
+        out[pixels] = torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g)
+    if "video" in kinds:
+        count = kinds.count("video")
+        seconds = [1.0] * count if seconds is None else list(seconds)
+        if len(seconds) != count:
+            raise ValueError(f"seconds: one per video ({count}); got {len(seconds)}")
+        out["second_per_grid_ts"] = torch.tensor(seconds)
+    return out
 
 
 # LLaVA-NeXT: anyres tiles of 56 px (4 x 4 patches of 14 px); the grid pinpoints allow 1x2, 2x1 and 2x2 tiles.
