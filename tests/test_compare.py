@@ -611,19 +611,20 @@ def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_s
     _check_family_run(batched, one, tokens, positions="contiguous", model=model)
 
 
-def test_qwen2_5_vl_runs_under_the_same_harness_and_batch_size_changes_nothing(tmp_path, pope_shapes):
-    """Qwen2.5-VL (dynamic resolution, 3-D M-RoPE) with its real processor's chat template and image
-    processor, on images of six shapes. The checkpoint names a video processor, which needs torchvision;
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2-vl"])
+def test_qwen_runs_under_the_same_harness_and_batch_size_changes_nothing(tmp_path, pope_shapes, family):
+    """Qwen2.5-VL and Qwen2-VL (dynamic resolution, 3-D M-RoPE) with their real processor's chat template and
+    image processor, on images of six shapes. The checkpoint names a video processor, which needs torchvision;
     without it the processor loads for images only, with a warning."""
     from PIL import Image
 
-    from tokenprune.testing.models import tiny_qwen2_5_vl, tiny_qwen2_5_vl_processor
+    from tokenprune.testing.models import tiny_qwen2_5_vl, tiny_qwen2_5_vl_processor, tiny_qwen2_vl
 
-    model = tiny_qwen2_5_vl(seed=0)
+    model = (tiny_qwen2_5_vl if family == "qwen2.5-vl" else tiny_qwen2_vl)(seed=0)
     processor = tiny_qwen2_5_vl_processor(model, full_vocab=True)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    video = {"video_processor_type": "Qwen2VLVideoProcessor", "processor_class": "Qwen2_5_VLProcessor"}
+    video = {"video_processor_type": "Qwen2VLVideoProcessor", "processor_class": type(processor).__name__}
     (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(video))  # as the hub's checkpoints have
     run = {"methods": "zspa,divprune,fastv:layer=1", "keeps": (0.25,), "seed": 0, "model": tmp_path}
     run["benchmarks"] = [("pope", pope_shapes)]

@@ -33,6 +33,7 @@ from tokenprune.testing.models import (
     tiny_llava_processor,
     tiny_qwen2_5_vl,
     tiny_qwen2_5_vl_inputs,
+    tiny_qwen2_vl,
 )
 
 Image = pytest.importorskip("PIL.Image")
@@ -100,10 +101,11 @@ def test_llava_crop_leaves_the_sides_of_a_wide_image_uncovered(llava):
     assert (boxes[:, 1].min(), boxes[:, 3].max()) == (0, 60)
 
 
-def test_qwen_boxes_follow_image_grid_thw_in_raster_order():
+@pytest.mark.parametrize("build", [tiny_qwen2_5_vl, tiny_qwen2_vl], ids=["qwen2.5-vl", "qwen2-vl"])
+def test_qwen_boxes_follow_image_grid_thw_in_raster_order(build):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    model = tiny_qwen2_5_vl()
+    model = build()
     processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
     for width, height in [(100, 60), (60, 130), (301, 97)]:
         out = processor(images=[gradient(width, height)], return_tensors="pt")

@@ -330,7 +330,7 @@ def token_layout(
     """Which box of the original image each visual token of the first image of ``inputs`` covers.
 
     Args:
-        model: a LLaVA-1.5, LLaVA-NeXT or Qwen2.5-VL model.
+        model: a LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL or Qwen2-VL model.
         processor: the processor that made ``inputs`` (LLaVA-1.5 needs its resize and crop settings).
         inputs: the processor's outputs for one image.
         image_size: ``(width, height)`` of the original image.
@@ -354,7 +354,7 @@ def token_layout(
         return _qwen_layout(model, inputs, num_tokens, size)
     raise UnsupportedLayoutError(
         f"cannot map {type(model).__name__}'s visual tokens to image regions; supported: LLaVA-1.5, "
-        f"LLaVA-NeXT, Qwen2.5-VL"
+        f"LLaVA-NeXT, Qwen2.5-VL, Qwen2-VL"
     )
 
 

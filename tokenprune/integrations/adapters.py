@@ -17,6 +17,7 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "LlavaForConditionalGeneration": "tokenprune.integrations.llava:LlavaAdapter",
     "LlavaNextForConditionalGeneration": "tokenprune.integrations.llava_next:LlavaNextAdapter",
     "Qwen2_5_VLForConditionalGeneration": "tokenprune.integrations.qwen2_5_vl:Qwen2_5_VLAdapter",
+    "Qwen2VLForConditionalGeneration": "tokenprune.integrations.qwen2_vl:Qwen2VLAdapter",
 }
 """Model class name -> ``module:AdapterClass``; subclasses of these model classes match too."""
 

@@ -92,7 +92,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         if source != "cls_attention":
             return error
         return UnsupportedScoresError(
-            f"{error}: Qwen2.5-VL's windowed vision encoder has no CLS token; use a method that "
+            f"{error}: the vision encoder has no CLS token; use a method that "
             f"scores tokens from their features and the prompt (e.g. 'zspa', 'divprune', 'relevance')"
         )
 

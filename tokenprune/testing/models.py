@@ -198,6 +198,7 @@ __all__ += [
     "tiny_qwen2_5_vl",
     "tiny_qwen2_5_vl_inputs",
     "tiny_qwen2_5_vl_processor",
+    "tiny_qwen2_vl",
 ]
 
 QWEN_CHAT_TEMPLATE = (
@@ -218,18 +219,11 @@ _QWEN_SPECIAL = {
 _QWEN_WORDS = ["<|im_start|>", "<|im_end|>", "user", "assistant"]
 
 
-def tiny_qwen2_5_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
-    """A random ``Qwen2_5_VLForConditionalGeneration``: windowed ViT with 2x2 merger, Qwen2 LM with M-RoPE.
-
-    Patches of 14 pixels, 2 frames per temporal patch; an image of patch grid ``(t, h, w)`` (h, w even)
-    gives ``t * h * w / 4`` visual tokens.
-    """
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    torch.manual_seed(seed)
+def _qwen_text(hidden: int, layers: int) -> dict[str, Any]:
+    """The tiny Qwen2 language model with 3-D M-RoPE shared by :func:`tiny_qwen2_5_vl` and :func:`tiny_qwen2_vl`."""
     head_dim = hidden // 4
     unit = head_dim // 16  # mrope_section: (temporal, height, width) rotary pairs, summing to head_dim / 2
-    text = {
+    return {
         "vocab_size": 128,
         "hidden_size": hidden,
         "intermediate_size": 2 * hidden,
@@ -246,6 +240,18 @@ def tiny_qwen2_5_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
         "eos_token_id": 2,
         "pad_token_id": 0,
     }
+
+
+def tiny_qwen2_5_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
+    """A random ``Qwen2_5_VLForConditionalGeneration``: windowed ViT with 2x2 merger, Qwen2 LM with M-RoPE.
+
+    Patches of 14 pixels, 2 frames per temporal patch; an image of patch grid ``(t, h, w)`` (h, w even)
+    gives ``t * h * w / 4`` visual tokens.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    text = _qwen_text(hidden, layers)
     vision = {
         "depth": 2,
         "hidden_size": 32,
@@ -271,8 +277,38 @@ def tiny_qwen2_5_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
     return model
 
 
+def tiny_qwen2_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
+    """A random ``Qwen2VLForConditionalGeneration``: ViT with full attention and a 2x2 merger, the same LM as
+    :func:`tiny_qwen2_5_vl` and the same token ids, so :func:`tiny_qwen2_5_vl_inputs` builds its inputs."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = {
+        "depth": 2,
+        "embed_dim": 32,
+        "hidden_size": hidden,
+        "mlp_ratio": 2,
+        "num_heads": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    config = Qwen2VLConfig(
+        text_config=_qwen_text(hidden, layers),
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=QWEN_VIDEO_TOKEN,
+        vision_start_token_id=QWEN_VISION_START,
+        vision_end_token_id=QWEN_VISION_END,
+    )
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
 def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
-    """A real ``Qwen2_5_VLProcessor`` for :func:`tiny_qwen2_5_vl`, for images only, left padding.
+    """A real ``Qwen2_5_VLProcessor`` for :func:`tiny_qwen2_5_vl` (``Qwen2VLProcessor`` for :func:`tiny_qwen2_vl`),
+    for images only, left padding.
 
     The PIL image processor (dynamic resolution, 14 px patches merged 2 x 2, at most 64 merged tokens per
     image) and a word-level tokenizer with Qwen's special tokens and :data:`QWEN_CHAT_TEMPLATE`. It has no
@@ -281,7 +317,7 @@ def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
     without its video processor; :func:`tokenprune.evaluation.runner.load_processor` can. ``full_vocab``:
     every id of the model's vocabulary decodes to a word.
     """
-    from transformers import Qwen2_5_VLProcessor
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from tokenprune.evaluation.runner import images_only
@@ -292,9 +328,8 @@ def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
     tokenizer = _word_tokenizer(words, special, r"<\|[a-z_]+\|>|\n| |[:?]", QWEN_CHAT_TEMPLATE, vocab_size)
     tokenizer.padding_side = "left"
     images = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
-    return images_only(Qwen2_5_VLProcessor)(
-        image_processor=images, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
-    )
+    processor = Qwen2VLProcessor if model.config.model_type == "qwen2_vl" else Qwen2_5_VLProcessor
+    return images_only(processor)(image_processor=images, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
 
 
 def tiny_qwen2_5_vl_inputs(
@@ -307,7 +342,7 @@ def tiny_qwen2_5_vl_inputs(
     kinds: Sequence[str] | None = None,
     seconds: Sequence[float] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Processor-style inputs for ``tiny_qwen2_5_vl`` (``mm_token_type_ids`` included, as the processor gives).
+    """Processor-style inputs for ``tiny_qwen2_5_vl`` and ``tiny_qwen2_vl`` (``mm_token_type_ids`` included).
 
     Args:
         prompts: per row, its text segments (token ids in ``[3, 100)``); a visual input goes between each
@@ -319,7 +354,7 @@ def tiny_qwen2_5_vl_inputs(
             ``pixel_values``/``image_grid_thw``, videos as ``pixel_values_videos``/``video_grid_thw`` with
             ``second_per_grid_ts``.
         seconds: per video, the seconds between two temporal patches (``second_per_grid_ts``); 1.0 each
-            when None.
+            when None. Only for Qwen2.5-VL (:func:`tiny_qwen2_vl` takes no ``second_per_grid_ts``).
     """
     vision = model.config.vision_config
     merge = vision.spatial_merge_size**2
@@ -355,7 +390,7 @@ def tiny_qwen2_5_vl_inputs(
         grid = torch.tensor(chosen, dtype=torch.long).reshape(-1, 3)
         out[grid_name] = grid
         out[pixels] = torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g)
-    if "video" in kinds:
+    if "video" in kinds and hasattr(vision, "tokens_per_second"):  # Qwen2-VL takes no second_per_grid_ts
         count = kinds.count("video")
         seconds = [1.0] * count if seconds is None else list(seconds)
         if len(seconds) != count:
