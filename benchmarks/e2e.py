@@ -1,7 +1,8 @@
 """End-to-end cost of pruning inside real transformers VLM architectures, beside the ideal.
 
 For each model family (random weights; the real LLaVA-1.5-7B / LLaVA-NeXT-7B / Qwen2.5-VL-7B sizes
-with ``--size real``, scaled-down stand-ins with the real visual-token geometry with ``--size small``),
+with ``--size real``, scaled-down stand-ins with the real visual-token geometry with ``--size small``;
+``qwen2_5_vl_video`` is Qwen2.5-VL given a 16-frame 448 px video, 2048 tokens),
 each method and each keep ratio it measures, median over repeats:
 
 * selection ms (the selector alone, from the session statistics);
@@ -59,7 +60,7 @@ from tokenprune.stages import Stride
 
 TARGET = 1.03  # pruned / ideal, time and peak memory (the issue's target on a GPU)
 
-IMAGE, VISION_START, VISION_END = 900, 901, 902  # placeholder ids inside the vocabularies built below
+IMAGE, VISION_START, VISION_END, VIDEO = 900, 901, 902, 903  # placeholder ids inside the vocabularies built below
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def build_qwen2_5_vl(size: str, device: torch.device, dtype: torch.dtype) -> Any
             fullatt_block_indexes=[vision["depth"] // 2 - 1, vision["depth"] - 1],
         ),
         image_token_id=IMAGE,
-        video_token_id=903,
+        video_token_id=VIDEO,
         vision_start_token_id=VISION_START,
         vision_end_token_id=VISION_END,
     )
@@ -151,9 +152,9 @@ def build_qwen2_5_vl(size: str, device: torch.device, dtype: torch.dtype) -> Any
 # --- inputs -----------------------------------------------------------------------------------
 
 
-def _rows(prefix: list[int], n_image: list[int], suffix: list[int], wrap: bool) -> list[list[int]]:
+def _rows(prefix: list[int], n_image: list[int], suffix: list[int], wrap: bool, token: int = IMAGE) -> list[list[int]]:
     around = ([VISION_START], [VISION_END]) if wrap else ([], [])
-    return [[*prefix, *around[0], *([IMAGE] * n), *around[1], *suffix] for n in n_image]
+    return [[*prefix, *around[0], *([token] * n), *around[1], *suffix] for n in n_image]
 
 
 def _pad_left(rows: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
@@ -189,6 +190,19 @@ def make_inputs(family: str, model: Any, batch: int, device: torch.device) -> di
         inputs = _pad_left(_rows(prefix, [576] * batch, suffix, wrap=True), device)
         inputs["mm_token_type_ids"] = (inputs["input_ids"] == IMAGE).long()
         return {**inputs, "pixel_values": pixels, "image_grid_thw": grid.to(device)}
+    if family == "qwen2_5_vl_video":
+        grid = torch.tensor([[8, 32, 32]] * batch)  # 16 frames of 448 x 448 px, 2 s apart: 2048 merged tokens
+        patches = int(grid.prod(-1).sum())
+        pixels = torch.randn(patches, 3 * 2 * 14 * 14, generator=g).to(device, dtype)
+        inputs = _pad_left(_rows(prefix, [2048] * batch, suffix, wrap=True, token=VIDEO), device)
+        inputs["mm_token_type_ids"] = 2 * (inputs["input_ids"] == VIDEO).long()
+        seconds = torch.full((batch,), 2.0, device=device)
+        return {
+            **inputs,
+            "pixel_values_videos": pixels,
+            "video_grid_thw": grid.to(device),
+            "second_per_grid_ts": seconds,
+        }
     raise ValueError(family)
 
 
@@ -196,6 +210,7 @@ BUILDERS: dict[str, Callable[[str, torch.device, torch.dtype], Any]] = {
     "llava": build_llava,
     "llava_next": build_llava_next,
     "qwen2_5_vl": build_qwen2_5_vl,
+    "qwen2_5_vl_video": build_qwen2_5_vl,  # the same model, given a video
 }
 
 
@@ -312,7 +327,12 @@ def measure(
     adapter = get_adapter(model)
     with torch.inference_mode():
         ideal = prune_inputs(adapter, Stride(), keep, inputs).kwargs  # K tokens per image, chosen in advance
-    encode_args = {k: v for k, v in inputs.items() if k in ("pixel_values", "image_sizes", "image_grid_thw")}
+    if "pixel_values_videos" in inputs:
+        encoder = model.model.get_video_features
+        encode_args = {k: inputs[k] for k in ("pixel_values_videos", "video_grid_thw")}
+    else:
+        encoder = model.model.get_image_features
+        encode_args = {k: v for k, v in inputs.items() if k in ("pixel_values", "image_sizes", "image_grid_thw")}
 
     def generate(kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
         # transformers sizes a static cache for the longest call the model has seen; each arm gets its own
@@ -321,7 +341,7 @@ def measure(
 
     def ideal_call(options: dict[str, Any]) -> Callable[[], Any]:
         def call() -> Any:
-            model.model.get_image_features(**encode_args)  # the vision tower runs in both arms
+            encoder(**encode_args)  # the vision tower runs in both arms
             return generate(ideal, options)
 
         return call
@@ -426,7 +446,7 @@ def _interval(paired: dict[str, Any]) -> str:
 
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (
-        f"{'family':<11} {'method':<11} {'keep':>5} {'K':>5} {'sel ms':>8} {'added ms':>9} {'prefill':>9} "
+        f"{'family':<16} {'method':<11} {'keep':>5} {'K':>5} {'sel ms':>8} {'added ms':>9} {'prefill':>9} "
         f"{'ideal':>9} {'ratio':>6} {'e2e ms':>9} {'ideal':>9} {'paired e2e / ideal [95% CI]':>28} "
         f"{'added/ideal':>11} {'mem MB':>8} {'ratio':>6} {'e2e vs 100%':>11}"
     )
@@ -438,7 +458,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         speedup = full.get((r["family"], r["method"]))
         added, share = r["added_ms"], r["added_share"]
         print(
-            f"{r['family']:<11} {r['method']:<11} {r['keep']:>5.2f} {r['visual_tokens_kept'][0]:>5} "
+            f"{r['family']:<16} {r['method']:<11} {r['keep']:>5.2f} {r['visual_tokens_kept'][0]:>5} "
             f"{r['selection_ms']:>8.2f} {nan if added is None else added:>9.2f} {r['prefill_ms']:>9.1f} "
             f"{r['ideal_prefill_ms']:>9.1f} {r['prefill_ratio']:>6.3f} {r['e2e_ms']:>9.1f} {r['ideal_e2e_ms']:>9.1f} "
             f"{_interval(r['e2e_paired']):>28} {'-' if share is None else f'{share:.2%}':>11} "

@@ -206,3 +206,35 @@ def test_a_missed_target_is_printed_and_fails_strict_runs(e2e, capsys):
     met = {**row, "e2e_paired": {"ratio": 1.0, "low": 0.99, "high": 1.01, "n": 4}}
     met["verdict"] = e2e.verdict(met, inside_lm=False)
     assert e2e.print_verdicts([met]) is True
+
+
+def test_e2e_prunes_a_video_beside_its_ideal(e2e, tmp_path):
+    """qwen2_5_vl_video: the same Qwen2.5-VL given one video, pruned across its frames; its ideal encodes the
+    video too (inputs shrunk here so the smoke test stays fast)."""
+    small = e2e.make_inputs
+
+    def make_inputs(family, model, batch, device):
+        inputs = small(family, model, batch, device)
+        if family == "qwen2_5_vl_video":  # 2 temporal patches of 8 x 8: 32 tokens instead of 2048
+            grid = torch.tensor([[2, 8, 8]] * batch)
+            ids = inputs["input_ids"][:, inputs["input_ids"][0] != e2e.VIDEO]
+            at = int((ids[0] == e2e.VISION_START).nonzero()[0, 0]) + 1
+            ids = torch.cat([ids[:, :at], torch.full((batch, 32), e2e.VIDEO), ids[:, at:]], dim=1)
+            inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids), video_grid_thw=grid)
+            inputs["mm_token_type_ids"] = 2 * (ids == e2e.VIDEO).long()
+            inputs["pixel_values_videos"] = inputs["pixel_values_videos"][: int(grid.prod(-1).sum())]
+        return inputs
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "e2e.json"
+    argv = ["--families", "qwen2_5_vl_video", "--methods", "zspa", "--keep", "0.25", "--repeats", "2"]
+    argv += ["--warmup", "0", "--new-tokens", "2", "--direct-repeats", "2", "--json", str(out)]
+    e2e.make_inputs = make_inputs
+    try:
+        assert e2e.main(argv) == 0
+    finally:
+        e2e.make_inputs = small
+        torch.set_num_threads(threads)
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["family"] == "qwen2_5_vl_video" and row["visual_tokens_kept"] == [8]
+    assert row["added_ms"] > 0 and len(row["raw"]["i_e2e"]) == 2
