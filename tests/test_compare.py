@@ -611,6 +611,28 @@ def test_llava_next_runs_every_kind_of_method_and_does_not_depend_on_the_batch_s
     _check_family_run(batched, one, tokens, positions="contiguous", model=model)
 
 
+def test_llava_onevision_runs_under_the_same_harness_and_batch_size_changes_nothing(tmp_path, pope_shapes):
+    """LLaVA-OneVision (anyres grids shrunk by interpolation, newline tokens, SigLIP) with its real processor,
+    whose token counts must match the model's packing, on images of six shapes."""
+    from PIL import Image
+
+    from tokenprune.testing.models import tiny_llava_onevision, tiny_llava_onevision_processor
+
+    model = tiny_llava_onevision(seed=0)
+    processor = tiny_llava_onevision_processor(model, full_vocab=True)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    run = {"methods": "zspa,divprune,fastv:layer=1", "keeps": (0.25,), "seed": 0, "model": tmp_path}
+    run["benchmarks"] = [("pope", pope_shapes)]
+    with pytest.warns(RuntimeWarning, match="LlavaOnevisionProcessor for images only"):  # no video processor saved
+        batched = run_comparison(**run, batch_size=3, output=None)
+        one = run_comparison(**run, batch_size=1, output=None)
+    pixels = processor.image_processor(images=[Image.new("RGB", size) for size in SIZES], return_tensors="pt")
+    with torch.no_grad():
+        features = model.model.get_image_features(pixels["pixel_values"], pixels["image_sizes"]).pooler_output
+    _check_family_run(batched, one, [f.shape[0] for f in features], positions="contiguous", model=model)
+
+
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2-vl"])
 def test_qwen_runs_under_the_same_harness_and_batch_size_changes_nothing(tmp_path, pope_shapes, family):
     """Qwen2.5-VL and Qwen2-VL (dynamic resolution, 3-D M-RoPE) with their real processor's chat template and

@@ -169,6 +169,14 @@ def test_a_family_without_a_known_layout_is_refused_with_a_clear_error(monkeypat
         token_layout(torch.nn.Linear(2, 2), None, {}, (10, 10), num_tokens=4)
 
 
+def test_llava_onevision_is_refused_rather_than_drawn_with_llava_next_boxes():
+    """Its adapter is LLaVA-NeXT's, but its shrunk grids are not LLaVA-NeXT's layout."""
+    from tokenprune.testing.models import tiny_llava_onevision
+
+    with pytest.raises(UnsupportedLayoutError, match=r"LlavaOnevisionForConditionalGeneration's .* interpolation"):
+        token_layout(tiny_llava_onevision(), None, {}, (10, 10), num_tokens=4)
+
+
 # --- kept indices -----------------------------------------------------------------------------------------
 
 

@@ -341,11 +341,17 @@ def token_layout(
     """
     from tokenprune.integrations.llava import LlavaAdapter
     from tokenprune.integrations.llava_next import LlavaNextAdapter
+    from tokenprune.integrations.llava_onevision import LlavaOnevisionAdapter
     from tokenprune.integrations.qwen2_5_vl import Qwen2_5_VLAdapter
     from tokenprune.integrations.session import get_adapter
 
     size = (int(image_size[0]), int(image_size[1]))
     adapter = get_adapter(model)
+    if isinstance(adapter, LlavaOnevisionAdapter):  # a LLaVA-NeXT packing, but grids shrunk by interpolation
+        raise UnsupportedLayoutError(
+            f"cannot map {type(model).__name__}'s visual tokens to image regions yet (its anyres grids are "
+            f"shrunk by interpolation); supported: LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, Qwen2-VL"
+        )
     if isinstance(adapter, LlavaNextAdapter):
         return _llava_next_layout(model, inputs, num_tokens, size)
     if isinstance(adapter, LlavaAdapter):

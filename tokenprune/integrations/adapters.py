@@ -16,6 +16,7 @@ __all__ = ["BUILTIN_ADAPTERS", "tokenprune_model_adapter"]
 BUILTIN_ADAPTERS: dict[str, str] = {
     "LlavaForConditionalGeneration": "tokenprune.integrations.llava:LlavaAdapter",
     "LlavaNextForConditionalGeneration": "tokenprune.integrations.llava_next:LlavaNextAdapter",
+    "LlavaOnevisionForConditionalGeneration": "tokenprune.integrations.llava_onevision:LlavaOnevisionAdapter",
     "Qwen2_5_VLForConditionalGeneration": "tokenprune.integrations.qwen2_5_vl:Qwen2_5_VLAdapter",
     "Qwen2VLForConditionalGeneration": "tokenprune.integrations.qwen2_vl:Qwen2VLAdapter",
 }

@@ -36,15 +36,20 @@ LLAVA_CHAT_TEMPLATE = (
 _WORDS = ["USER", ":", "ASSISTANT", "what", "colour", "is", "the", "cube", "?", "\n", " ", "tokenprunequestionmarker"]
 
 
-def tiny_tokenizer(vocab_size: int | None = None) -> Any:
+def tiny_tokenizer(vocab_size: int | None = None, *, video: bool = False) -> Any:
     """A word-level fast tokenizer built offline (``tokenizers``), with :data:`LLAVA_CHAT_TEMPLATE`.
 
     Its vocabulary: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<image>`` :data:`IMAGE_TOKEN`, and a
     few words from 10 on. ``vocab_size``: also give every other id below it a word (``t<id>``), so that
-    whatever a tiny model generates decodes to visible text.
+    whatever a tiny model generates decodes to visible text. ``video``: also ``<video>``
+    (:data:`ONEVISION_VIDEO_TOKEN`), which LLaVA-OneVision's processor looks up.
     """
     words = {"<image>": IMAGE_TOKEN, **{word: i + 10 for i, word in enumerate(_WORDS)}}
-    return _word_tokenizer(words, ["<image>"], r"<image>|\n| |[:?]", LLAVA_CHAT_TEMPLATE, vocab_size)
+    special = ["<image>"]
+    if video:
+        words["<video>"] = ONEVISION_VIDEO_TOKEN
+        special.append("<video>")
+    return _word_tokenizer(words, special, r"<image>|<video>|\n| |[:?]", LLAVA_CHAT_TEMPLATE, vocab_size)
 
 
 def _word_tokenizer(
@@ -527,3 +532,139 @@ def tiny_llava_next_inputs(
         "pixel_values": pixels,
         "image_sizes": torch.tensor(sizes, dtype=torch.long).reshape(-1, 2),
     }
+
+
+# LLaVA-OneVision: SigLIP tiles of 56 px (4 x 4 patches), the LLaVA-NeXT pinpoints, videos pooled 2 x 2 per frame.
+ONEVISION_VIDEO_TOKEN = 101
+__all__ += ["ONEVISION_VIDEO_TOKEN", "tiny_llava_onevision", "tiny_llava_onevision_inputs"]
+
+
+def tiny_llava_onevision(*, seed: int = 0, hidden: int = 64, layers: int = 2, aspect: str = "anyres_max_1") -> Any:
+    """A random ``LlavaOnevisionForConditionalGeneration``: SigLIP tower on 56 px tiles (16 patch tokens), MLP
+    projector, Llama LM.
+
+    ``aspect``: the model's ``vision_aspect_ratio``; the default ``anyres_max_1`` shrinks (bilinear) every
+    anyres grid above one tile's worth of tokens, so the tiny images take that path of the packing too.
+    """
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, SiglipVisionConfig
+
+    torch.manual_seed(seed)
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=_tiny_llama(hidden, layers, max_position_embeddings=512),
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=ONEVISION_VIDEO_TOKEN,
+        image_grid_pinpoints=LLAVA_NEXT_PINPOINTS,
+        vision_aspect_ratio=aspect,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def tiny_llava_onevision_inputs(
+    model: Any,
+    prompts: list[list[list[int]]],
+    visuals: list[tuple[str, Any]],
+    *,
+    seed: int = 0,
+    left: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Processor-style inputs for ``tiny_llava_onevision`` (no PIL: pixel values are random).
+
+    Args:
+        prompts: per row, its text segments (token ids in ``[3, 100)``); BOS starts each row and a visual
+            input's placeholders go between each two consecutive segments (an empty segment puts two side by
+            side, as a prompt with several images does).
+        visuals: per visual input, in order, ``("image", (height, width))`` or ``("video", frames)``; every
+            video has the same number of frames.
+        left: pad on the left (generation) or the right.
+
+    The placeholder counts come from the stock model: an image's from ``get_image_features`` (each image of a
+    row holding several is its base tile alone), a video's from its frames, each pooled to ``ceil(g / 2)^2``
+    tokens, plus one newline.
+    """
+    import math
+
+    from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+    if len(visuals) != sum(len(segments) - 1 for segments in prompts):
+        raise ValueError(f"{len(visuals)} visual inputs for {sum(len(s) - 1 for s in prompts)} placeholders")
+    tile = model.config.vision_config.image_size
+    grid = tile // model.config.vision_config.patch_size
+    g = torch.Generator().manual_seed(seed)
+    sizes = [size for kind, size in visuals if kind == "image"]
+    frames = {size for kind, size in visuals if kind == "video"}
+    if len(frames) > 1:
+        raise ValueError(f"every video needs the same number of frames; got {sorted(frames)}")
+    out: dict[str, torch.Tensor] = {}
+    image_counts: list[int] = []
+    if sizes:
+        tiles = [image_size_to_num_patches(list(size), model.config.image_grid_pinpoints, tile) for size in sizes]
+        pixels = torch.zeros(len(sizes), max(tiles), 3, tile, tile)
+        for i, n in enumerate(tiles):
+            pixels[i, :n] = torch.randn(n, 3, tile, tile, generator=g)
+        visual_iter = iter(visuals)
+        per_row = [sum(next(visual_iter)[0] == "image" for _ in segments[1:]) for segments in prompts]
+        out["pixel_values"] = pixels
+        out["image_sizes"] = torch.tensor(sizes, dtype=torch.long).reshape(-1, 2)
+        out["batch_num_images"] = torch.tensor([n for n in per_row if n])
+        with torch.no_grad():
+            features = model.model.get_image_features(
+                pixels, out["image_sizes"], batch_num_images=out["batch_num_images"]
+            ).pooler_output
+        image_counts = [f.shape[0] for f in features]
+    if frames:
+        (count,) = frames
+        videos = sum(kind == "video" for kind, _ in visuals)
+        out["pixel_values_videos"] = torch.randn(videos, count, 3, tile, tile, generator=g)
+    video_tokens = (next(iter(frames)) * math.ceil(grid / 2) ** 2 + 1) if frames else 0
+    images, rows, visual_iter = iter(image_counts), [], iter(visuals)
+    for segments in prompts:
+        row = [1, *segments[0]]
+        for text in segments[1:]:
+            kind, _ = next(visual_iter)
+            row += [IMAGE_TOKEN] * next(images) if kind == "image" else [ONEVISION_VIDEO_TOKEN] * video_tokens
+            row += text
+        rows.append(row)
+    ids, mask = _pad_rows(rows, left=left)
+    return {"input_ids": ids, "attention_mask": mask, **out}
+
+
+__all__ += ["tiny_llava_onevision_processor"]
+
+
+def tiny_llava_onevision_processor(model: Any, *, full_vocab: bool = False) -> Any:
+    """A real ``LlavaOnevisionProcessor`` for :func:`tiny_llava_onevision`, for images only: the PIL anyres image
+    processor (56 px tiles, :data:`LLAVA_NEXT_PINPOINTS`), the model's ``vision_aspect_ratio``, and
+    :func:`tiny_tokenizer` with :data:`LLAVA_CHAT_TEMPLATE`, left padding.
+
+    Needs Pillow (no torchvision: the video processor is left out). ``full_vocab``: every id of the model's
+    vocabulary decodes to a word.
+    """
+    from transformers import LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    from tokenprune.evaluation.runner import images_only
+
+    tile = model.config.vision_config.image_size
+    images = LlavaOnevisionImageProcessorPil(
+        size={"height": tile, "width": tile}, image_grid_pinpoints=LLAVA_NEXT_PINPOINTS
+    )
+    tokenizer = tiny_tokenizer(model.config.text_config.vocab_size if full_vocab else None, video=True)
+    tokenizer.padding_side = "left"
+    return images_only(LlavaOnevisionProcessor)(
+        image_processor=images,
+        tokenizer=tokenizer,
+        num_image_tokens=(tile // model.config.vision_config.patch_size) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio=model.config.vision_aspect_ratio,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )

@@ -1,0 +1,215 @@
+"""LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``): anyres images and videos, 1-D RoPE.
+
+An image is packed as in LLaVA-NeXT (:mod:`tokenprune.integrations.llava_next`): the base tile, then
+the anyres tiles stitched, cropped back to the image's aspect ratio and, beyond ``anyres_max_N``
+tiles' worth of tokens, shrunk by bilinear interpolation, with one ``image_newline`` after each row.
+An image of a prompt holding several (``batch_num_images`` > 1) is its base tile alone, followed by one
+newline. A video is its frames' tokens, each frame pooled 2 x 2 (bilinear), frame after frame, then one
+newline at the end.
+
+Policy for ``image_newline``, as for LLaVA-NeXT: never pruned, outside the budget, found exactly by
+running the model's own packing on a marker. A video is one visual input: its budget covers all its
+frames' tokens, the trailing newline aside. Kept tokens take contiguous positions by default
+(``positions="original"``: their full-sequence positions).
+
+The vision tower is SigLIP, which has no [CLS] token, and the interpolation mixes the projector's
+outputs of neighbouring patches, so a merged raw feature has no token of its own: ``fastervlm`` and
+``visionzip`` are refused with a clear error; every method that scores tokens by their features (and
+the prompt) runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tokenprune.errors import InputError, TokenPruneError
+from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, UnsupportedScoresError
+from tokenprune.integrations.llava_next import LlavaNextAdapter
+
+__all__ = ["LlavaOnevisionAdapter"]
+
+
+class LlavaOnevisionAdapter(LlavaNextAdapter):
+    image_kwargs = (
+        "pixel_values",
+        "image_sizes",
+        "batch_num_images",
+        "pixel_values_videos",
+        "image_sizes_videos",
+        "vision_feature_layer",
+        "vision_feature_select_strategy",
+        "vision_aspect_ratio",
+    )
+    merging = False
+    score_sources = frozenset()
+
+    @property
+    def video_token_id(self) -> int:
+        return self.model.config.video_token_id
+
+    @property
+    def placeholder_ids(self) -> tuple[int, ...]:
+        return (self.image_token_id, self.video_token_id)
+
+    def unsupported_scores(self, source: str) -> UnsupportedScoresError:
+        error = ModelAdapter.unsupported_scores(self, source)
+        if source != "cls_attention":
+            return error
+        return UnsupportedScoresError(
+            f"{error}: the SigLIP vision encoder has no CLS token; use a method that scores tokens from their "
+            f"features and the prompt (e.g. 'zspa', 'divprune', 'relevance')"
+        )
+
+    def modalities(self, inputs: Mapping[str, Any]) -> list[str] | None:
+        """Images and videos in placeholder order; reads the device only when a call holds both.
+
+        Placeholders of one kind may sit side by side (several images of one prompt), so each run of one kind
+        is split into whole images (videos) by their token counts, in order.
+        """
+        if inputs.get("pixel_values_videos") is None:
+            return None
+        lengths = {"video": [int(mask.shape[0]) for mask in self._video_protected(inputs)]}
+        if inputs.get("pixel_values") is None:
+            return ["video"] * len(lengths["video"])
+        lengths["image"] = [int(mask.shape[0]) for mask in self._image_protected(inputs)]
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        kind = (ids == self.image_token_id).long() + 2 * (ids == self.video_token_id).long()
+        if mask is not None:
+            kind = kind * mask.long()
+        rows, positions = kind.nonzero().T
+        kinds = kind[rows, positions]
+        rows, positions, kinds = torch.stack([rows, positions, kinds]).tolist()
+        order: list[str] = []
+        left = {"image": iter(lengths["image"]), "video": iter(lengths["video"])}
+        i = 0
+        while i < len(kinds):  # one visual input at a time: its length, from where it starts
+            name = "image" if kinds[i] == 1 else "video"
+            n = next(left[name], None)
+            end = i + (n or 0) - 1
+            whole = (
+                n is not None
+                and end < len(kinds)
+                and rows[end] == rows[i]
+                and positions[end] - positions[i] == n - 1
+                and set(kinds[i : end + 1]) == {kinds[i]}
+            )
+            if not whole:
+                raise InputError(
+                    f"{self.name}: the input's image and video placeholders do not line up with the "
+                    f"{len(lengths['image'])} images ({lengths['image']} tokens) and {len(lengths['video'])} videos "
+                    f"({lengths['video']} tokens) given; expected each one's placeholders in full, in order"
+                )
+            order.append(name)
+            i = end + 1
+        if len(order) != len(lengths["image"]) + len(lengths["video"]):
+            raise InputError(f"{self.name}: {len(order)} images and videos have placeholders; more were given")
+        return order
+
+    def _videos(self, inputs: Mapping[str, Any]) -> Tensor:
+        videos = inputs["pixel_values_videos"]
+        if not isinstance(videos, Tensor) or videos.dim() != 5:
+            got = tuple(videos.shape) if isinstance(videos, Tensor) else type(videos).__name__
+            raise InputError(f"{self.name}: pixel_values_videos must be (videos, frames, 3, H, W); got {got}")
+        return videos
+
+    def _tiles_per_image(self, image_sizes: Any, inputs: Mapping[str, Any] | None = None) -> list[int]:
+        """Tiles used of each image: all its anyres tiles alone in its prompt, else its base tile only, exactly
+        as ``get_image_features`` counts them (``batch_num_images``)."""
+        tiles = super()._tiles_per_image(image_sizes)
+        per_prompt = None if inputs is None else inputs.get("batch_num_images")
+        if per_prompt is None:
+            return tiles
+        alone = [int(n) == 1 for n in per_prompt for _ in range(int(n))]
+        if len(alone) != len(tiles):
+            raise InputError(
+                f"{self.name}: batch_num_images {[int(n) for n in per_prompt]} adds up to {len(alone)} images; "
+                f"image_sizes has {len(tiles)}"
+            )
+        return [n if single else 1 for n, single in zip(tiles, alone, strict=True)]
+
+    def _image_protected(self, inputs: Mapping[str, Any]) -> list[Tensor]:
+        """Per image, its newline tokens: the model's packing run on a marker (0 every patch, 1 the newline)."""
+        image_sizes = self._image_sizes(inputs)
+        device = inputs["pixel_values"].device
+        tiles = self._tiles_per_image(image_sizes, inputs)
+        zeros = [torch.zeros((n, self._tile_tokens, 1), dtype=torch.float32, device=device) for n in tiles]
+        aspect = inputs.get("vision_aspect_ratio") or self.model.config.vision_aspect_ratio
+        packed, _ = self.model.model.pack_image_features(
+            zeros, image_sizes, image_newline=torch.ones(1, device=device), vision_aspect_ratio=aspect
+        )
+        return [marker[:, 0] == 1 for marker in packed]
+
+    def _video_protected(self, inputs: Mapping[str, Any]) -> list[Tensor]:
+        """Per video, its one newline token, after the last frame's pooled tokens."""
+        videos = self._videos(inputs)
+        side = math.ceil(math.isqrt(self._tile_tokens) / 2)  # each frame pooled 2 x 2
+        mask = torch.zeros(videos.shape[1] * side * side + 1, dtype=torch.bool, device=videos.device)
+        mask[-1] = True
+        return [mask.clone() for _ in range(videos.shape[0])]
+
+    def protected_tokens(self, inputs: Mapping[str, Any]) -> list[Tensor]:
+        """Per image and video, in placeholder order, an ``(N_i,)`` bool mask of its newline tokens (no vision
+        forward: images from their sizes and the model's packing of a marker, videos from their frame count)."""
+        images = self._image_protected(inputs) if inputs.get("pixel_values") is not None else []
+        videos = self._video_protected(inputs) if inputs.get("pixel_values_videos") is not None else []
+        kinds = self.modalities(inputs) or ["image"] * len(images)
+        taken = {"image": iter(images), "video": iter(videos)}
+        return [next(taken[kind]) for kind in kinds]
+
+    def encode_images(
+        self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False
+    ) -> ImageTokens:
+        if scores is not None:
+            raise self.unsupported_scores(scores)
+        model = self.model.model
+        layer, strategy = inputs.get("vision_feature_layer"), inputs.get("vision_feature_select_strategy")
+        encoded: dict[str, list[Tensor]] = {"image": [], "video": []}
+        if inputs.get("pixel_values") is not None:
+            out = model.get_image_features(
+                pixel_values=inputs["pixel_values"],
+                image_sizes=self._image_sizes(inputs),
+                vision_feature_layer=layer,
+                vision_feature_select_strategy=strategy,
+                vision_aspect_ratio=inputs.get("vision_aspect_ratio"),
+                batch_num_images=inputs.get("batch_num_images"),
+                return_dict=True,
+            )
+            encoded["image"] = list(out.pooler_output)
+        if inputs.get("pixel_values_videos") is not None:
+            out = model.get_video_features(
+                self._videos(inputs),
+                vision_feature_layer=layer,
+                vision_feature_select_strategy=strategy,
+                return_dict=True,
+            )
+            encoded["video"] = list(out.pooler_output)
+        if not encoded["image"] and not encoded["video"]:
+            raise InputError(
+                f"{self.name}: nothing to prune: the call has neither pixel_values nor pixel_values_videos"
+            )
+        kinds = self.modalities(inputs) or ["image"] * len(encoded["image"])
+        taken = {kind: iter(features) for kind, features in encoded.items()}
+        features = [next(taken[kind]) for kind in kinds]
+        protected = self.protected_tokens(inputs)
+        lengths = [int(mask.shape[0]) for mask in protected]
+        if lengths != [int(f.shape[0]) for f in features]:
+            raise TokenPruneError(
+                f"{self.name}: the packing gave {lengths} tokens per image and video but the model gave "
+                f"{[int(f.shape[0]) for f in features]}; this transformers version packs LLaVA-OneVision differently"
+            )
+        return ImageTokens(features=features, protected=protected)
+
+    def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        kwargs = super().rebuild(inputs, pruned, features)
+        encoded = kwargs["mm_encoder_outputs"]
+        if "video" in encoded:  # the model reads the videos' features as one (videos, tokens, D) tensor, flattened
+            videos = encoded["video"].pooler_output
+            encoded["video"] = BaseModelOutputWithPooling(pooler_output=torch.cat(videos).unsqueeze(0))
+        return kwargs
