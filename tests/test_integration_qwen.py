@@ -380,22 +380,19 @@ def test_fastv_prunes_video_tokens_inside_the_language_model(model):
     assert session.last.visual_after == [2, 3, 3]
 
 
-def test_images_and_videos_whose_placeholders_touch_are_refused_clearly(model):
-    """Mixed calls tell images from videos by their placeholder runs: two runs of one kind side by side are
-    one run, so the counts disagree with the images given."""
-    inputs = tiny_qwen2_5_vl_inputs(
-        model, [[[5], [], [6], [7]]], [(1, 4, 4), (1, 4, 4), (2, 4, 4)], kinds=["image", "image", "video"]
-    )
-    row = inputs["input_ids"][0].tolist()
-    end = row.index(QWEN_VISION_END)
-    assert row[end + 1] == QWEN_VISION_START  # the two images' markers, side by side: drop them
-    columns = [i for i in range(len(row)) if i not in (end, end + 1)]
-    touching = {**inputs, **{k: inputs[k][:, columns] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}}
+def test_placeholders_that_do_not_line_up_with_the_images_and_videos_are_refused_clearly(model):
+    """A mixed call tells images from videos by where each one's placeholders start and how many it has."""
+    inputs = video_inputs(model, "an image, a video, an image")
+    ids = inputs["input_ids"].clone()
+    first_video = int((ids[0] == QWEN_VIDEO_TOKEN).nonzero()[0, 0])
+    ids[0, first_video : first_video + 2] = IMAGE_TOKEN  # two of the video's tokens marked as an image's
     with (
         tokenprune.apply(model, "zspa", budget=0.5),
-        pytest.raises(tokenprune.InputError, match=r"1 runs of image placeholders .* but 2 images"),
+        pytest.raises(
+            tokenprune.InputError, match=r"placeholders do not line up with the 2 images \(\[8, 12\] tokens\)"
+        ),
     ):
-        model.generate(**touching, **GEN)
+        model.generate(**{**inputs, "input_ids": ids}, **GEN)
 
 
 def test_pixel_values_without_their_grid_are_refused_clearly(model):

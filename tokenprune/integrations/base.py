@@ -35,6 +35,7 @@ __all__ = [
     "Selected",
     "UnsupportedMergeError",
     "UnsupportedScoresError",
+    "VideoPlaceholders",
     "placeholder_runs",
     "prunable_counts",
     "prune_inputs",
@@ -286,6 +287,72 @@ class ModelAdapter(ABC):
             kind: BaseModelOutputWithPooling(pooler_output=feats) for kind, feats in grouped.items()
         }
         return kwargs
+
+
+class VideoPlaceholders:
+    """For an adapter whose family takes videos besides images (Qwen2.5-VL, LLaVA-OneVision): the video
+    placeholder is pruned too, and :meth:`modalities` tells images from videos in placeholder order.
+
+    The family says how many placeholders each image and each video has (:meth:`visual_lengths`), so
+    inputs of one kind may sit side by side (several images of one prompt).
+    """
+
+    model: Any
+    image_token_id: int
+    name: str
+
+    @property
+    def video_token_id(self) -> int:
+        return self.model.config.video_token_id
+
+    @property
+    def placeholder_ids(self) -> tuple[int, ...]:
+        return (self.image_token_id, self.video_token_id)
+
+    def visual_lengths(self, inputs: Mapping[str, Any], kind: str) -> list[int]:
+        """Placeholders of each image (``kind="image"``) or video (``"video"``) of the call, in order."""
+        raise NotImplementedError
+
+    def modalities(self, inputs: Mapping[str, Any]) -> list[str] | None:
+        """Images and videos in placeholder order. Reads the device only when a call holds both: with one
+        kind, every visual input is of that kind."""
+        if inputs.get("pixel_values_videos") is None:
+            return None
+        lengths = {"video": self.visual_lengths(inputs, "video")}
+        if inputs.get("pixel_values") is None:
+            return ["video"] * len(lengths["video"])
+        lengths["image"] = self.visual_lengths(inputs, "image")
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        kind = (ids == self.image_token_id).long() + 2 * (ids == self.video_token_id).long()
+        if mask is not None:
+            kind = kind * mask.long()
+        rows, positions = kind.nonzero().T
+        rows, positions, kinds = torch.stack([rows, positions, kind[rows, positions]]).tolist()
+        left = {"image": iter(lengths["image"]), "video": iter(lengths["video"])}
+        order: list[str] = []
+        i = 0
+        while i < len(kinds):  # one visual input at a time: its own number of placeholders from where it starts
+            name = "image" if kinds[i] == 1 else "video"
+            n = next(left[name], 0)
+            end = i + n - 1
+            whole = (
+                n > 0
+                and end < len(kinds)
+                and rows[end] == rows[i]
+                and positions[end] - positions[i] == n - 1
+                and set(kinds[i : end + 1]) == {kinds[i]}
+            )
+            if not whole:
+                break
+            order.append(name)
+            i = end + 1
+        if i < len(kinds) or len(order) != len(lengths["image"]) + len(lengths["video"]):
+            raise InputError(
+                f"{self.name}: the input's image and video placeholders do not line up with the "
+                f"{len(lengths['image'])} images ({lengths['image']} tokens) and {len(lengths['video'])} videos "
+                f"({lengths['video']} tokens) given; expected each one's placeholders in full, in order"
+            )
+        return order
 
 
 @dataclass

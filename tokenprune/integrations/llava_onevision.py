@@ -28,13 +28,19 @@ import torch
 from torch import Tensor
 
 from tokenprune.errors import InputError, TokenPruneError
-from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, UnsupportedScoresError
+from tokenprune.integrations.base import (
+    ImageTokens,
+    ModelAdapter,
+    PrunedSequence,
+    UnsupportedScoresError,
+    VideoPlaceholders,
+)
 from tokenprune.integrations.llava_next import LlavaNextAdapter
 
 __all__ = ["LlavaOnevisionAdapter"]
 
 
-class LlavaOnevisionAdapter(LlavaNextAdapter):
+class LlavaOnevisionAdapter(VideoPlaceholders, LlavaNextAdapter):
     image_kwargs = (
         "pixel_values",
         "image_sizes",
@@ -48,14 +54,6 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     merging = False
     score_sources = frozenset()
 
-    @property
-    def video_token_id(self) -> int:
-        return self.model.config.video_token_id
-
-    @property
-    def placeholder_ids(self) -> tuple[int, ...]:
-        return (self.image_token_id, self.video_token_id)
-
     def unsupported_scores(self, source: str) -> UnsupportedScoresError:
         error = ModelAdapter.unsupported_scores(self, source)
         if source != "cls_attention":
@@ -65,50 +63,10 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             f"features and the prompt (e.g. 'zspa', 'divprune', 'relevance')"
         )
 
-    def modalities(self, inputs: Mapping[str, Any]) -> list[str] | None:
-        """Images and videos in placeholder order; reads the device only when a call holds both.
-
-        Placeholders of one kind may sit side by side (several images of one prompt), so each run of one kind
-        is split into whole images (videos) by their token counts, in order.
-        """
-        if inputs.get("pixel_values_videos") is None:
-            return None
-        lengths = {"video": [int(mask.shape[0]) for mask in self._video_protected(inputs)]}
-        if inputs.get("pixel_values") is None:
-            return ["video"] * len(lengths["video"])
-        lengths["image"] = [int(mask.shape[0]) for mask in self._image_protected(inputs)]
-        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-        kind = (ids == self.image_token_id).long() + 2 * (ids == self.video_token_id).long()
-        if mask is not None:
-            kind = kind * mask.long()
-        rows, positions = kind.nonzero().T
-        kinds = kind[rows, positions]
-        rows, positions, kinds = torch.stack([rows, positions, kinds]).tolist()
-        order: list[str] = []
-        left = {"image": iter(lengths["image"]), "video": iter(lengths["video"])}
-        i = 0
-        while i < len(kinds):  # one visual input at a time: its length, from where it starts
-            name = "image" if kinds[i] == 1 else "video"
-            n = next(left[name], None)
-            end = i + (n or 0) - 1
-            whole = (
-                n is not None
-                and end < len(kinds)
-                and rows[end] == rows[i]
-                and positions[end] - positions[i] == n - 1
-                and set(kinds[i : end + 1]) == {kinds[i]}
-            )
-            if not whole:
-                raise InputError(
-                    f"{self.name}: the input's image and video placeholders do not line up with the "
-                    f"{len(lengths['image'])} images ({lengths['image']} tokens) and {len(lengths['video'])} videos "
-                    f"({lengths['video']} tokens) given; expected each one's placeholders in full, in order"
-                )
-            order.append(name)
-            i = end + 1
-        if len(order) != len(lengths["image"]) + len(lengths["video"]):
-            raise InputError(f"{self.name}: {len(order)} images and videos have placeholders; more were given")
-        return order
+    def visual_lengths(self, inputs: Mapping[str, Any], kind: str) -> list[int]:
+        """Packed tokens per image (video), newlines included, from the sizes alone (no vision forward)."""
+        protected = self._image_protected(inputs) if kind == "image" else self._video_protected(inputs)
+        return [int(mask.shape[0]) for mask in protected]
 
     def _videos(self, inputs: Mapping[str, Any]) -> Tensor:
         videos = inputs["pixel_values_videos"]

@@ -34,14 +34,20 @@ from torch import Tensor
 
 from tokenprune.errors import InputError
 from tokenprune.integrations.attention import maybe_capture
-from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, UnsupportedScoresError
+from tokenprune.integrations.base import (
+    ImageTokens,
+    ModelAdapter,
+    PrunedSequence,
+    UnsupportedScoresError,
+    VideoPlaceholders,
+)
 
 __all__ = ["Qwen2_5_VLAdapter"]
 
 _VIDEO_KWARGS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
-class Qwen2_5_VLAdapter(ModelAdapter):
+class Qwen2_5_VLAdapter(VideoPlaceholders, ModelAdapter):
     image_kwargs = ("pixel_values", "image_grid_thw", *_VIDEO_KWARGS, "mm_token_type_ids", "position_ids")
     # M-RoPE positions are the image grid's: a kept patch stays where it was, and renumbering has no meaning
     position_modes = ("original",)
@@ -50,40 +56,13 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
-    @property
-    def video_token_id(self) -> int:
-        return self.model.config.video_token_id
-
-    @property
-    def placeholder_ids(self) -> tuple[int, ...]:
-        return (self.image_token_id, self.video_token_id)
-
-    def modalities(self, inputs: Mapping[str, Any]) -> list[str] | None:
-        """Images and videos in placeholder order: each run of image (video) placeholders is one image (video).
-
-        Reads the device only when a call holds both: with one kind, every visual input is of that kind.
-        """
-        if inputs.get("pixel_values_videos") is None:
-            return None
-        grid = _grid(self.name, inputs, "pixel_values_videos", "video_grid_thw")
-        if inputs.get("pixel_values") is None:
-            return ["video"] * grid.shape[0]
-        images = _grid(self.name, inputs, "pixel_values", "image_grid_thw").shape[0]
-        ids = inputs["input_ids"]
-        mask = inputs.get("attention_mask")
-        kind = (ids == self.image_token_id).long() + 2 * (ids == self.video_token_id).long()
-        if mask is not None:
-            kind = kind * mask.long()
-        starts = kind != 0
-        starts[:, 1:] &= kind[:, 1:] != kind[:, :-1]  # the first token of each run of one kind
-        order = kind[starts].tolist()  # row-major, as the placeholders are filled
-        if order.count(1) != images or order.count(2) != grid.shape[0]:
-            raise InputError(
-                f"{self.name}: the input holds {order.count(1)} runs of image placeholders and {order.count(2)} "
-                f"of video placeholders, but {images} images and {grid.shape[0]} videos were given; expected each "
-                f"image and video between its own vision start and end tokens, as the processor writes them"
-            )
-        return ["image" if k == 1 else "video" for k in order]
+    def visual_lengths(self, inputs: Mapping[str, Any], kind: str) -> list[int]:
+        """``t * h * w / 4`` per image (video), from its grid: nothing is read from the device."""
+        pixels, name = (
+            ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
+        )
+        merge = self.model.model.visual.spatial_merge_size**2
+        return [int(n) // merge for n in _grid(self.name, inputs, pixels, name).prod(-1).tolist()]
 
     score_sources = frozenset()
 
