@@ -90,8 +90,11 @@ def test_the_question_follows_the_last_image_or_video():
     text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     ids = torch.tensor([tokenizer(text.replace(processor.video_token, processor.video_token * 3))["input_ids"]])
     assert (ids == QWEN_VIDEO_TOKEN).sum() == 3
+    question = ids_of(tokenizer, "what colour is the cube?")
+    # the tokenizer's special tokens (here <|vision_end|>, right after the video) are not question text
+    assert ids[question_tokens(processor)(ids, torch.ones_like(ids))].tolist() == question
     layout = Layout.locate(get_adapter(model), ids, torch.ones_like(ids), None, question_tokens(processor))
-    assert ids[layout.prompt_mask].tolist() == ids_of(tokenizer, "what colour is the cube?")
+    assert ids[layout.prompt_mask].tolist() == question
 
 
 def test_a_prompt_callable_never_selects_markers_or_padding_and_must_match_the_ids():

@@ -54,9 +54,9 @@ def tokenprune_model_adapter(model: Any) -> ModelAdapter | None:
     """Return a :class:`tokenprune.integrations.ModelAdapter` for ``model``, or None if you don't know it.
 
     :func:`tokenprune.apply` asks this hook for every model it prunes; the first non-None answer
-    wins. Built-in adapters (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL, Qwen2-VL) answer last, so
-    a plugin can add a model family or replace a built-in adapter. Import heavy dependencies inside the function, not
-    at module level, so that ``import tokenprune`` stays light.
+    wins. Built-in adapters (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL, Qwen2-VL, InternVL) answer
+    last, so a plugin can add a model family or replace a built-in adapter. Import heavy dependencies inside
+    the function, not at module level, so that ``import tokenprune`` stays light.
 
     Example::
 

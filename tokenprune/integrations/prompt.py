@@ -3,7 +3,8 @@
 ``tokenprune.apply(..., prompt_tokens=question_tokens(processor))`` restricts the prompt to the
 question: the text after the row's last image (or video) placeholder and before the template's end-of-turn and
 generation-prompt tokens (``" ASSISTANT:"``, ``"<|im_end|>\\n<|im_start|>assistant\\n"``, ...), and
-after the template's opening (system prompt, ``"USER: "``) when a row has no image or video.
+after the template's opening (system prompt, ``"USER: "``) when a row has no image or video. The
+tokenizer's special tokens (image markers such as InternVL's ``</img>``, BOS/EOS) are never question text.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def question_tokens(
     if video_token_id is None:
         video_token_id = getattr(processor_or_tokenizer, "video_token_id", None)
     placeholders = {token for token in (image_token_id, video_token_id) if isinstance(token, int)}
+    # markers such as InternVL's </img> are not question text; an unknown word (<unk>) is
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    special = [int(i) for i in getattr(tokenizer, "all_special_ids", []) if i != unknown]
     head, tail = _template_frame(tokenizer)
 
     def mark(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -92,6 +96,8 @@ def question_tokens(
                 mask[row, positions] = True  # fall back to every real token (special ones are dropped later)
                 continue
             mask[row, positions[start:end]] = True
+        if special:
+            mask &= ~torch.isin(input_ids, torch.tensor(special, dtype=input_ids.dtype, device=input_ids.device))
         if unframed:
             warnings.warn(
                 f"question_tokens: rows {unframed} do not end with the chat template's generation prompt; "

@@ -668,3 +668,71 @@ def tiny_llava_onevision_processor(model: Any, *, full_vocab: bool = False) -> A
         vision_aspect_ratio=model.config.vision_aspect_ratio,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
+
+
+# InternVL: 112 px tiles of 14 px patches (8 x 8, CLS dropped), folded 2 x 2 by the pixel shuffle: 16 tokens a tile.
+INTERNVL_IMG_START, INTERNVL_IMG_END = 104, 105
+__all__ += ["INTERNVL_IMG_END", "INTERNVL_IMG_START", "tiny_internvl", "tiny_internvl_inputs"]
+
+
+def tiny_internvl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
+    """A random ``InternVLForConditionalGeneration``: InternViT on 112 px tiles, pixel shuffle (16 tokens a tile),
+    MLP projector, Qwen2 LM (1-D RoPE)."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": [112, 112],
+        "patch_size": [14, 14],
+    }
+    text = {
+        "model_type": "qwen2",
+        "vocab_size": 128,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, downsample_ratio=0.5)
+    model = InternVLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def tiny_internvl_inputs(
+    model: Any, prompts: list[list[list[int]]], tiles: list[int], *, seed: int = 0, left: bool = True
+) -> dict[str, torch.Tensor]:
+    """Processor-style inputs for ``tiny_internvl`` (no PIL: pixel values are random tiles).
+
+    Args:
+        prompts: per row, its text segments (token ids in ``[3, 100)``); BOS starts each row and an image goes
+            between each two consecutive segments, as ``<img> <IMG_CONTEXT> * (16 * tiles) </img>``.
+        tiles: per image, in order, its number of tiles.
+        left: pad on the left (generation) or the right.
+    """
+    if len(tiles) != sum(len(segments) - 1 for segments in prompts):
+        raise ValueError(f"{len(tiles)} tile counts for {sum(len(s) - 1 for s in prompts)} images")
+    size = model.config.vision_config.image_size[0]
+    per_tile = int((size // model.config.vision_config.patch_size[0]) ** 2 * model.config.downsample_ratio**2)
+    images, rows = iter(tiles), []
+    for segments in prompts:
+        row = [1, *segments[0]]
+        for text in segments[1:]:
+            row += [INTERNVL_IMG_START, *([IMAGE_TOKEN] * (per_tile * next(images))), INTERNVL_IMG_END, *text]
+        rows.append(row)
+    ids, mask = _pad_rows(rows, left=left)
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": torch.randn(sum(tiles), 3, size, size, generator=g),
+    }

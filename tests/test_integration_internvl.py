@@ -1,0 +1,105 @@
+"""tokenprune.apply on a tiny random InternVLForConditionalGeneration (dynamic tiles, pixel shuffle, 1-D RoPE)."""
+
+import pytest
+import torch
+
+import tokenprune
+from tokenprune.integrations import get_adapter
+from tokenprune.integrations.base import UnsupportedScoresError
+from tokenprune.integrations.internvl import InternVLAdapter
+from tokenprune.testing import assert_adapter_contract
+from tokenprune.testing.models import IMAGE_TOKEN, tiny_internvl, tiny_internvl_inputs
+
+GEN = {"max_new_tokens": 6, "do_sample": False}
+LAYOUTS = {
+    "one image": ([[[5, 6], [7, 8]]], [2]),
+    "two rows": ([[[5, 6], [7, 8]], [[9], [10, 11, 12]]], [2, 3]),  # 32 and 48 tokens
+    "two images in a row": ([[[5], [6, 7], [8]], [[9], [10, 11, 12]]], [1, 2, 3]),
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_internvl(seed=0)
+
+
+def test_the_builtin_adapter_is_used(model):
+    assert type(get_adapter(model)) is InternVLAdapter
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_the_adapter_contract(model, layout):
+    assert_adapter_contract(model, tiny_internvl_inputs(model, *LAYOUTS[layout]), generate_kwargs=GEN)
+
+
+def test_an_image_is_all_its_tiles_tokens_under_one_budget(model):
+    inputs = tiny_internvl_inputs(model, *LAYOUTS["two images in a row"])
+    with tokenprune.apply(model, "divprune", budget=0.25) as session:
+        model.generate(**inputs, **GEN)
+    assert session.last.visual_before == [16, 32, 48]  # 16 tokens a tile
+    assert session.last.visual_after == [4, 8, 12]
+
+
+def test_pruned_generation_equals_the_lm_fed_text_plus_kept_tokens_directly(model):
+    """The ideal: the short sequence built by hand from the stock tile features and the kept indices."""
+    inputs = tiny_internvl_inputs(model, *LAYOUTS["two images in a row"])
+    with tokenprune.apply(model, "zspa", budget=5, core_ratio=0.4) as session:
+        out = model.generate(**inputs, **GEN)
+    new_tokens = out[:, inputs["input_ids"].shape[1] :]
+
+    tiles = model.model.get_image_features(inputs["pixel_values"]).pooler_output  # (tiles, 16, D)
+    flat = tiles.reshape(-1, tiles.shape[-1])
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    kept = iter(session.last.kept)
+    offset, rows = 0, []
+    for b in range(inputs["input_ids"].shape[0]):
+        real = inputs["attention_mask"][b].bool()
+        ids, emb = inputs["input_ids"][b][real].tolist(), embeds[b][real]
+        pieces, i = [], 0
+        while i < len(ids):
+            if ids[i] == IMAGE_TOKEN:
+                n = next(j for j in range(i, len(ids) + 1) if j == len(ids) or ids[j] != IMAGE_TOKEN) - i
+                pieces.append(flat[offset : offset + n][next(kept)])
+                offset, i = offset + n, i + n
+            else:
+                pieces.append(emb[i : i + 1])
+                i += 1
+        rows.append(torch.cat(pieces))
+    width = max(r.shape[0] for r in rows)
+    short = torch.zeros(len(rows), width, embeds.shape[-1])
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        short[b, width - r.shape[0] :], mask[b, width - r.shape[0] :] = r, 1
+    assert mask.sum(1).tolist() == session.last.sequence_after
+    assert torch.equal(new_tokens, model.generate(inputs_embeds=short, attention_mask=mask, **GEN))
+
+
+def test_fastv_prunes_inside_the_language_model(model):
+    inputs = tiny_internvl_inputs(model, *LAYOUTS["two rows"])
+    stock = model.generate(**inputs, **GEN)
+    with tokenprune.apply(model, "fastv", layer=1, budget=1.0):
+        assert torch.equal(model.generate(**inputs, **GEN), stock)
+    with tokenprune.apply(model, "fastv", layer=1, budget=4) as session:
+        model.generate(**inputs, **GEN)
+    assert session.last.visual_after == [4, 4]
+
+
+@pytest.mark.parametrize("method", ["fastervlm", "visionzip"])
+def test_cls_attention_methods_are_refused_because_tokens_fold_four_patches(model, method):
+    with (
+        pytest.raises(UnsupportedScoresError, match="folds 2 x 2 patches into each token"),
+        tokenprune.apply(model, method, budget=4),
+    ):
+        pytest.fail("refused before the block runs")
+
+
+def test_placeholders_that_do_not_cover_whole_tiles_are_refused_clearly(model):
+    inputs = tiny_internvl_inputs(model, *LAYOUTS["two rows"])
+    ids = inputs["input_ids"].clone()
+    first = int((ids[0] == IMAGE_TOKEN).nonzero()[0, 0])
+    ids[0, first] = 7  # one placeholder of the first image is text now
+    with (
+        tokenprune.apply(model, "zspa", budget=0.5),
+        pytest.raises(tokenprune.InputError, match=r"placeholder runs of \[31, 48\] tokens, but the 5 tiles give 16"),
+    ):
+        model.generate(**{**inputs, "input_ids": ids}, **GEN)

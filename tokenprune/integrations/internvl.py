@@ -1,0 +1,93 @@
+"""InternVL (``InternVLForConditionalGeneration``: InternVL2.5, InternVL3): dynamic tiles, pixel shuffle, 1-D RoPE.
+
+An image is cut into tiles (448 px in the released models, a thumbnail among them); each tile's
+InternViT patches are folded 2 x 2 by a pixel shuffle into ``(448 / 28)^2 = 256`` tokens, and the
+projector maps them into the language model. The processor writes ``<img>``, 256 placeholders per tile,
+``</img>``; how many tiles an image has is not returned, so each image is one run of placeholders (its
+tokens, tile after tile). Each image is pruned over all its tiles' tokens under one budget. A video reaches
+the model as frames, each its own ``<img>`` run in ``pixel_values``, so each frame is pruned as an image. Kept tokens
+take contiguous positions by default (``positions="original"``: their full-sequence positions).
+
+The ``<img>``/``</img>`` markers are tokenizer tokens the model config does not name, so the default
+``prompt_tokens="text"`` counts them as prompt text;
+:func:`~tokenprune.integrations.prompt.question_tokens` leaves them out (they are the tokenizer's special
+tokens, outside the question).
+
+Scores: a token is four patches folded together, so the vision encoder's [CLS] attention gives no one
+token's score, and the folding leaves no raw feature per token to merge: ``fastervlm`` and ``visionzip``
+are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tokenprune.errors import InputError
+from tokenprune.integrations.base import (
+    ImageTokens,
+    ModelAdapter,
+    PrunedSequence,
+    UnsupportedScoresError,
+    placeholder_runs,
+)
+
+__all__ = ["InternVLAdapter"]
+
+
+class InternVLAdapter(ModelAdapter):
+    image_kwargs = ("pixel_values", "vision_feature_layer", "vision_feature_select_strategy")
+    score_sources = frozenset()
+    merging = False
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def unsupported_scores(self, source: str) -> UnsupportedScoresError:
+        error = super().unsupported_scores(source)
+        if source != "cls_attention":
+            return error
+        return UnsupportedScoresError(
+            f"{error}: its pixel shuffle folds 2 x 2 patches into each token, so no token has a [CLS] attention of "
+            f"its own; use a method that scores tokens from their features and the prompt (e.g. 'zspa', 'divprune')"
+        )
+
+    def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
+        if scores is not None:
+            raise self.unsupported_scores(scores)
+        pixels = inputs["pixel_values"]
+        if not isinstance(pixels, Tensor) or pixels.dim() != 4:
+            got = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
+            raise InputError(f"{self.name}: pixel_values must be (tiles, 3, H, W), every image's tiles; got {got}")
+        out = self.model.model.get_image_features(
+            pixel_values=pixels,
+            vision_feature_layer=inputs.get("vision_feature_layer"),
+            vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
+            return_dict=True,
+        )
+        tiles = out.pooler_output  # (tiles, tokens per tile, D)
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        placeholders = ids == self.image_token_id
+        if mask is not None:
+            placeholders &= mask.bool()
+        sizes = placeholder_runs(placeholders)
+        per_tile = tiles.shape[1]
+        if sum(sizes) != tiles.shape[0] * per_tile or any(size % per_tile for size in sizes):
+            raise InputError(
+                f"{self.name}: the input holds image placeholder runs of {sizes} tokens, but the {tiles.shape[0]} "
+                f"tiles give {per_tile} tokens each; expected each image's tiles' tokens as one run between <img> "
+                f"and </img>, as the processor writes them"
+            )
+        return ImageTokens(features=list(torch.split(tiles.reshape(-1, tiles.shape[-1]), sizes)))
+
+    def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        kwargs = super().rebuild(inputs, pruned, features)
+        # the model reads the images' features as one tensor of every kept token, not a list per image
+        kwargs["mm_encoder_outputs"]["image"] = BaseModelOutputWithPooling(pooler_output=torch.cat(features))
+        return kwargs
