@@ -238,3 +238,45 @@ def test_fastv_reads_the_device_a_few_times(model, inputs):
     assert session.last.visual_after == [4, 4]
     assert len(pruned.reads) - len(stock.reads) == 5, (stock.reads, pruned.reads)
     assert pruned.blocking_copies == stock.blocking_copies
+
+
+def _family_case(family):
+    """``(build, inputs)`` of a tiny model of ``family`` whose language model differs from LLaVA's (M-RoPE, Qwen2)."""
+    from tokenprune.testing.models import (
+        tiny_internvl,
+        tiny_internvl_inputs,
+        tiny_qwen2_5_vl,
+        tiny_qwen2_5_vl_inputs,
+        tiny_qwen2_vl,
+    )
+
+    prompts, grids = [[[5, 17, 9], [41, 8, 77, 12, 6]], [[23], [64, 3, 55, 90, 31, 7, 44]]], [(1, 8, 8), (1, 4, 12)]
+    return {
+        "qwen2.5-vl": (tiny_qwen2_5_vl, lambda m: tiny_qwen2_5_vl_inputs(m, prompts, grids)),
+        "qwen2.5-vl video": (
+            tiny_qwen2_5_vl,
+            lambda m: tiny_qwen2_5_vl_inputs(m, prompts, [(2, 4, 8), (2, 4, 6)], kinds=["video"] * 2, seconds=[2, 1]),
+        ),
+        "qwen2-vl": (tiny_qwen2_vl, lambda m: tiny_qwen2_5_vl_inputs(m, prompts, grids)),
+        "internvl": (tiny_internvl, lambda m: tiny_internvl_inputs(m, [[[5, 6], [7, 8]], [[9], [10, 11]]], [1, 2])),
+    }[family]
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2.5-vl video", "qwen2-vl", "internvl"])
+def test_scores_are_the_eager_attention_on_other_families(family):
+    """The recomputed row is the model's own at layer K under M-RoPE (Qwen, videos included) and Qwen2's LM."""
+    from tokenprune.testing.models import QWEN_VIDEO_TOKEN
+
+    build, make = _family_case(family)
+    model = build(seed=0)
+    inputs = make(model)
+    with tokenprune.apply(model, "fastv", budget=5, layer=1) as session:
+        model.generate(**inputs, **GEN)
+    eager = build(seed=0)
+    eager.set_attn_implementation("eager")
+    maps = eager(**inputs, output_attentions=True).attentions[1].mean(dim=1)[:, -1]  # last token's row, heads averaged
+    visual = (inputs["input_ids"] == IMAGE_TOKEN) | (inputs["input_ids"] == QWEN_VIDEO_TOKEN)
+    for row in range(2):  # one image or video per row
+        placeholders = visual[row].nonzero()[:, 0]
+        expected = torch.topk(maps[row, placeholders], 5).indices.sort().values
+        assert session.last.kept[row].tolist() == expected.tolist()
