@@ -433,3 +433,17 @@ def test_original_is_the_only_positions_mode_and_the_default(model, inputs):
             outs.append(model.generate(**inputs, max_new_tokens=4, do_sample=False))
         assert session.positions == "original"
     assert torch.equal(*outs)
+
+
+@pytest.mark.parametrize("method", ["zspa", "fastv"])
+def test_a_budget_too_large_for_a_video_names_the_video(model, method):
+    """Errors name each input by its kind and its row in pixel_values or pixel_values_videos."""
+    inputs = tiny_qwen2_5_vl_inputs(
+        model, MULTI_PROMPTS, [(2, 8, 8), (2, 4, 4), (1, 4, 12)], kinds=["image", "video", "image"]
+    )
+    extra = {"layer": 1} if method == "fastv" else {}
+    with (
+        tokenprune.apply(model, method, budget=9, **extra),
+        pytest.raises(tokenprune.BudgetError, match=r"budget=9 exceeds the 8 visual tokens in video 0\."),
+    ):
+        model.generate(**inputs, **GEN)

@@ -14,7 +14,7 @@ Budget = int | float
 """An int ``K`` (tokens kept per image) or a float ratio in ``(0, 1]`` of each image's real tokens."""
 
 
-def resolve_budget(budget: Budget, counts: Sequence[int]) -> tuple[int, ...]:
+def resolve_budget(budget: Budget, counts: Sequence[int], *, names: Sequence[str] | None = None) -> tuple[int, ...]:
     """Tokens to keep per image.
 
     An int keeps exactly ``budget`` tokens in every image. A float ratio ``r`` in ``(0, 1]`` keeps
@@ -23,6 +23,7 @@ def resolve_budget(budget: Budget, counts: Sequence[int]) -> tuple[int, ...]:
     Args:
         budget: an int ``K >= 1`` or a float ratio in ``(0, 1]``.
         counts: real visual tokens per image.
+        names: what an error calls each entry of ``counts`` (e.g. ``"video 0"``); ``"image <row>"`` when None.
 
     Returns:
         ``K`` per image.
@@ -47,7 +48,7 @@ def resolve_budget(budget: Budget, counts: Sequence[int]) -> tuple[int, ...]:
             raise BudgetError(f"budget={k} keeps no token; pass an int >= 1 or a ratio in (0, 1] such as 0.1")
         for row, n in enumerate(counts):
             if k > n:
-                where = f" in image {row}" if len(counts) > 1 else ""
+                where = f" in {names[row]}" if names is not None else (f" in image {row}" if len(counts) > 1 else "")
                 raise BudgetError(
                     f"budget={k} exceeds the {n} visual tokens{where}. Pass a ratio such as 0.25 or an int <= {n}."
                 )

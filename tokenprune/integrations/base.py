@@ -47,6 +47,7 @@ __all__ = [
     "merged_features",
     "resolve_positions",
     "select_per_image",
+    "visual_names",
 ]
 
 PROMPT_SCOPES = ("text",)
@@ -127,12 +128,18 @@ class ImageTokens:
 
 @dataclass
 class PrunedInputs:
-    """The rewritten call: ``kwargs`` for the stock method, and what is needed to undo it."""
+    """The rewritten call: ``kwargs`` for the stock method, and what is needed to undo it.
+
+    ``expandable``: the kept features as :meth:`ModelAdapter.rebuild` gives them, one entry per image or video
+    (the ``mm_encoder_outputs`` that ``generate`` can copy per row for beam search), where the family's
+    ``forward`` reads another layout (:meth:`ModelAdapter.model_features`); None where the two are the same.
+    """
 
     kwargs: dict[str, Any]
     keep: Tensor  # (B, L) bool over the original sequence: True = the token stays
     original_input_ids: Tensor
     stats: PruneStats
+    expandable: dict[str, Any] | None = None
 
 
 class ModelAdapter(ABC):
@@ -265,6 +272,17 @@ class ModelAdapter(ABC):
                 f"got {tuple(given.shape)}"
             )
         return pruned.take(given.expand(input_ids.shape[0], -1), fill=0)
+
+    def model_features(self, encoded: dict[str, Any]) -> dict[str, Any]:
+        """``mm_encoder_outputs`` in the layout the family's ``forward`` reads.
+
+        :meth:`rebuild` gives each modality's kept features as a list, one ``(K_i, D)`` tensor per image or
+        video, which is what ``generate`` can copy row by row for beam search and several returned sequences.
+        A family whose ``forward`` reads one tensor instead (InternVL's images, LLaVA-OneVision's videos)
+        returns that here; tokenprune calls it at the ``forward`` call, after ``generate`` has copied the
+        rows. Only lists are converted (a call may see a layout already converted). The default: as given.
+        """
+        return encoded
 
     def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
         """New keyword arguments for the stock generate/forward: shorter ids, mask, pre-encoded features."""
@@ -557,6 +575,43 @@ class Layout:
         )
 
 
+def visual_names(kinds: Sequence[str] | None, count: int) -> list[str]:
+    """``"image 0"``, ``"video 0"``, ``"image 1"``, ...: each visual input named by its kind and its index among
+    the inputs of that kind (its row in ``pixel_values`` or ``pixel_values_videos``); ``kinds`` None: images.
+
+    Example:
+        >>> visual_names(["image", "video", "image"], 3)
+        ['image 0', 'video 0', 'image 1']
+    """
+    kinds = ["image"] * count if kinds is None else list(kinds)
+    seen: dict[str, int] = {}
+    names = []
+    for kind in kinds:
+        names.append(f"{kind} {seen.get(kind, 0)}")
+        seen[kind] = seen.get(kind, 0) + 1
+    return names
+
+
+def _named(names: Callable[[], list[str]] | None, counts: list[int]) -> _LazyNames | None:
+    return None if names is None else _LazyNames(names, len(counts))
+
+
+class _LazyNames(Sequence[str]):
+    """The names of :func:`visual_names`, computed only when an error reads one (it may read the device)."""
+
+    def __init__(self, make: Callable[[], list[str]], length: int) -> None:
+        self._make, self._length, self._names = make, length, None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: Any) -> Any:
+        if self._names is None:
+            made = self._make()  # rows copied for beam search have no names of their own: number them
+            self._names = made if len(made) == self._length else [f"image {i}" for i in range(self._length)]
+        return self._names[index]
+
+
 def prunable_counts(sizes: list[int], protected: list[Tensor] | None) -> list[int]:
     """Per image, its tokens minus its protected ones (one read from the device when some are protected)."""
     if protected is None:
@@ -576,6 +631,7 @@ def select_per_image(
     scores: list[Tensor] | None = None,
     prunable: list[int] | None = None,
     metric: list[Tensor] | None = None,
+    names: Callable[[], list[str]] | None = None,
 ) -> Selected:
     """Run the selector once over every image of the batch (ragged counts masked).
 
@@ -588,6 +644,7 @@ def select_per_image(
             (:func:`prunable_counts`).
         metric: per image, ``(N_i, c)`` merge metric for a merging selector (:meth:`Selector.plan`),
             which then also says which dropped tokens merge into which kept ones.
+        names: what a budget error calls each image (:func:`visual_names`), asked only when one is raised.
     """
     sizes = layout.sizes
     device = layout.real.device
@@ -626,7 +683,7 @@ def select_per_image(
         prompt_real = prompt_real.to(device, non_blocking=True)
 
     counts = prunable_counts(sizes, protected) if prunable is None else prunable
-    if resolve_budget(budget, counts) == tuple(counts):  # keeps every token: nothing to choose
+    if resolve_budget(budget, counts, names=_named(names, counts)) == tuple(counts):  # keeps every token
         every = selectable | fixed
         return Selected([every[i, : sizes[i]] for i in range(n_images)], 0.0)
 
@@ -735,6 +792,7 @@ def prune_inputs(
         protected=images.protected,
         scores=images.scores,
         metric=images.metric if merge else None,
+        names=lambda: visual_names(adapter.modalities(inputs), len(sizes)),
     )
     keep = layout.keep_mask(selected.kept)
     stats = layout.stats(selected.kept, keep, selected.selection_ms)
@@ -747,7 +805,12 @@ def prune_inputs(
     kwargs = adapter.rebuild(inputs, pruned, features)
     if positions != adapter.position_modes[0]:  # the family's default is what rebuild gives
         kwargs["position_ids"] = adapter.original_positions(inputs, pruned)
-    return PrunedInputs(kwargs, keep, input_ids, stats)
+    listed = kwargs.get("mm_encoder_outputs")
+    expandable = None
+    if listed:
+        kwargs["mm_encoder_outputs"] = adapter.model_features(dict(listed))
+        expandable = None if kwargs["mm_encoder_outputs"] == listed else listed
+    return PrunedInputs(kwargs, keep, input_ids, stats, expandable)
 
 
 def encode(

@@ -35,10 +35,12 @@ from tokenprune.integrations.base import (
     PrunedSequence,
     PruneStats,
     _cache,
+    _named,
     _sync,
     check_prune_layer,
     prunable_counts,
     select_per_image,
+    visual_names,
 )
 from tokenprune.selector import Selector
 
@@ -98,6 +100,7 @@ class LayerPruner:
         self.layout = Layout.locate(adapter, inputs.get("input_ids"), self.attention_mask, sizes, prompt_tokens)
         self.input_ids = inputs["input_ids"]
         self.protected = adapter.protected_tokens(inputs)  # e.g. LLaVA-NeXT newlines: kept, outside the budget
+        self.names = lambda: visual_names(adapter.modalities(inputs), len(self.layout.sizes))  # for budget errors
         self.length = self.input_ids.shape[1]
         self.repeats = 1  # generate's copies of each row (beam search, several returned sequences)
         check_prune_layer(adapter, self.layer)
@@ -185,7 +188,8 @@ class LayerPruner:
             self._expand(hidden.shape[0])
         layout = self.layout
         prunable = prunable_counts(layout.sizes, self.protected)
-        if resolve_budget(self.budget, prunable) == tuple(prunable):  # keeps everything: runs as stock
+        names = _named(self.names, prunable)
+        if resolve_budget(self.budget, prunable, names=names) == tuple(prunable):  # keeps everything: as stock
             kept = [torch.ones(n, dtype=torch.bool, device=hidden.device) for n in layout.sizes]
             self.stats = self._collapse(layout.stats(kept, layout.keep_mask(kept), 0.0))
             return

@@ -30,7 +30,6 @@ from tokenprune.errors import InputError
 from tokenprune.integrations.base import (
     ImageTokens,
     ModelAdapter,
-    PrunedSequence,
     UnsupportedScoresError,
     placeholder_runs,
 )
@@ -84,10 +83,11 @@ class InternVLAdapter(ModelAdapter):
             )
         return ImageTokens(features=list(torch.split(tiles.reshape(-1, tiles.shape[-1]), sizes)))
 
-    def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
+    def model_features(self, encoded: dict[str, Any]) -> dict[str, Any]:
+        """InternVL's forward reads every kept image token as one ``(T, D)`` tensor, not a list per image."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        kwargs = super().rebuild(inputs, pruned, features)
-        # the model reads the images' features as one tensor of every kept token, not a list per image
-        kwargs["mm_encoder_outputs"]["image"] = BaseModelOutputWithPooling(pooler_output=torch.cat(features))
-        return kwargs
+        images = encoded.get("image")
+        if images is not None and isinstance(images.pooler_output, list | tuple):
+            encoded["image"] = BaseModelOutputWithPooling(pooler_output=torch.cat(list(images.pooler_output)))
+        return encoded

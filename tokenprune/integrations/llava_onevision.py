@@ -31,7 +31,6 @@ from tokenprune.errors import InputError, TokenPruneError
 from tokenprune.integrations.base import (
     ImageTokens,
     ModelAdapter,
-    PrunedSequence,
     UnsupportedScoresError,
     VideoPlaceholders,
 )
@@ -162,12 +161,12 @@ class LlavaOnevisionAdapter(VideoPlaceholders, LlavaNextAdapter):
             )
         return ImageTokens(features=features, protected=protected)
 
-    def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
+    def model_features(self, encoded: dict[str, Any]) -> dict[str, Any]:
+        """LLaVA-OneVision's forward reads the videos' kept tokens as one ``(1, T, D)`` tensor (it flattens the
+        first two dimensions), not a list per video; images stay a list."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        kwargs = super().rebuild(inputs, pruned, features)
-        encoded = kwargs["mm_encoder_outputs"]
-        if "video" in encoded:  # the model reads the videos' features as one (videos, tokens, D) tensor, flattened
-            videos = encoded["video"].pooler_output
-            encoded["video"] = BaseModelOutputWithPooling(pooler_output=torch.cat(videos).unsqueeze(0))
-        return kwargs
+        videos = encoded.get("video")
+        if videos is not None and isinstance(videos.pooler_output, list | tuple):
+            encoded["video"] = BaseModelOutputWithPooling(pooler_output=torch.cat(list(videos.pooler_output))[None])
+        return encoded

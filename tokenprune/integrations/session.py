@@ -228,7 +228,8 @@ class PruningSession:
             options = total_lengths(kwargs, config, shift)
             if kwargs.get("streamer") is not None:  # it shows the prompt first: the caller's own, not the pruned one
                 options["streamer"] = _PromptStreamer(kwargs["streamer"], pruned.original_input_ids)
-            out = pruned_generate(**{**pruned.kwargs, **options})
+            features = {} if pruned.expandable is None else {"mm_encoder_outputs": pruned.expandable}
+            out = pruned_generate(**{**pruned.kwargs, **features, **options})  # the forward wrapper converts them
             self._record(pruned.stats)
             _mark_pruned(out, pruned.kwargs, shift > 0)
             return _restore_prompt(out, pruned)
@@ -237,6 +238,8 @@ class PruningSession:
         def forward(*args: Any, **kwargs: Any) -> Any:
             kwargs = _positional(args, kwargs)
             if self._generating:  # inside our own generate: the call is already pruned
+                if kwargs.get("mm_encoder_outputs"):  # copied per row by generate: now in the layout forward reads
+                    kwargs["mm_encoder_outputs"] = self.adapter.model_features(dict(kwargs["mm_encoder_outputs"]))
                 if not self._prefill_pending:  # a decoding step
                     return stock_forward(**kwargs)
                 ids = kwargs.get("input_ids")  # a chunk of the prefill, or all of it: its time counts

@@ -5,8 +5,8 @@
 checks, with every method at budget ``1.0`` and then at each budget:
 
 * budget ``1.0`` changes nothing: ``generate`` is token-identical to the stock model (per-step scores
-  equal within 1e-5), under every ``positions`` mode the adapter supports, ``forward`` with labels gives
-  the stock logits and loss, every token is kept;
+  equal within 1e-5), under every ``positions`` mode the adapter supports and with beam search returning
+  several sequences, ``forward`` with labels gives the stock logits and loss, every token is kept;
 * a pruned ``generate`` returns the caller's prompt followed by the new tokens, and the language
   model's first decoder layer sees the pruned length at prefill and one token at each decoding step;
 * the session's statistics add up: each image's ``visual_before`` is its placeholder count,
@@ -165,6 +165,7 @@ class _Contract:
             self.check_budget_one(method)
             for budget in self.budgets:
                 self.check_pruned(method, budget)
+        self.check_beams(self.methods[0])
         self.check_restored_after_errors()
         self.check_text_only()
 
@@ -242,6 +243,21 @@ class _Contract:
         for i, (kept, n) in enumerate(zip(stats.kept, self.sizes, strict=True)):
             self.check(kept.tolist() == list(range(n)), f"image {i}: kept {kept.tolist()} of {n} tokens")
         self.check_sequences(stats)
+
+    def check_beams(self, method: str | Selector) -> None:
+        """Beam search returning several sequences at budget ``1.0`` is stock's: ``generate`` copies each row's
+        features for its beams, which must stay that row's (in the layout the family's ``forward`` reads)."""
+        beams = {**self.generate_kwargs, "num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 2}
+        beams.update(output_logits=True, return_dict_in_generate=True)  # every copy's logits, not only the best's
+        stock = self.model.generate(**self.inputs, **beams)
+        self.at(method, 1.0)
+        with tokenprune.apply(self.model, method, budget=1.0):
+            ours = self.model.generate(**self.inputs, **beams)
+        self.check(
+            torch.equal(ours.sequences, stock.sequences),
+            f"beam search (2 beams, 2 sequences) differs from stock:\n{ours.sequences.tolist()}",
+        )
+        self.close(ours.logits[0], stock.logits[0], "beam search: the first step's logits of every beam")
 
     def check_images(self, sizes: list[int]) -> None:
         """``visual_before`` against the placeholders: per row, and per run where runs and images match."""
