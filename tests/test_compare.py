@@ -633,22 +633,24 @@ def test_llava_onevision_runs_under_the_same_harness_and_batch_size_changes_noth
     _check_family_run(batched, one, [f.shape[0] for f in features], positions="contiguous", model=model)
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2-vl"])
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2-vl", "qwen3-vl"])
 def test_qwen_runs_under_the_same_harness_and_batch_size_changes_nothing(tmp_path, pope_shapes, family):
     """Qwen2.5-VL and Qwen2-VL (dynamic resolution, 3-D M-RoPE) with their real processor's chat template and
     image processor, on images of six shapes. The checkpoint names a video processor, which needs torchvision;
     without it the processor loads for images only, with a warning."""
     from PIL import Image
 
-    from tokenprune.testing.models import tiny_qwen2_5_vl, tiny_qwen2_5_vl_processor, tiny_qwen2_vl
+    from tokenprune.testing.models import tiny_qwen2_5_vl, tiny_qwen2_5_vl_processor, tiny_qwen2_vl, tiny_qwen3_vl
 
-    model = (tiny_qwen2_5_vl if family == "qwen2.5-vl" else tiny_qwen2_vl)(seed=0)
+    build = {"qwen2.5-vl": tiny_qwen2_5_vl, "qwen2-vl": tiny_qwen2_vl, "qwen3-vl": tiny_qwen3_vl}[family]
+    model = build(seed=0, layers=3) if family == "qwen3-vl" else build(seed=0)
     processor = tiny_qwen2_5_vl_processor(model, full_vocab=True)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     video = {"video_processor_type": "Qwen2VLVideoProcessor", "processor_class": type(processor).__name__}
     (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(video))  # as the hub's checkpoints have
-    run = {"methods": "zspa,divprune,fastv:layer=1", "keeps": (0.25,), "seed": 0, "model": tmp_path}
+    methods = "zspa,divprune" if family == "qwen3-vl" else "zspa,divprune,fastv:layer=1"  # DeepStack: fastv >= 2
+    run = {"methods": methods, "keeps": (0.25,), "seed": 0, "model": tmp_path}
     run["benchmarks"] = [("pope", pope_shapes)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -20,6 +20,7 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "LlavaOnevisionForConditionalGeneration": "tokenprune.integrations.llava_onevision:LlavaOnevisionAdapter",
     "Qwen2_5_VLForConditionalGeneration": "tokenprune.integrations.qwen2_5_vl:Qwen2_5_VLAdapter",
     "Qwen2VLForConditionalGeneration": "tokenprune.integrations.qwen2_vl:Qwen2VLAdapter",
+    "Qwen3VLForConditionalGeneration": "tokenprune.integrations.qwen3_vl:Qwen3VLAdapter",
 }
 """Model class name -> ``module:AdapterClass``; subclasses of these model classes match too."""
 

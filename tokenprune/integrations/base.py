@@ -117,6 +117,9 @@ class ImageTokens:
             Protected tokens hold anything (they are never merged).
         metric: per image, ``(N_i, c)`` the vectors a merge compares (the feature layer's keys,
             averaged over heads), with ``raw``.
+        per_token: other per-token tensors the model needs beside the features, by name, one ``(N_i, ...)``
+            tensor per image (Qwen3-VL's deepstack features): kept at the same indices as the features and
+            handed to :meth:`ModelAdapter.rebuild` as ``per_token``.
     """
 
     features: list[Tensor]
@@ -124,6 +127,7 @@ class ImageTokens:
     scores: list[Tensor] | None = None
     raw: list[Tensor] | None = None
     metric: list[Tensor] | None = None
+    per_token: dict[str, list[Tensor]] | None = None
 
 
 @dataclass
@@ -273,6 +277,10 @@ class ModelAdapter(ABC):
             )
         return pruned.take(given.expand(input_ids.shape[0], -1), fill=0)
 
+    #: the first language-model layer before which a method may prune inside the LM (FastV): a family whose
+    #: LM adds visual features to its visual tokens in its first layers (Qwen3-VL's DeepStack) needs them all
+    first_prunable_layer: int = 0
+
     def model_features(self, encoded: dict[str, Any]) -> dict[str, Any]:
         """``mm_encoder_outputs`` in the layout the family's ``forward`` reads.
 
@@ -312,7 +320,8 @@ class VideoPlaceholders:
     placeholder is pruned too, and :meth:`modalities` tells images from videos in placeholder order.
 
     The family says how many placeholders each image and each video has (:meth:`visual_lengths`), so
-    inputs of one kind may sit side by side (several images of one prompt).
+    inputs of one kind may sit side by side (several images of one prompt), and an input's placeholders
+    need not be contiguous (Qwen3-VL writes a timestamp between a video's frames).
     """
 
     model: Any
@@ -345,21 +354,16 @@ class VideoPlaceholders:
         if mask is not None:
             kind = kind * mask.long()
         rows, positions = kind.nonzero().T
-        rows, positions, kinds = torch.stack([rows, positions, kind[rows, positions]]).tolist()
+        rows, kinds = torch.stack([rows, kind[rows, positions]]).tolist()
         left = {"image": iter(lengths["image"]), "video": iter(lengths["video"])}
         order: list[str] = []
         i = 0
-        while i < len(kinds):  # one visual input at a time: its own number of placeholders from where it starts
+        while i < len(kinds):  # one visual input at a time: its own number of placeholders, in one row, of one kind
             name = "image" if kinds[i] == 1 else "video"
             n = next(left[name], 0)
             end = i + n - 1
-            whole = (
-                n > 0
-                and end < len(kinds)
-                and rows[end] == rows[i]
-                and positions[end] - positions[i] == n - 1
-                and set(kinds[i : end + 1]) == {kinds[i]}
-            )
+            # a video's frames may be apart (Qwen3-VL puts a timestamp between them); its placeholders are not
+            whole = n > 0 and end < len(kinds) and rows[end] == rows[i] and set(kinds[i : end + 1]) == {kinds[i]}
             if not whole:
                 break
             order.append(name)
@@ -800,9 +804,21 @@ def prune_inputs(
     pruned = PrunedSequence.build(input_ids, keep, left=layout.left_padded, pad_token_id=pad, lengths=lengths)
     features = [feats[index] for feats, index in zip(images.features, stats.kept, strict=True)]
     if selected.owners is not None:
+        if images.per_token:
+            raise UnsupportedMergeError(
+                f"{adapter.name} gives per-token tensors beside the features ({sorted(images.per_token)}), which a "
+                f"merge cannot combine; set ModelAdapter.merging to False for it"
+            )
         features = merged_features(adapter, images, selected.owners, stats.kept, features)
         stats.merged = selected.owners
-    kwargs = adapter.rebuild(inputs, pruned, features)
+    if images.per_token:
+        kept_per_token = {
+            name: [values[index] for values, index in zip(per_image, stats.kept, strict=True)]
+            for name, per_image in images.per_token.items()
+        }
+        kwargs = adapter.rebuild(inputs, pruned, features, per_token=kept_per_token)
+    else:  # the keyword only for adapters that give per-token tensors (older rebuilds do not take it)
+        kwargs = adapter.rebuild(inputs, pruned, features)
     if positions != adapter.position_modes[0]:  # the family's default is what rebuild gives
         kwargs["position_ids"] = adapter.original_positions(inputs, pruned)
     listed = kwargs.get("mm_encoder_outputs")
@@ -858,6 +874,13 @@ def check_prune_layer(adapter: ModelAdapter, layer: int | None) -> None:
         raise InputError(
             f"fastv layer={layer} is outside the language model's {count} layers (0 .. {count - 1}): expected "
             f"a layer the language model has"
+        )
+    first = adapter.first_prunable_layer
+    if layer < first:
+        raise InputError(
+            f"fastv layer={layer} would drop visual tokens before layer {first} of the language model, but "
+            f"{adapter.name} adds visual features to every visual token's hidden state up to there (Qwen3-VL's "
+            f"DeepStack): expected layer >= {first}"
         )
 
 

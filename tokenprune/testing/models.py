@@ -311,9 +311,48 @@ def tiny_qwen2_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
     return model
 
 
+QWEN3_TIMESTAMP = 60  # a text token standing for Qwen3-VL's "<t seconds>" before each video frame
+__all__ += ["QWEN3_TIMESTAMP", "tiny_qwen3_vl"]
+
+
+def tiny_qwen3_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
+    """A random ``Qwen3VLForConditionalGeneration``: ViT on 16 px patches with DeepStack features from both of its
+    layers (added to the LM's hidden states after its first two layers), the tiny Qwen LM with interleaved M-RoPE,
+    the token ids of :func:`tiny_qwen2_5_vl`."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    text = _qwen_text(hidden, layers)
+    text["head_dim"] = hidden // 4
+    text["rope_parameters"] = {**text["rope_parameters"], "mrope_interleaved": True}
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": hidden,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "deepstack_visual_indexes": [0, 1],
+        "num_position_embeddings": 64,
+    }
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=QWEN_VIDEO_TOKEN,
+        vision_start_token_id=QWEN_VISION_START,
+        vision_end_token_id=QWEN_VISION_END,
+    )
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
 def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
-    """A real ``Qwen2_5_VLProcessor`` for :func:`tiny_qwen2_5_vl` (``Qwen2VLProcessor`` for :func:`tiny_qwen2_vl`),
-    for images only, left padding.
+    """A real ``Qwen2_5_VLProcessor`` for :func:`tiny_qwen2_5_vl` (``Qwen2VLProcessor`` for :func:`tiny_qwen2_vl`,
+    ``Qwen3VLProcessor`` for :func:`tiny_qwen3_vl`), for images only, left padding.
 
     The PIL image processor (dynamic resolution, 14 px patches merged 2 x 2, at most 64 merged tokens per
     image) and a word-level tokenizer with Qwen's special tokens and :data:`QWEN_CHAT_TEMPLATE`. It has no
@@ -322,7 +361,7 @@ def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
     without its video processor; :func:`tokenprune.evaluation.runner.load_processor` can. ``full_vocab``:
     every id of the model's vocabulary decodes to a word.
     """
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from tokenprune.evaluation.runner import images_only
@@ -332,8 +371,12 @@ def tiny_qwen2_5_vl_processor(model: Any, *, full_vocab: bool = False) -> Any:
     vocab_size = model.config.text_config.vocab_size if full_vocab else None
     tokenizer = _word_tokenizer(words, special, r"<\|[a-z_]+\|>|\n| |[:?]", QWEN_CHAT_TEMPLATE, vocab_size)
     tokenizer.padding_side = "left"
-    images = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
-    processor = Qwen2VLProcessor if model.config.model_type == "qwen2_vl" else Qwen2_5_VLProcessor
+    patch = model.config.vision_config.patch_size  # 14 (Qwen2-VL, Qwen2.5-VL) or 16 (Qwen3-VL)
+    unit = 2 * patch  # one merged token
+    images = Qwen2VLImageProcessorPil(min_pixels=4 * unit * unit, max_pixels=64 * unit * unit, patch_size=patch)
+    processor = {"qwen2_vl": Qwen2VLProcessor, "qwen3_vl": Qwen3VLProcessor}.get(
+        model.config.model_type, Qwen2_5_VLProcessor
+    )
     return images_only(processor)(image_processor=images, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
 
 
@@ -347,7 +390,9 @@ def tiny_qwen2_5_vl_inputs(
     kinds: Sequence[str] | None = None,
     seconds: Sequence[float] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Processor-style inputs for ``tiny_qwen2_5_vl`` and ``tiny_qwen2_vl`` (``mm_token_type_ids`` included).
+    """Processor-style inputs for ``tiny_qwen2_5_vl``, ``tiny_qwen2_vl`` and ``tiny_qwen3_vl`` (``mm_token_type_ids``
+    included). For Qwen3-VL a video's temporal patches are written as separate runs, each after a timestamp
+    token (:data:`QWEN3_TIMESTAMP`), as its processor does.
 
     Args:
         prompts: per row, its text segments (token ids in ``[3, 100)``); a visual input goes between each
@@ -369,12 +414,23 @@ def tiny_qwen2_5_vl_inputs(
     if len(kinds) != len(grids) or not set(kinds) <= {"image", "video"}:
         raise ValueError(f"kinds must be 'image' or 'video', one per grid ({len(grids)}); got {kinds}")
     placeholder = {"image": IMAGE_TOKEN, "video": QWEN_VIDEO_TOKEN}
+    framed = model.config.model_type == "qwen3_vl"
     visuals = iter(zip(grids, kinds, strict=True))
     rows = []
     for segments in prompts:
         row = list(segments[0])
         for text in segments[1:]:
             (t, h, w), kind = next(visuals)
+            if kind == "video" and framed:  # Qwen3-VL: each temporal patch its own run, after a timestamp
+                for _ in range(t):
+                    row += [
+                        QWEN3_TIMESTAMP,
+                        QWEN_VISION_START,
+                        *([placeholder[kind]] * (h * w // merge)),
+                        QWEN_VISION_END,
+                    ]
+                row += text
+                continue
             row += [QWEN_VISION_START, *([placeholder[kind]] * (t * h * w // merge)), QWEN_VISION_END, *text]
         rows.append(row)
     ids, mask = _pad_rows(rows, left=left)
