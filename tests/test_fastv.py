@@ -248,6 +248,7 @@ def _family_case(family):
         tiny_qwen2_5_vl,
         tiny_qwen2_5_vl_inputs,
         tiny_qwen2_vl,
+        tiny_qwen3_vl,
     )
 
     prompts, grids = [[[5, 17, 9], [41, 8, 77, 12, 6]], [[23], [64, 3, 55, 90, 31, 7, 44]]], [(1, 8, 8), (1, 4, 12)]
@@ -259,22 +260,35 @@ def _family_case(family):
         ),
         "qwen2-vl": (tiny_qwen2_vl, lambda m: tiny_qwen2_5_vl_inputs(m, prompts, grids)),
         "internvl": (tiny_internvl, lambda m: tiny_internvl_inputs(m, [[[5, 6], [7, 8]], [[9], [10, 11]]], [1, 2])),
+        # query and key norms per head; FastV after the two DeepStack layers
+        "qwen3-vl": (
+            lambda seed: tiny_qwen3_vl(seed=seed, layers=4),
+            lambda m: tiny_qwen2_5_vl_inputs(m, prompts, grids),
+        ),
+        "qwen3-vl video": (
+            lambda seed: tiny_qwen3_vl(seed=seed, layers=4),
+            lambda m: tiny_qwen2_5_vl_inputs(m, prompts, [(2, 4, 8), (2, 4, 6)], kinds=["video"] * 2),
+        ),
     }[family]
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2.5-vl video", "qwen2-vl", "internvl"])
+@pytest.mark.parametrize(
+    "family", ["qwen2.5-vl", "qwen2.5-vl video", "qwen2-vl", "internvl", "qwen3-vl", "qwen3-vl video"]
+)
 def test_scores_are_the_eager_attention_on_other_families(family):
-    """The recomputed row is the model's own at layer K under M-RoPE (Qwen, videos included) and Qwen2's LM."""
+    """The recomputed row is the model's own at layer K under M-RoPE (Qwen, videos included), Qwen2's LM, and
+    Qwen3's per-head query and key norms."""
     from tokenprune.testing.models import QWEN_VIDEO_TOKEN
 
     build, make = _family_case(family)
+    layer = 2 if family.startswith("qwen3") else 1
     model = build(seed=0)
     inputs = make(model)
-    with tokenprune.apply(model, "fastv", budget=5, layer=1) as session:
+    with tokenprune.apply(model, "fastv", budget=5, layer=layer) as session:
         model.generate(**inputs, **GEN)
     eager = build(seed=0)
     eager.set_attn_implementation("eager")
-    maps = eager(**inputs, output_attentions=True).attentions[1].mean(dim=1)[:, -1]  # last token's row, heads averaged
+    maps = eager(**inputs, output_attentions=True).attentions[layer].mean(dim=1)[:, -1]  # last token's row
     visual = (inputs["input_ids"] == IMAGE_TOKEN) | (inputs["input_ids"] == QWEN_VIDEO_TOKEN)
     for row in range(2):  # one image or video per row
         placeholders = visual[row].nonzero()[:, 0]

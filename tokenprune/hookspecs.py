@@ -54,8 +54,8 @@ def tokenprune_model_adapter(model: Any) -> ModelAdapter | None:
     """Return a :class:`tokenprune.integrations.ModelAdapter` for ``model``, or None if you don't know it.
 
     :func:`tokenprune.apply` asks this hook for every model it prunes; the first non-None answer
-    wins. Built-in adapters (LLaVA-1.5, -NeXT, -OneVision, Qwen2-VL, 2.5-VL, 3-VL, InternVL) answer
-    last, so a plugin can add a model family or replace a built-in adapter. Import heavy dependencies inside
+    wins. Built-in adapters (LLaVA-1.5, -NeXT, -OneVision, Qwen2-VL, 2.5-VL, 3-VL, InternVL, Gemma 3)
+    answer last, so a plugin can add a model family or replace a built-in adapter. Import heavy dependencies inside
     the function, not at module level, so that ``import tokenprune`` stays light.
 
     Example::

@@ -14,6 +14,7 @@ from tokenprune.hookspecs import hookimpl
 __all__ = ["BUILTIN_ADAPTERS", "tokenprune_model_adapter"]
 
 BUILTIN_ADAPTERS: dict[str, str] = {
+    "Gemma3ForConditionalGeneration": "tokenprune.integrations.gemma3:Gemma3Adapter",
     "InternVLForConditionalGeneration": "tokenprune.integrations.internvl:InternVLAdapter",
     "LlavaForConditionalGeneration": "tokenprune.integrations.llava:LlavaAdapter",
     "LlavaNextForConditionalGeneration": "tokenprune.integrations.llava_next:LlavaNextAdapter",

@@ -92,6 +92,10 @@ def query_attention(
 ) -> Tensor:
     """Log attention probabilities of a rotary (Llama/Qwen-style) attention at some query positions.
 
+    As the module computes them: per-head query and key norms where it has them (``q_norm``, ``k_norm``) and
+    a soft cap on the logits (``attn_logit_softcapping``). Not a sliding window: FastV refuses those layers
+    (:func:`tokenprune.integrations.base.check_prune_layer`).
+
     Args:
         attention: the layer's self-attention (``q_proj``, ``k_proj``, ``head_dim``, ``scaling``).
         hidden: ``(B, L, D)``, the normed input of that attention.
@@ -109,13 +113,19 @@ def query_attention(
     cos, sin = (_batch_first(t, batch).float() for t in position_embeddings)
     at = queries.unsqueeze(-1).expand(-1, -1, head_dim)
     picked = hidden.gather(1, queries.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-    query = attention.q_proj(picked).float().view(batch, queries.shape[1], -1, head_dim)  # (B, R, H, hd)
-    keys = attention.k_proj(hidden).float().view(batch, length, -1, head_dim)  # (B, L, KVH, hd)
+    query = attention.q_proj(picked).view(batch, queries.shape[1], -1, head_dim)  # (B, R, H, hd)
+    keys = attention.k_proj(hidden).view(batch, length, -1, head_dim)  # (B, L, KVH, hd)
+    if getattr(attention, "q_norm", None) is not None:  # per-head norms before the rotary (Qwen3, Gemma 3)
+        query, keys = attention.q_norm(query), attention.k_norm(keys)
+    query, keys = query.float(), keys.float()
     query = query * cos.gather(1, at).unsqueeze(2) + _rotate_half(query) * sin.gather(1, at).unsqueeze(2)
     keys = keys * cos.unsqueeze(2) + _rotate_half(keys) * sin.unsqueeze(2)
     keys = keys.repeat_interleave(query.shape[2] // keys.shape[2], dim=2)  # grouped-query heads
     if head is not None:
         query, keys = query[:, :, head : head + 1], keys[:, :, head : head + 1]
     logits = torch.einsum("brhd,blhd->bhrl", query, keys) * attention.scaling
+    cap = getattr(attention, "attn_logit_softcapping", None)
+    if cap:  # Gemma 2's soft cap on the attention logits
+        logits = torch.tanh(logits / cap) * cap
     allowed = real.unsqueeze(1) & (torch.arange(length, device=hidden.device) <= queries.unsqueeze(-1))  # (B, R, L)
     return logits.masked_fill(~allowed.unsqueeze(1), float("-inf")).log_softmax(-1)

@@ -875,6 +875,13 @@ def check_prune_layer(adapter: ModelAdapter, layer: int | None) -> None:
             f"fastv layer={layer} is outside the language model's {count} layers (0 .. {count - 1}): expected "
             f"a layer the language model has"
         )
+    windowed = [i for i, block in enumerate(adapter.language_model().layers) if _sliding(block) and i >= layer]
+    if windowed:
+        raise InputError(
+            f"fastv layer={layer}: the language model's layers {windowed} attend within a sliding window of recent "
+            f"tokens, which a sequence pruned inside the model would change (and which hides most visual tokens "
+            f"from the last token's attention); use a method that prunes before the language model"
+        )
     first = adapter.first_prunable_layer
     if layer < first:
         raise InputError(
@@ -882,6 +889,11 @@ def check_prune_layer(adapter: ModelAdapter, layer: int | None) -> None:
             f"{adapter.name} adds visual features to every visual token's hidden state up to there (Qwen3-VL's "
             f"DeepStack): expected layer >= {first}"
         )
+
+
+def _sliding(block: Any) -> bool:
+    """Whether a decoder layer's self-attention attends within a sliding window (Gemma 3's local layers)."""
+    return getattr(getattr(block, "self_attn", None), "sliding_window", None) is not None
 
 
 def check_merging(adapter: ModelAdapter, selector: Selector) -> None:

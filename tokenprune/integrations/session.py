@@ -434,7 +434,7 @@ def apply(
 
     Args:
         model: a supported transformers VLM (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL,
-            Qwen3-VL, InternVL) or one a plugin adapts.
+            Qwen3-VL, InternVL, Gemma 3) or one a plugin adapts.
         method: a registered method name (``"zspa"``) or a :class:`tokenprune.Selector`.
         budget: tokens kept per image: an int, or a ratio in (0, 1] of the image's tokens.
         prompt_tokens: which tokens form the prompt the selector sees: ``"text"`` (every text token of

@@ -792,3 +792,74 @@ def tiny_internvl_inputs(
         "attention_mask": mask,
         "pixel_values": torch.randn(sum(tiles), 3, size, size, generator=g),
     }
+
+
+# Gemma 3: 56 px images of 7 px patches (8 x 8), average-pooled 2 x 2 into 16 tokens, attended bidirectionally.
+GEMMA_BOI, GEMMA_EOI = 104, 105
+__all__ += ["GEMMA_BOI", "GEMMA_EOI", "tiny_gemma3", "tiny_gemma3_inputs"]
+
+
+def tiny_gemma3(*, seed: int = 0, hidden: int = 64, layers: int = 3) -> Any:
+    """A random ``Gemma3ForConditionalGeneration``: SigLIP on 56 px images, 16 pooled tokens per image, a Gemma 3 LM
+    whose layers alternate sliding-window (8 tokens) and full attention."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    text = {
+        "vocab_size": 128,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": hidden // 4,
+        "max_position_embeddings": 512,
+        "sliding_window": 8,
+        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 56,
+        "patch_size": 7,
+    }
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=16,
+        image_token_id=IMAGE_TOKEN,
+        boi_token_index=GEMMA_BOI,
+        eoi_token_index=GEMMA_EOI,
+    )
+    model = Gemma3ForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def tiny_gemma3_inputs(
+    model: Any, prompts: list[list[list[int]]], *, seed: int = 0, left: bool = True
+) -> dict[str, torch.Tensor]:
+    """Processor-style inputs for ``tiny_gemma3``: BOS, then text segments with an image between each two, written
+    ``<boi> <image> * 16 <eoi>``, and ``token_type_ids`` 1 at the image tokens (the bidirectional blocks)."""
+    tokens = model.config.mm_tokens_per_image
+    rows = []
+    for segments in prompts:
+        row = [1, *segments[0]]
+        for text in segments[1:]:
+            row += [GEMMA_BOI, *([IMAGE_TOKEN] * tokens), GEMMA_EOI, *text]
+        rows.append(row)
+    ids, mask = _pad_rows(rows, left=left)
+    images = sum(len(segments) - 1 for segments in prompts)
+    size = model.config.vision_config.image_size
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": (ids == IMAGE_TOKEN).long(),
+        "pixel_values": torch.randn(images, 3, size, size, generator=g),
+    }

@@ -1,0 +1,79 @@
+"""Gemma 3 (``Gemma3ForConditionalGeneration``): 256 tokens per image, attended bidirectionally, 1-D RoPE.
+
+Each image (896 px in the released models) goes through SigLIP, whose patches are average-pooled 4 x 4
+into 256 tokens and projected. Inside the language model an image's tokens attend to each other in
+both directions (the processor's ``token_type_ids`` mark them), everything else causally. The pruned
+call keeps that: ``token_type_ids`` are pruned with the sequence, so the kept tokens of an image still
+form one block that attends both ways. Kept tokens take contiguous positions by default
+(``positions="original"``: their full-sequence positions).
+
+SigLIP has no [CLS] token and each token pools 16 patches, so ``fastervlm`` and ``visionzip`` are
+refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tokenprune.errors import InputError
+from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, UnsupportedScoresError
+
+__all__ = ["Gemma3Adapter"]
+
+
+class Gemma3Adapter(ModelAdapter):
+    image_kwargs = ("pixel_values",)
+    score_sources = frozenset()
+    merging = False
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def special_token_ids(self) -> set[int]:
+        ids = super().special_token_ids()
+        config = self.model.config
+        for attr in ("boi_token_id", "eoi_token_id", "boi_token_index", "eoi_token_index"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int):
+                ids.add(value)
+        return ids
+
+    def unsupported_scores(self, source: str) -> UnsupportedScoresError:
+        error = super().unsupported_scores(source)
+        if source != "cls_attention":
+            return error
+        return UnsupportedScoresError(
+            f"{error}: the SigLIP vision encoder has no CLS token; use a method that scores tokens from their "
+            f"features and the prompt (e.g. 'zspa', 'divprune', 'relevance')"
+        )
+
+    def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
+        if scores is not None:
+            raise self.unsupported_scores(scores)
+        pixels = inputs["pixel_values"]
+        if not isinstance(pixels, Tensor) or pixels.dim() != 4:
+            got = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
+            raise InputError(f"{self.name}: pixel_values must be (images, 3, H, W); got {got}")
+        out = self.model.model.get_image_features(pixels, return_dict=True)
+        return ImageTokens(features=list(out.pooler_output))  # (tokens per image, D) each
+
+    def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
+        kwargs = super().rebuild(inputs, pruned, features)
+        types = inputs.get("token_type_ids")
+        if isinstance(types, Tensor):  # the bidirectional blocks, over the kept tokens
+            kwargs["token_type_ids"] = pruned.take(types, fill=0)
+        return kwargs
+
+    def model_features(self, encoded: dict[str, Any]) -> dict[str, Any]:
+        """Gemma 3's forward reads the kept image tokens as one ``(1, T, D)`` tensor, not a list per image."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        images = encoded.get("image")
+        if images is not None and isinstance(images.pooler_output, list | tuple):
+            encoded["image"] = BaseModelOutputWithPooling(pooler_output=torch.cat(list(images.pooler_output))[None])
+        return encoded
