@@ -447,3 +447,18 @@ def test_a_budget_too_large_for_a_video_names_the_video(model, method):
         pytest.raises(tokenprune.BudgetError, match=r"budget=9 exceeds the 8 visual tokens in video 0\."),
     ):
         model.generate(**inputs, **GEN)
+
+
+@pytest.mark.parametrize("given", ["videos", "images"])
+def test_a_call_of_one_kind_behind_the_other_kinds_placeholders_is_refused_clearly(model, given):
+    """Video pixels behind image placeholders (or the reverse): stock fails with a TypeError deep in its M-RoPE."""
+    kinds = ["video", "video"] if given == "videos" else None
+    inputs = tiny_qwen2_5_vl_inputs(model, PROMPTS, [(2, 4, 4), (2, 4, 6)], kinds=kinds)
+    ids = inputs["input_ids"]
+    swapped = torch.where(ids == IMAGE_TOKEN, QWEN_VIDEO_TOKEN, torch.where(ids == QWEN_VIDEO_TOKEN, IMAGE_TOKEN, ids))
+    other = "image" if given == "videos" else "video"
+    with (
+        tokenprune.apply(model, "zspa", budget=0.5),
+        pytest.raises(tokenprune.InputError, match=rf"gives only {given}, but 20 of its placeholders are {other} ones"),
+    ):
+        model.generate(**{**inputs, "input_ids": swapped}, **GEN)

@@ -500,6 +500,7 @@ class Layout:
         left_padded: the batch is padded on the left (or not at all).
         lengths: per row, its real tokens (on the host).
         prompt_lengths: per row, its prompt tokens (on the host).
+        image_placeholders: how many of the placeholders are image ones (the rest: video ones).
     """
 
     real: Tensor
@@ -510,6 +511,7 @@ class Layout:
     left_padded: bool
     lengths: list[int]
     prompt_lengths: list[int]
+    image_placeholders: int = 0
 
     @classmethod
     def locate(
@@ -548,7 +550,10 @@ class Layout:
             prompt_mask &= marked.to(device=real.device, dtype=torch.bool)
         flat = image_mask.nonzero()  # (T, 2) row-major; its length is a read from the device
         # everything else the host needs, in one more read
-        host = torch.cat([flat.T.flatten(), real.sum(dim=1), prompt_mask.sum(dim=1), _right_padded(attention_mask)])
+        images = ((input_ids == adapter.image_token_id) & real).sum().reshape(1)
+        host = torch.cat(
+            [flat.T.flatten(), real.sum(dim=1), prompt_mask.sum(dim=1), images, _right_padded(attention_mask)]
+        )
         host = host.tolist()
         t, b = flat.shape[0], real.shape[0]
         rows, positions = host[:t], host[t : 2 * t]
@@ -556,7 +561,7 @@ class Layout:
             sizes = _runs(rows, positions)
         spans = _image_spans(flat, rows, sizes, adapter.name)
         lengths, prompt_lengths = host[2 * t : 2 * t + b], host[2 * t + b : 2 * t + 2 * b]
-        return cls(real, image_mask, prompt_mask, spans, list(sizes), not host[-1], lengths, prompt_lengths)
+        return cls(real, image_mask, prompt_mask, spans, list(sizes), not host[-1], lengths, prompt_lengths, host[-2])
 
     def keep_mask(self, kept: list[Tensor]) -> Tensor:
         """``(B, L)`` bool: every real text token, plus each image's kept placeholders (``kept[i]`` bool)."""
@@ -787,6 +792,7 @@ def prune_inputs(
         raise TokenPruneError(f"{adapter.name}: encode_images(merge=True) must give raw features and a merge metric")
     sizes = [f.shape[0] for f in images.features]
     layout = Layout.locate(adapter, input_ids, inputs.get("attention_mask"), sizes, prompt_tokens)
+    _check_kinds(adapter, inputs, layout)
     selected = select_per_image(
         selector,
         budget,
@@ -827,6 +833,24 @@ def prune_inputs(
         kwargs["mm_encoder_outputs"] = adapter.model_features(dict(listed))
         expandable = None if kwargs["mm_encoder_outputs"] == listed else listed
     return PrunedInputs(kwargs, keep, input_ids, stats, expandable)
+
+
+def _check_kinds(adapter: ModelAdapter, inputs: Mapping[str, Any], layout: Layout) -> None:
+    """A call of one kind (only images, or only videos) must use that kind's placeholders: the images and videos
+    were counted together, so video pixels behind image placeholders would otherwise reach the model's own, less
+    clear error. A call holding both was checked by :meth:`ModelAdapter.modalities`."""
+    if len(adapter.placeholder_ids) < 2:
+        return
+    videos = inputs.get("pixel_values_videos") is not None
+    if videos and inputs.get("pixel_values") is not None:
+        return
+    expected = 0 if videos else sum(layout.sizes)
+    if layout.image_placeholders != expected:
+        given, other = ("videos", "image") if videos else ("images", "video")
+        raise InputError(
+            f"{adapter.name}: the call gives only {given}, but {abs(layout.image_placeholders - expected)} of its "
+            f"placeholders are {other} ones; expected each {given[:-1]}'s placeholders to be its kind's token"
+        )
 
 
 def encode(
