@@ -88,3 +88,23 @@ def test_cls_attention_methods_are_refused(model, method):
         tokenprune.apply(model, method, budget=4),
     ):
         pytest.fail("refused before the block runs")
+
+
+def test_token_type_ids_of_another_shape_are_refused_clearly(model):
+    inputs = tiny_gemma3_inputs(model, LAYOUTS["two rows"])
+    short = {**inputs, "token_type_ids": inputs["token_type_ids"][:, 1:]}
+    with (
+        tokenprune.apply(model, "zspa", budget=0.5),
+        pytest.raises(
+            tokenprune.InputError, match=r"token_type_ids must be \(B, L\) like input_ids \(2, 23\); got \(2, 22\)"
+        ),
+    ):
+        model.generate(**short, **GEN)
+
+
+def test_a_method_of_caller_scores_is_pointed_to_methods_this_model_can_run(model):
+    with (
+        pytest.raises(UnsupportedScoresError, match=r"e\.g\. 'zspa', 'divprune'\); this model's vision encoder has no"),
+        tokenprune.apply(model, "attention", budget=4),
+    ):
+        pytest.fail("refused before the block runs")

@@ -879,7 +879,12 @@ def check_method(adapter: ModelAdapter, selector: Selector) -> None:
     if source == "external":
         raise UnsupportedScoresError(
             f"{selector!r} takes scores from the caller, which a model call cannot pass; inside a model use "
-            f"'fastervlm' (vision CLS attention) or a method whose scores the model provides"
+            + (
+                "'fastervlm' (vision CLS attention) or a method whose scores the model provides"
+                if adapter.score_sources is None or "cls_attention" in adapter.score_sources
+                else "a method that scores tokens from their features and the prompt (e.g. 'zspa', 'divprune'); "
+                "this model's vision encoder has no CLS token"
+            )
         )
     declared = adapter.score_sources
     if source is not None and selector.prune_layer is None and declared is not None and source not in declared:

@@ -66,6 +66,11 @@ class Gemma3Adapter(ModelAdapter):
         kwargs = super().rebuild(inputs, pruned, features)
         types = inputs.get("token_type_ids")
         if isinstance(types, Tensor):  # the bidirectional blocks, over the kept tokens
+            if types.shape != pruned.keep.shape:
+                raise InputError(
+                    f"{self.name}: token_type_ids must be (B, L) like input_ids {tuple(pruned.keep.shape)}; "
+                    f"got {tuple(types.shape)}"
+                )
             kwargs["token_type_ids"] = pruned.take(types, fill=0)
         return kwargs
 

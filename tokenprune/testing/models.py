@@ -837,6 +837,8 @@ def tiny_gemma3(*, seed: int = 0, hidden: int = 64, layers: int = 3) -> Any:
         eoi_token_index=GEMMA_EOI,
     )
     model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # transformers initialises the projector to zeros: every image token would be the same
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.05)
     model.generation_config.pad_token_id = 0
     return model
 
