@@ -4,6 +4,7 @@ The family test files (``test_integration_*.py``) run every built-in adapter thr
 """
 
 import pytest
+import torch
 
 import tokenprune
 import tokenprune.plugins
@@ -138,3 +139,14 @@ def test_the_check_catches_a_read_per_decoding_step(adapted, monkeypatch):
     message = r"with a static cache the code outside transformers read the device \d+ times"
     with pytest.raises(AssertionError, match=message):
         assert_adapter_contract(model, inputs, methods=("zspa",))
+
+
+def test_a_model_whose_image_tokens_are_all_alike_is_refused():
+    """transformers initialises some projectors to zeros (Gemma 3): the contract would then pass wrong selections."""
+    from tokenprune.testing.models import tiny_gemma3, tiny_gemma3_inputs
+
+    model = tiny_gemma3(seed=0)
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.zero_()
+    with pytest.raises(ValueError, match=r"every token of images \[0\] has the same feature"):
+        assert_adapter_contract(model, tiny_gemma3_inputs(model, [[[5, 6], [7, 8]]]))

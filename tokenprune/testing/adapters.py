@@ -73,7 +73,8 @@ def assert_adapter_contract(
 
     Raises:
         AssertionError: the first broken rule, naming the model, adapter, method and budget.
-        ValueError: unusable arguments (no image placeholder in ``inputs``, a method pruning inside the LM).
+        ValueError: unusable arguments (no image placeholder in ``inputs``, a method pruning inside the LM, a
+            model whose tokens of an image all have the same feature, so no check could see a wrong selection).
 
     Example::
 
@@ -176,6 +177,12 @@ class _Contract:
         with torch.no_grad():
             images = self.adapter.encode_images(self.inputs)
         encoded = images.protected
+        uniform = [i for i, f in enumerate(images.features) if f.shape[0] > 1 and bool((f == f[:1]).all())]
+        if uniform:  # e.g. a projector left at zeros by the model's initialisation
+            raise ValueError(
+                f"every token of images {uniform} has the same feature: the model cannot tell which tokens were kept, "
+                f"so the checks could not either; initialise the model so that its tokens differ"
+            )
         counts, sizes = self.adapter.image_token_counts(self.inputs), [f.shape[0] for f in images.features]
         self.check(counts is None or counts == sizes, f"image_token_counts(inputs) is {counts}; encoded: {sizes}")
         if protected is None or encoded is None:
