@@ -8,7 +8,7 @@ from tokenprune.integrations import get_adapter
 from tokenprune.integrations.base import UnsupportedScoresError
 from tokenprune.integrations.internvl import InternVLAdapter
 from tokenprune.testing import assert_adapter_contract
-from tokenprune.testing.models import IMAGE_TOKEN, tiny_internvl, tiny_internvl_inputs
+from tokenprune.testing.models import IMAGE_TOKEN, pad_embeddings_left, tiny_internvl, tiny_internvl_inputs
 
 GEN = {"max_new_tokens": 6, "do_sample": False}
 LAYOUTS = {
@@ -65,11 +65,7 @@ def test_pruned_generation_equals_the_lm_fed_text_plus_kept_tokens_directly(mode
                 pieces.append(emb[i : i + 1])
                 i += 1
         rows.append(torch.cat(pieces))
-    width = max(r.shape[0] for r in rows)
-    short = torch.zeros(len(rows), width, embeds.shape[-1])
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, r in enumerate(rows):
-        short[b, width - r.shape[0] :], mask[b, width - r.shape[0] :] = r, 1
+    short, mask = pad_embeddings_left(rows)
     assert mask.sum(1).tolist() == session.last.sequence_after
     assert torch.equal(new_tokens, model.generate(inputs_embeds=short, attention_mask=mask, **GEN))
 

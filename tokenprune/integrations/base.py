@@ -223,10 +223,18 @@ class ModelAdapter(ABC):
         protected = self.protected_tokens(inputs)
         return None if protected is None else [int(mask.shape[0]) for mask in protected]
 
+    #: why the family's tokens have no vision [CLS] attention of their own (e.g. "the SigLIP vision encoder has
+    #: no CLS token"), said when a method asks for it; None where nothing more is known
+    no_cls_attention: str | None = None
+
     def unsupported_scores(self, source: str) -> UnsupportedScoresError:
-        return UnsupportedScoresError(
-            f"{self.name} cannot provide {source!r} scores ({SCORE_SOURCES.get(source, 'unknown source')})"
-        )
+        message = f"{self.name} cannot provide {source!r} scores ({SCORE_SOURCES.get(source, 'unknown source')})"
+        if source == "cls_attention" and self.no_cls_attention:
+            message += (
+                f": {self.no_cls_attention}; use a method that scores tokens from their features and the prompt "
+                f"(e.g. 'zspa', 'divprune', 'relevance')"
+            )
+        return UnsupportedScoresError(message)
 
     def special_token_ids(self) -> set[int]:
         """Token ids that are never part of the prompt text (BOS/EOS/PAD and the like)."""
@@ -340,6 +348,16 @@ class VideoPlaceholders:
         """Placeholders of each image (``kind="image"``) or video (``"video"``) of the call, in order."""
         raise NotImplementedError
 
+    def nothing_to_prune(self) -> InputError:
+        return InputError(f"{self.name}: nothing to prune: the call has neither pixel_values nor pixel_values_videos")
+
+    def in_placeholder_order(self, inputs: Mapping[str, Any], per_kind: Mapping[str, Sequence[Any]]) -> list[Any]:
+        """One list of the images' entries and the videos' (``per_kind["image"]``, ``per_kind["video"]``, each in
+        its own order), interleaved as the inputs' placeholders are (:meth:`modalities`)."""
+        kinds = self.modalities(inputs) or ["image"] * len(per_kind.get("image", ()))
+        taken = {kind: iter(entries) for kind, entries in per_kind.items()}
+        return [next(taken[kind]) for kind in kinds]
+
     def modalities(self, inputs: Mapping[str, Any]) -> list[str] | None:
         """Images and videos in placeholder order. Reads the device only when a call holds both: with one
         kind, every visual input is of that kind."""
@@ -452,6 +470,15 @@ def _image_spans(flat: Tensor, rows: list[int], sizes: list[int], adapter: str) 
         spans.append((rows[start], chunk[:, 1]))
         start += size
     return spans
+
+
+def pixel_batch(adapter: str, inputs: Mapping[str, Any], layout: str) -> Tensor:
+    """``inputs["pixel_values"]``, checked to be 4-D; ``layout`` says what it holds, e.g. ``"(images, 3, H, W)"``."""
+    pixels = inputs.get("pixel_values")
+    if not isinstance(pixels, Tensor) or pixels.dim() != 4:
+        got = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
+        raise InputError(f"{adapter}: pixel_values must be {layout}; got {got}")
+    return pixels
 
 
 def _placeholders(input_ids: Tensor, ids: Sequence[int]) -> Tensor:

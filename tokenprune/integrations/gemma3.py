@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.errors import InputError
-from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, UnsupportedScoresError
+from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, pixel_batch
 
 __all__ = ["Gemma3Adapter"]
 
@@ -29,6 +29,7 @@ class Gemma3Adapter(ModelAdapter):
     image_kwargs = ("pixel_values",)
     score_sources = frozenset()
     merging = False
+    no_cls_attention = "the SigLIP vision encoder has no CLS token"
 
     @property
     def image_token_id(self) -> int:
@@ -43,22 +44,10 @@ class Gemma3Adapter(ModelAdapter):
                 ids.add(value)
         return ids
 
-    def unsupported_scores(self, source: str) -> UnsupportedScoresError:
-        error = super().unsupported_scores(source)
-        if source != "cls_attention":
-            return error
-        return UnsupportedScoresError(
-            f"{error}: the SigLIP vision encoder has no CLS token; use a method that scores tokens from their "
-            f"features and the prompt (e.g. 'zspa', 'divprune', 'relevance')"
-        )
-
     def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
         if scores is not None:
             raise self.unsupported_scores(scores)
-        pixels = inputs["pixel_values"]
-        if not isinstance(pixels, Tensor) or pixels.dim() != 4:
-            got = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
-            raise InputError(f"{self.name}: pixel_values must be (images, 3, H, W); got {got}")
+        pixels = pixel_batch(self.name, inputs, "(images, 3, H, W)")
         out = self.model.model.get_image_features(pixels, return_dict=True)
         return ImageTokens(features=list(out.pooler_output))  # (tokens per image, D) each
 

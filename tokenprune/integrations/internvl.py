@@ -24,13 +24,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from tokenprune.errors import InputError
 from tokenprune.integrations.base import (
     ImageTokens,
     ModelAdapter,
-    UnsupportedScoresError,
+    pixel_batch,
     placeholder_runs,
 )
 
@@ -41,27 +40,18 @@ class InternVLAdapter(ModelAdapter):
     image_kwargs = ("pixel_values", "vision_feature_layer", "vision_feature_select_strategy")
     score_sources = frozenset()
     merging = False
+    no_cls_attention = (
+        "its pixel shuffle folds 2 x 2 patches into each token, so no token has a [CLS] attention of its own"
+    )
 
     @property
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
-    def unsupported_scores(self, source: str) -> UnsupportedScoresError:
-        error = super().unsupported_scores(source)
-        if source != "cls_attention":
-            return error
-        return UnsupportedScoresError(
-            f"{error}: its pixel shuffle folds 2 x 2 patches into each token, so no token has a [CLS] attention of "
-            f"its own; use a method that scores tokens from their features and the prompt (e.g. 'zspa', 'divprune')"
-        )
-
     def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
         if scores is not None:
             raise self.unsupported_scores(scores)
-        pixels = inputs["pixel_values"]
-        if not isinstance(pixels, Tensor) or pixels.dim() != 4:
-            got = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
-            raise InputError(f"{self.name}: pixel_values must be (tiles, 3, H, W), every image's tiles; got {got}")
+        pixels = pixel_batch(self.name, inputs, "(tiles, 3, H, W), every image's tiles")
         out = self.model.model.get_image_features(
             pixel_values=pixels,
             vision_feature_layer=inputs.get("vision_feature_layer"),

@@ -30,8 +30,6 @@ from torch import Tensor
 from tokenprune.errors import InputError, TokenPruneError
 from tokenprune.integrations.base import (
     ImageTokens,
-    ModelAdapter,
-    UnsupportedScoresError,
     VideoPlaceholders,
 )
 from tokenprune.integrations.llava_next import LlavaNextAdapter
@@ -51,16 +49,8 @@ class LlavaOnevisionAdapter(VideoPlaceholders, LlavaNextAdapter):
         "vision_aspect_ratio",
     )
     merging = False
+    no_cls_attention = "the SigLIP vision encoder has no CLS token"
     score_sources = frozenset()
-
-    def unsupported_scores(self, source: str) -> UnsupportedScoresError:
-        error = ModelAdapter.unsupported_scores(self, source)
-        if source != "cls_attention":
-            return error
-        return UnsupportedScoresError(
-            f"{error}: the SigLIP vision encoder has no CLS token; use a method that scores tokens from their "
-            f"features and the prompt (e.g. 'zspa', 'divprune', 'relevance')"
-        )
 
     def visual_lengths(self, inputs: Mapping[str, Any], kind: str) -> list[int]:
         """Packed tokens per image (video), newlines included, from the sizes alone (no vision forward)."""
@@ -114,9 +104,7 @@ class LlavaOnevisionAdapter(VideoPlaceholders, LlavaNextAdapter):
         forward: images from their sizes and the model's packing of a marker, videos from their frame count)."""
         images = self._image_protected(inputs) if inputs.get("pixel_values") is not None else []
         videos = self._video_protected(inputs) if inputs.get("pixel_values_videos") is not None else []
-        kinds = self.modalities(inputs) or ["image"] * len(images)
-        taken = {"image": iter(images), "video": iter(videos)}
-        return [next(taken[kind]) for kind in kinds]
+        return self.in_placeholder_order(inputs, {"image": images, "video": videos})
 
     def encode_images(
         self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False
@@ -146,12 +134,8 @@ class LlavaOnevisionAdapter(VideoPlaceholders, LlavaNextAdapter):
             )
             encoded["video"] = list(out.pooler_output)
         if not encoded["image"] and not encoded["video"]:
-            raise InputError(
-                f"{self.name}: nothing to prune: the call has neither pixel_values nor pixel_values_videos"
-            )
-        kinds = self.modalities(inputs) or ["image"] * len(encoded["image"])
-        taken = {kind: iter(features) for kind, features in encoded.items()}
-        features = [next(taken[kind]) for kind in kinds]
+            raise self.nothing_to_prune()
+        features = self.in_placeholder_order(inputs, encoded)
         protected = self.protected_tokens(inputs)
         lengths = [int(mask.shape[0]) for mask in protected]
         if lengths != [int(f.shape[0]) for f in features]:

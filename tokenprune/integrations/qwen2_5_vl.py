@@ -38,7 +38,6 @@ from tokenprune.integrations.base import (
     ImageTokens,
     ModelAdapter,
     PrunedSequence,
-    UnsupportedScoresError,
     VideoPlaceholders,
 )
 
@@ -65,15 +64,7 @@ class Qwen2_5_VLAdapter(VideoPlaceholders, ModelAdapter):
         return [int(n) // merge for n in _grid(self.name, inputs, pixels, name).prod(-1).tolist()]
 
     score_sources = frozenset()
-
-    def unsupported_scores(self, source: str) -> UnsupportedScoresError:
-        error = super().unsupported_scores(source)
-        if source != "cls_attention":
-            return error
-        return UnsupportedScoresError(
-            f"{error}: the vision encoder has no CLS token; use a method that "
-            f"scores tokens from their features and the prompt (e.g. 'zspa', 'divprune', 'relevance')"
-        )
+    no_cls_attention = "the vision encoder has no CLS token"
 
     def special_token_ids(self) -> set[int]:
         ids = super().special_token_ids()
@@ -115,16 +106,15 @@ class Qwen2_5_VLAdapter(VideoPlaceholders, ModelAdapter):
             if inputs.get(pixels) is not None:
                 encoded[kind] = self._encode(kind, inputs[pixels], _grid(self.name, inputs, pixels, grid_name), merge)
         if not encoded:
-            raise InputError(
-                f"{self.name}: nothing to prune: the call has neither pixel_values nor pixel_values_videos"
-            )
-        kinds = self.modalities(inputs) or ["image"] * len(encoded["image"][0])
-        taken = {kind: iter(range(len(features))) for kind, (features, _) in encoded.items()}
-        order = [(kind, next(taken[kind])) for kind in kinds]  # placeholder order
-        images = ImageTokens(features=[encoded[kind][0][i] for kind, i in order])
+            raise self.nothing_to_prune()
+        pairs = {
+            kind: list(zip(features, raw or [None] * len(features), strict=True))
+            for kind, (features, raw) in encoded.items()
+        }
+        features, raw = zip(*self.in_placeholder_order(inputs, pairs), strict=True)
+        images = ImageTokens(features=list(features))
         if merge:
-            images.raw = [encoded[kind][1][i] for kind, i in order]
-            images.metric = images.raw
+            images.raw = images.metric = list(raw)
         return images
 
     def _encode(self, kind: str, pixels: Tensor, grid: Tensor, merge: bool) -> tuple[list[Tensor], list[Tensor] | None]:

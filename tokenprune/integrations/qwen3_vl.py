@@ -45,9 +45,12 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         """Per image and video, its placeholders (a video's frames are apart, so runs do not tell them)."""
         if inputs.get("pixel_values_videos") is None and inputs.get("pixel_values") is None:
             return None
-        kinds = self.modalities(inputs) or ["image"] * len(self.visual_lengths(inputs, "image"))
-        lengths = {kind: iter(self.visual_lengths(inputs, kind)) for kind in set(kinds)}
-        return [next(lengths[kind]) for kind in kinds]
+        present = [
+            kind
+            for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos"))
+            if inputs.get(pixels) is not None
+        ]
+        return self.in_placeholder_order(inputs, {kind: self.visual_lengths(inputs, kind) for kind in present})
 
     def encode_images(
         self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False
@@ -67,16 +70,10 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
             deep = [torch.stack(layers, dim=1) for layers in zip(*out.deepstack_features, strict=True)]
             encoded[kind] = (list(out.pooler_output), deep)
         if not encoded:
-            raise InputError(
-                f"{self.name}: nothing to prune: the call has neither pixel_values nor pixel_values_videos"
-            )
-        kinds = self.modalities(inputs) or ["image"] * len(encoded["image"][0])
-        taken = {kind: iter(range(len(features))) for kind, (features, _) in encoded.items()}
-        order = [(kind, next(taken[kind])) for kind in kinds]
-        return ImageTokens(
-            features=[encoded[kind][0][i] for kind, i in order],
-            per_token={"deepstack": [encoded[kind][1][i] for kind, i in order]},
-        )
+            raise self.nothing_to_prune()
+        pairs = {kind: list(zip(features, deep, strict=True)) for kind, (features, deep) in encoded.items()}
+        features, deep = zip(*self.in_placeholder_order(inputs, pairs), strict=True)
+        return ImageTokens(features=list(features), per_token={"deepstack": list(deep)})
 
     def rebuild(
         self,

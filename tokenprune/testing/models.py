@@ -114,6 +114,20 @@ def _tiny_llama(hidden: int, layers: int, **extra: Any) -> Any:
     )
 
 
+def pad_embeddings_left(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, L, D)`` embeddings and ``(B, L)`` attention mask of rows ``(L_b, D)`` padded with zeros on the left:
+    the ``inputs_embeds`` of an ideal short sequence built by hand in a test."""
+    width = max(row.shape[0] for row in rows)
+    embeds = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, row in enumerate(rows):
+        embeds[b, width - row.shape[0] :], mask[b, width - row.shape[0] :] = row, 1
+    return embeds, mask
+
+
+__all__ += ["pad_embeddings_left"]
+
+
 def _pad_rows(rows: list[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id rows padded (with 0) to one length, on the left or the right; and the attention mask."""
     width = max(map(len, rows))
@@ -222,6 +236,12 @@ _QWEN_SPECIAL = {
     "<|vision_end|>": QWEN_VISION_END,
 }
 _QWEN_WORDS = ["<|im_start|>", "<|im_end|>", "user", "assistant"]
+_QWEN_TOKEN_IDS = {
+    "image_token_id": IMAGE_TOKEN,
+    "video_token_id": QWEN_VIDEO_TOKEN,
+    "vision_start_token_id": QWEN_VISION_START,
+    "vision_end_token_id": QWEN_VISION_END,
+}
 
 
 def _qwen_text(hidden: int, layers: int) -> dict[str, Any]:
@@ -272,10 +292,7 @@ def tiny_qwen2_5_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
     config = Qwen2_5_VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=QWEN_VIDEO_TOKEN,
-        vision_start_token_id=QWEN_VISION_START,
-        vision_end_token_id=QWEN_VISION_END,
+        **_QWEN_TOKEN_IDS,
     )
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = 0
@@ -301,10 +318,7 @@ def tiny_qwen2_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
     config = Qwen2VLConfig(
         text_config=_qwen_text(hidden, layers),
         vision_config=vision,
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=QWEN_VIDEO_TOKEN,
-        vision_start_token_id=QWEN_VISION_START,
-        vision_end_token_id=QWEN_VISION_END,
+        **_QWEN_TOKEN_IDS,
     )
     model = Qwen2VLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = 0
@@ -340,10 +354,7 @@ def tiny_qwen3_vl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
     config = Qwen3VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=IMAGE_TOKEN,
-        video_token_id=QWEN_VIDEO_TOKEN,
-        vision_start_token_id=QWEN_VISION_START,
-        vision_end_token_id=QWEN_VISION_END,
+        **_QWEN_TOKEN_IDS,
     )
     model = Qwen3VLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = 0
