@@ -99,3 +99,18 @@ def test_placeholders_that_do_not_cover_whole_tiles_are_refused_clearly(model):
         pytest.raises(tokenprune.InputError, match=r"placeholder runs of \[31, 48\] tokens, but the 5 tiles give 16"),
     ):
         model.generate(**{**inputs, "input_ids": ids}, **GEN)
+
+
+def test_prune_inputs_gives_kwargs_stock_generate_runs_as_they_are(model):
+    """The public prune_inputs: kwargs in the layout the model's forward reads (one tensor), and the per-image
+    lists generate can copy for beams kept apart (``expandable``)."""
+    from tokenprune.integrations import prune_inputs
+
+    inputs = tiny_internvl_inputs(model, *LAYOUTS["two rows"])
+    pruned = prune_inputs(get_adapter(model), tokenprune.create_method("zspa"), 0.25, inputs)
+    assert isinstance(pruned.kwargs["mm_encoder_outputs"]["image"].pooler_output, torch.Tensor)
+    assert [f.shape[0] for f in pruned.expandable["image"].pooler_output] == [8, 12]
+    with tokenprune.apply(model, "zspa", budget=0.25):
+        inside = model.generate(**inputs, **GEN)[:, inputs["input_ids"].shape[1] :]
+    outside = model.generate(**pruned.kwargs, **GEN)[:, pruned.kwargs["input_ids"].shape[1] :]
+    assert torch.equal(inside, outside)

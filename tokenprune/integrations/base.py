@@ -857,8 +857,10 @@ def prune_inputs(
     listed = kwargs.get("mm_encoder_outputs")
     expandable = None
     if listed:
-        kwargs["mm_encoder_outputs"] = adapter.model_features(dict(listed))
-        expandable = None if kwargs["mm_encoder_outputs"] == listed else listed
+        kwargs["mm_encoder_outputs"] = converted = adapter.model_features(dict(listed))
+        # identity, not ==: the values hold tensors
+        changed = converted.keys() != listed.keys() or any(converted[key] is not value for key, value in listed.items())
+        expandable = listed if changed else None
     return PrunedInputs(kwargs, keep, input_ids, stats, expandable)
 
 
