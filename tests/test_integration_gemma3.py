@@ -104,7 +104,10 @@ def test_token_type_ids_of_another_shape_are_refused_clearly(model):
 
 def test_a_method_of_caller_scores_is_pointed_to_methods_this_model_can_run(model):
     with (
-        pytest.raises(UnsupportedScoresError, match=r"e\.g\. 'zspa', 'divprune'\); this model's vision encoder has no"),
+        pytest.raises(
+            UnsupportedScoresError,
+            match=r"e\.g\. 'zspa', 'divprune'\); this model has no vision \[CLS\] attention to give \(the SigLIP",
+        ),
         tokenprune.apply(model, "attention", budget=4),
     ):
         pytest.fail("refused before the block runs")

@@ -114,3 +114,28 @@ def test_prune_inputs_gives_kwargs_stock_generate_runs_as_they_are(model):
         inside = model.generate(**inputs, **GEN)[:, inputs["input_ids"].shape[1] :]
     outside = model.generate(**pruned.kwargs, **GEN)[:, pruned.kwargs["input_ids"].shape[1] :]
     assert torch.equal(inside, outside)
+
+
+def test_a_caller_scores_method_is_told_why_this_model_gives_no_cls_attention(model):
+    with (
+        pytest.raises(UnsupportedScoresError, match=r"no vision \[CLS\] attention to give \(its pixel shuffle folds"),
+        tokenprune.apply(model, "attention", budget=4),
+    ):
+        pytest.fail("refused before the block runs")
+
+
+def test_per_token_tensors_an_adapter_does_not_hand_to_its_model_are_refused():
+    """A plugin adapter giving ImageTokens.per_token without overriding rebuild would drop them silently."""
+    from tokenprune.errors import TokenPruneError
+    from tokenprune.integrations import prune_inputs
+    from tokenprune.integrations.base import ImageTokens
+
+    class WithExtras(InternVLAdapter):
+        def encode_images(self, inputs, *, scores=None, **options):
+            images = super().encode_images(inputs, scores=scores)
+            return ImageTokens(features=images.features, per_token={"extra": images.features})
+
+    model = tiny_internvl(seed=0)
+    inputs = tiny_internvl_inputs(model, *LAYOUTS["one image"])
+    with pytest.raises(TokenPruneError, match=r"per-token tensors \['extra'\].*override rebuild"):
+        prune_inputs(WithExtras(model), tokenprune.create_method("zspa"), 0.5, inputs)

@@ -181,7 +181,7 @@ def test_placeholder_count_mismatch_is_reported(model, inputs):
     broken = dict(inputs, input_ids=inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE_TOKEN, 7))
     with (
         tokenprune.apply(model, "zspa", budget=4),
-        pytest.raises(tokenprune.InputError, match="0 image placeholder tokens"),
+        pytest.raises(tokenprune.InputError, match="0 visual placeholder tokens"),
     ):
         model.generate(**broken, **GEN)
 

@@ -462,3 +462,38 @@ def test_a_call_of_one_kind_behind_the_other_kinds_placeholders_is_refused_clear
         pytest.raises(tokenprune.InputError, match=rf"gives only {given}, but 20 of its placeholders are {other} ones"),
     ):
         model.generate(**{**inputs, "input_ids": swapped}, **GEN)
+
+
+def test_videos_add_few_reads_of_the_device_and_a_call_asks_for_its_kinds_once(model):
+    """tokenprune's own reads of the device for a pruned forward: a video-only call reads no more than an image-only
+    one; a call mixing them reads its placeholders' kinds once (encoding and rebuilding ask again)."""
+    from pathlib import Path
+
+    from tokenprune.stages import Hierarchical, MaxMin, Relevance, TopK
+    from tokenprune.testing import HostTraffic
+
+    selector = Hierarchical(TopK(Relevance()), MaxMin(block_size=0), core_ratio=0.2)  # the GPU's route
+    package = str(Path(tokenprune.__file__).parent)
+
+    def reads(inputs):
+        with torch.no_grad(), tokenprune.apply(model, selector, budget=4), HostTraffic() as traffic:
+            model(**inputs)
+        return [where for where in traffic.where if where.startswith(package)]
+
+    grids = [(2, 4, 4), (2, 4, 6)]
+    images = reads(tiny_qwen2_5_vl_inputs(model, PROMPTS, grids))
+    videos = reads(tiny_qwen2_5_vl_inputs(model, PROMPTS, grids, kinds=["video", "video"]))
+    assert len(videos) <= len(images), (videos, images)
+    mixed = reads(video_inputs(model, "an image, a video, an image"))
+    assert len(mixed) <= len(images) + 3, mixed  # the placeholders' kinds and the two grids, once
+
+
+def test_fastv_budget_errors_name_the_video_under_beam_search_too(model):
+    inputs = tiny_qwen2_5_vl_inputs(
+        model, MULTI_PROMPTS, [(2, 8, 8), (2, 4, 4), (1, 4, 12)], kinds=["image", "video", "image"]
+    )
+    with (
+        tokenprune.apply(model, "fastv", layer=1, budget=9),
+        pytest.raises(tokenprune.BudgetError, match=r"in video 0\."),
+    ):
+        model.generate(**inputs, **GEN, num_beams=2)

@@ -11,6 +11,7 @@ and drop the placeholders of the pruned tokens.
 from __future__ import annotations
 
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -300,9 +301,25 @@ class ModelAdapter(ABC):
         """
         return encoded
 
-    def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
-        """New keyword arguments for the stock generate/forward: shorter ids, mask, pre-encoded features."""
+    def rebuild(
+        self,
+        inputs: Mapping[str, Any],
+        pruned: PrunedSequence,
+        features: list[Tensor],
+        per_token: dict[str, list[Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """New keyword arguments for the stock generate/forward: shorter ids, mask, pre-encoded features.
+
+        ``per_token``: the kept tokens' other per-token tensors (:attr:`ImageTokens.per_token`), given only when
+        ``encode_images`` gave some; a family that gives them overrides ``rebuild`` to hand them to its model.
+        """
         from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if per_token:
+            raise TokenPruneError(
+                f"{self.name}: encode_images gave per-token tensors {sorted(per_token)}, which only the family knows "
+                f"how to hand to its model: override rebuild(inputs, pruned, features, per_token) to pass them"
+            )
 
         kwargs = {key: value for key, value in inputs.items() if key not in self.image_kwargs}
         kwargs["input_ids"] = pruned.input_ids
@@ -358,21 +375,40 @@ class VideoPlaceholders:
         taken = {kind: iter(entries) for kind, entries in per_kind.items()}
         return [next(taken[kind]) for kind in kinds]
 
+    def visual_count(self, inputs: Mapping[str, Any], kind: str) -> int:
+        """How many images (videos) the call gives; override to count them without reading the device."""
+        return len(self.visual_lengths(inputs, kind))
+
     def modalities(self, inputs: Mapping[str, Any]) -> list[str] | None:
-        """Images and videos in placeholder order. Reads the device only when a call holds both: with one
-        kind, every visual input is of that kind."""
+        """Images and videos in placeholder order. Reads the device only when a call holds both (with one kind,
+        every visual input is of that kind), and then once per call: encoding and rebuilding ask again, and get
+        the answer of the same inputs."""
         if inputs.get("pixel_values_videos") is None:
             return None
-        lengths = {"video": self.visual_lengths(inputs, "video")}
         if inputs.get("pixel_values") is None:
-            return ["video"] * len(lengths["video"])
-        lengths["image"] = self.visual_lengths(inputs, "image")
+            return ["video"] * self.visual_count(inputs, "video")
+        names = ("input_ids", "attention_mask", *getattr(self, "image_kwargs", ()))
+        key = tuple(inputs.get(name) for name in names)
+        memo = getattr(self, "_modalities_memo", None)
+        if (
+            memo is not None
+            and memo[0] == names
+            and all(ref() is value for ref, value in zip(memo[1], key, strict=True))
+        ):
+            return list(memo[2])
+        order = self._placeholder_kinds(inputs)
+        self._modalities_memo = (names, tuple(_weak(value) for value in key), order)
+        return list(order)
+
+    def _placeholder_kinds(self, inputs: Mapping[str, Any]) -> list[str]:
+        lengths = {"video": self.visual_lengths(inputs, "video"), "image": self.visual_lengths(inputs, "image")}
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
         kind = (ids == self.image_token_id).long() + 2 * (ids == self.video_token_id).long()
         if mask is not None:
             kind = kind * mask.long()
-        rows, positions = kind.nonzero().T
-        rows, kinds = torch.stack([rows, kind[rows, positions]]).tolist()
+        table = kind.tolist()  # one read: the kind of every token (a few thousand ints)
+        rows = [row for row, tokens in enumerate(table) for token in tokens if token]
+        kinds = [token for tokens in table for token in tokens if token]  # row-major, as the placeholders fill
         left = {"image": iter(lengths["image"]), "video": iter(lengths["video"])}
         order: list[str] = []
         i = 0
@@ -460,8 +496,8 @@ def _image_spans(flat: Tensor, rows: list[int], sizes: list[int], adapter: str) 
     """
     if flat.shape[0] != sum(sizes):
         raise InputError(
-            f"{adapter}: the input has {flat.shape[0]} image placeholder tokens but the images encode to "
-            f"{sum(sizes)} visual tokens ({sizes}); the processor and the model disagree"
+            f"{adapter}: the input has {flat.shape[0]} visual placeholder tokens but the images and videos encode "
+            f"to {sum(sizes)} visual tokens ({sizes}); the processor and the model disagree"
         )
     spans, start = [], 0
     for chunk, size in zip(torch.split(flat, sizes), sizes, strict=True):
@@ -470,6 +506,14 @@ def _image_spans(flat: Tensor, rows: list[int], sizes: list[int], adapter: str) 
         spans.append((rows[start], chunk[:, 1]))
         start += size
     return spans
+
+
+def _weak(value: Any) -> Callable[[], Any]:
+    """A weak reference to a tensor (it may be freed and its id reused: the reference then answers None); for
+    anything else, a function that answers it."""
+    if isinstance(value, Tensor):
+        return weakref.ref(value)
+    return lambda: value
 
 
 def pixel_batch(adapter: str, inputs: Mapping[str, Any], layout: str) -> Tensor:
@@ -912,7 +956,7 @@ def check_method(adapter: ModelAdapter, selector: Selector) -> None:
                 "'fastervlm' (vision CLS attention) or a method whose scores the model provides"
                 if adapter.score_sources is None or "cls_attention" in adapter.score_sources
                 else "a method that scores tokens from their features and the prompt (e.g. 'zspa', 'divprune'); "
-                "this model's vision encoder has no CLS token"
+                f"this model has no vision [CLS] attention to give ({adapter.no_cls_attention or 'not provided'})"
             )
         )
     declared = adapter.score_sources
@@ -933,7 +977,8 @@ def check_prune_layer(adapter: ModelAdapter, layer: int | None) -> None:
             f"fastv layer={layer} is outside the language model's {count} layers (0 .. {count - 1}): expected "
             f"a layer the language model has"
         )
-    windowed = [i for i, block in enumerate(adapter.language_model().layers) if _sliding(block) and i >= layer]
+    lm = adapter.language_model()
+    windowed = [i for i, block in enumerate(lm.layers) if i >= layer and _sliding(block, lm.config)]
     if windowed:
         raise InputError(
             f"fastv layer={layer}: the language model's layers {windowed} attend within a sliding window of recent "
@@ -949,9 +994,13 @@ def check_prune_layer(adapter: ModelAdapter, layer: int | None) -> None:
         )
 
 
-def _sliding(block: Any) -> bool:
-    """Whether a decoder layer's self-attention attends within a sliding window (Gemma 3's local layers)."""
-    return getattr(getattr(block, "self_attn", None), "sliding_window", None) is not None
+def _sliding(block: Any, config: Any) -> bool:
+    """Whether a decoder layer's self-attention attends within a sliding window: Gemma 3's local layers say so
+    on the module; a model that only says so in its config (Mistral) applies it to every layer."""
+    attention = getattr(block, "self_attn", None)
+    if hasattr(attention, "sliding_window"):
+        return attention.sliding_window is not None
+    return getattr(config, "sliding_window", None) is not None and bool(getattr(config, "use_sliding_window", True))
 
 
 def check_merging(adapter: ModelAdapter, selector: Selector) -> None:

@@ -166,6 +166,8 @@ class LayerPruner:
         self.layout = Layout.locate(self.adapter, self.input_ids, self.attention_mask, sizes, self.prompt_tokens)
         if self.protected is not None:
             self.protected = [self.protected[i] for i in order]
+        names = self.names  # every copy of an input keeps its name (video 0, image 1, ...)
+        self.names = lambda: [names()[i] for i in order]
         self.repeats = repeats
 
     def _collapse(self, stats: PruneStats) -> PruneStats:

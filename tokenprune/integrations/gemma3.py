@@ -51,8 +51,14 @@ class Gemma3Adapter(ModelAdapter):
         out = self.model.model.get_image_features(pixels, return_dict=True)
         return ImageTokens(features=list(out.pooler_output))  # (tokens per image, D) each
 
-    def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
-        kwargs = super().rebuild(inputs, pruned, features)
+    def rebuild(
+        self,
+        inputs: Mapping[str, Any],
+        pruned: PrunedSequence,
+        features: list[Tensor],
+        per_token: dict[str, list[Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        kwargs = super().rebuild(inputs, pruned, features, per_token)
         types = inputs.get("token_type_ids")
         if isinstance(types, Tensor):  # the bidirectional blocks, over the kept tokens
             if types.shape != pruned.keep.shape:

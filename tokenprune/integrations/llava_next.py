@@ -109,7 +109,7 @@ class LlavaNextAdapter(LlavaAdapter):
         image_sizes = inputs.get("image_sizes")
         if image_sizes is None:
             raise InputError(
-                f"{self.name}: LLaVA-NeXT needs image_sizes (one (height, width) per image, as the processor returns)"
+                f"{self.name}: anyres images need image_sizes (one (height, width) per image, as the processor returns)"
             )
         return image_sizes
 

@@ -52,6 +52,10 @@ class LlavaOnevisionAdapter(VideoPlaceholders, LlavaNextAdapter):
     no_cls_attention = "the SigLIP vision encoder has no CLS token"
     score_sources = frozenset()
 
+    def visual_count(self, inputs: Mapping[str, Any], kind: str) -> int:
+        """Videos: the first dimension of ``pixel_values_videos`` (nothing read from the device)."""
+        return self._videos(inputs).shape[0] if kind == "video" else len(self.visual_lengths(inputs, kind))
+
     def visual_lengths(self, inputs: Mapping[str, Any], kind: str) -> list[int]:
         """Packed tokens per image (video), newlines included, from the sizes alone (no vision forward)."""
         protected = self._image_protected(inputs) if kind == "image" else self._video_protected(inputs)
@@ -71,11 +75,11 @@ class LlavaOnevisionAdapter(VideoPlaceholders, LlavaNextAdapter):
         per_prompt = None if inputs is None else inputs.get("batch_num_images")
         if per_prompt is None:
             return tiles
-        alone = [int(n) == 1 for n in per_prompt for _ in range(int(n))]
+        counts = [int(n) for n in (per_prompt.tolist() if isinstance(per_prompt, Tensor) else per_prompt)]
+        alone = [n == 1 for n in counts for _ in range(n)]
         if len(alone) != len(tiles):
             raise InputError(
-                f"{self.name}: batch_num_images {[int(n) for n in per_prompt]} adds up to {len(alone)} images; "
-                f"image_sizes has {len(tiles)}"
+                f"{self.name}: batch_num_images {counts} adds up to {len(alone)} images; image_sizes has {len(tiles)}"
             )
         return [n if single else 1 for n, single in zip(tiles, alone, strict=True)]
 

@@ -55,8 +55,15 @@ class Qwen2_5_VLAdapter(VideoPlaceholders, ModelAdapter):
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
+    def visual_count(self, inputs: Mapping[str, Any], kind: str) -> int:
+        """The rows of the grid: nothing is read from the device."""
+        pixels, name = (
+            ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
+        )
+        return _grid(self.name, inputs, pixels, name).shape[0]
+
     def visual_lengths(self, inputs: Mapping[str, Any], kind: str) -> list[int]:
-        """``t * h * w / 4`` per image (video), from its grid: nothing is read from the device."""
+        """``t * h * w / 4`` per image (video), from its grid (one read of it, on the device it is on)."""
         pixels, name = (
             ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
         )
@@ -154,8 +161,14 @@ class Qwen2_5_VLAdapter(VideoPlaceholders, ModelAdapter):
         )
         return positions
 
-    def rebuild(self, inputs: Mapping[str, Any], pruned: PrunedSequence, features: list[Tensor]) -> dict[str, Any]:
-        kwargs = super().rebuild(inputs, pruned, features)
+    def rebuild(
+        self,
+        inputs: Mapping[str, Any],
+        pruned: PrunedSequence,
+        features: list[Tensor],
+        per_token: dict[str, list[Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        kwargs = super().rebuild(inputs, pruned, features, per_token)
         rope = pruned.take(self.rope_positions(inputs), fill=0, dim=2)  # each kept token keeps its 3-D position
         mask = pruned.attention_mask
         text = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # contiguous, as stock generate builds row 0

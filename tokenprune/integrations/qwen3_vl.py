@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tokenprune.errors import InputError
+from tokenprune.errors import TokenPruneError
 from tokenprune.integrations.base import ImageTokens, PrunedSequence
 from tokenprune.integrations.qwen2_5_vl import Qwen2_5_VLAdapter, _grid
 
@@ -86,7 +86,7 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
 
         kwargs = super().rebuild(inputs, pruned, features)
         if per_token is None:
-            raise InputError(f"{self.name}: rebuild needs the kept tokens' DeepStack features (per_token)")
+            raise TokenPruneError(f"{self.name}: rebuild needs the kept tokens' DeepStack features (per_token)")
         kinds = self.modalities(inputs) or ["image"] * len(features)
         for kind in set(kinds):
             mine = [i for i, k in enumerate(kinds) if k == kind]
