@@ -294,3 +294,29 @@ def test_scores_are_the_eager_attention_on_other_families(family):
         placeholders = visual[row].nonzero()[:, 0]
         expected = torch.topk(maps[row, placeholders], 5).indices.sort().values
         assert session.last.kept[row].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("window", [8, None])
+def test_a_language_model_with_a_sliding_window_in_its_config_is_refused(window):
+    """Mistral applies its config's sliding window to every layer without saying so on the attention module."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, MistralConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14
+    )
+    text = MistralConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, sliding_window=window,
+    )  # fmt: skip
+    model = LlavaForConditionalGeneration(
+        LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN)
+    )
+    if window is None:
+        with tokenprune.apply(model, "fastv", layer=1, budget=4):
+            pass
+        return
+    with (
+        pytest.raises(tokenprune.InputError, match=r"layers \[1\] attend within a sliding window"),
+        tokenprune.apply(model, "fastv", layer=1, budget=4),
+    ):
+        pytest.fail("refused before the block runs")
