@@ -237,13 +237,16 @@ class ModelAdapter(ABC):
             )
         return UnsupportedScoresError(message)
 
+    #: the model config's attributes naming other tokens that are never prompt text (image start and end markers)
+    marker_token_attrs: tuple[str, ...] = ()
+
     def special_token_ids(self) -> set[int]:
-        """Token ids that are never part of the prompt text (BOS/EOS/PAD and the like)."""
+        """Token ids that are never part of the prompt text (BOS/EOS/PAD, the :attr:`marker_token_attrs`)."""
         ids: set[int] = set()
         configs = [getattr(self.model, "config", None), getattr(self.model, "generation_config", None)]
         text_config = getattr(configs[0], "text_config", None)
         for config in [*configs, text_config]:
-            for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            for attr in ("bos_token_id", "eos_token_id", "pad_token_id", *self.marker_token_attrs):
                 value = getattr(config, attr, None) if config is not None else None
                 if isinstance(value, int):
                     ids.add(value)

@@ -30,19 +30,11 @@ class Gemma3Adapter(ModelAdapter):
     score_sources = frozenset()
     merging = False
     no_cls_attention = "the SigLIP vision encoder has no CLS token"
+    marker_token_attrs = ("boi_token_id", "eoi_token_id", "boi_token_index", "eoi_token_index")
 
     @property
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
-
-    def special_token_ids(self) -> set[int]:
-        ids = super().special_token_ids()
-        config = self.model.config
-        for attr in ("boi_token_id", "eoi_token_id", "boi_token_index", "eoi_token_index"):
-            value = getattr(config, attr, None)
-            if isinstance(value, int):
-                ids.add(value)
-        return ids
 
     def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
         if scores is not None:

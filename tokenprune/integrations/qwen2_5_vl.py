@@ -72,15 +72,7 @@ class Qwen2_5_VLAdapter(VideoPlaceholders, ModelAdapter):
 
     score_sources = frozenset()
     no_cls_attention = "the vision encoder has no CLS token"
-
-    def special_token_ids(self) -> set[int]:
-        ids = super().special_token_ids()
-        config = self.model.config
-        for attr in ("vision_start_token_id", "vision_end_token_id", "video_token_id", "vision_token_id"):
-            value = getattr(config, attr, None)
-            if isinstance(value, int):
-                ids.add(value)
-        return ids
+    marker_token_attrs = ("vision_start_token_id", "vision_end_token_id", "video_token_id", "vision_token_id")
 
     @property
     def merging(self) -> bool:
