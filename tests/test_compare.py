@@ -633,6 +633,25 @@ def test_llava_onevision_runs_under_the_same_harness_and_batch_size_changes_noth
     _check_family_run(batched, one, [f.shape[0] for f in features], positions="contiguous", model=model)
 
 
+def test_gemma3_runs_under_the_same_harness_with_its_real_processor(tmp_path, pope_shapes):
+    """Gemma 3 with its real processor (its token_type_ids mark the bidirectional image blocks): batch size changes
+    no prediction, and every image is its 16 pooled tokens."""
+    from tokenprune.testing.models import tiny_gemma3, tiny_gemma3_processor
+
+    model = tiny_gemma3(seed=0)
+    model.save_pretrained(tmp_path)
+    tiny_gemma3_processor(model, full_vocab=True).save_pretrained(tmp_path)
+    run = {"methods": "zspa,divprune", "keeps": (0.25,), "seed": 0, "model": tmp_path}
+    run["benchmarks"] = [("pope", pope_shapes)]
+    batched = run_comparison(**run, batch_size=3, output=None)
+    one = run_comparison(**run, batch_size=1, output=None)
+    assert _predictions(batched) == _predictions(one)
+    (bench,) = batched.benchmarks
+    configs = [config for config in batched.configs if config.method.name != "none"]
+    records = [record for config in configs for record in batched.records_for(config, bench)]
+    assert len(records) == 2 * 6 and all(r["visual_before"] == 16 and r["visual_after"] == 4 for r in records)
+
+
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2-vl", "qwen3-vl"])
 def test_qwen_runs_under_the_same_harness_and_batch_size_changes_nothing(tmp_path, pope_shapes, family):
     """Qwen2.5-VL and Qwen2-VL (dynamic resolution, 3-D M-RoPE) with their real processor's chat template and

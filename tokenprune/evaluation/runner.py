@@ -431,8 +431,9 @@ def chat_inputs(
     for images, text in rows:
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
         texts.append(processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True))
-    images = [image for row_images, _ in rows for image in row_images]
-    batch = processor(images=images or None, text=texts, padding=True, return_tensors="pt")
+    # per row, its images (a nested list): processors such as Gemma 3's match them to each prompt's placeholders
+    images = [list(row_images) for row_images, _ in rows]
+    batch = processor(images=images if any(images) else None, text=texts, padding=True, return_tensors="pt")
     inputs = {}
     for name, value in batch.items():
         if isinstance(value, torch.Tensor) and device is not None:

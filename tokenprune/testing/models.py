@@ -53,10 +53,16 @@ def tiny_tokenizer(vocab_size: int | None = None, *, video: bool = False) -> Any
 
 
 def _word_tokenizer(
-    words: dict[str, int], special: list[str], split: str, template: str, vocab_size: int | None
+    words: dict[str, int],
+    special: list[str],
+    split: str,
+    template: str,
+    vocab_size: int | None,
+    named: dict[str, str] | None = None,
 ) -> Any:
     """Word-level: PAD 0, BOS 1, EOS 2, UNK 3, ``words`` at their ids (``special`` among them marked
-    special), and ``t<id>`` for every other id below ``vocab_size``; text is split by the regex ``split``."""
+    special), and ``t<id>`` for every other id below ``vocab_size``; text is split by the regex ``split``.
+    ``named``: special tokens a processor reads by name (e.g. Gemma 3's ``boi_token``)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -65,8 +71,9 @@ def _word_tokenizer(
     vocab.update({f"t{i}": i for i in range(vocab_size or 0) if i not in used})
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(split), behavior="isolated")
+    extra = {} if named is None else {"extra_special_tokens": named}
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", **extra
     )
     tokenizer.add_special_tokens({"additional_special_tokens": special})
     tokenizer.chat_template = template
@@ -876,3 +883,38 @@ def tiny_gemma3_inputs(
         "token_type_ids": (ids == IMAGE_TOKEN).long(),
         "pixel_values": torch.randn(images, 3, size, size, generator=g),
     }
+
+
+GEMMA_CHAT_TEMPLATE = (
+    "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<start_of_image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+"""Gemma 3's chat template without its system turn: ``<start_of_turn>user\n<start_of_image>...``."""
+__all__ += ["GEMMA_CHAT_TEMPLATE", "tiny_gemma3_processor"]
+
+
+def tiny_gemma3_processor(model: Any, *, full_vocab: bool = False) -> Any:
+    """A real ``Gemma3Processor`` for :func:`tiny_gemma3`: the PIL image processor (56 px), 16 image tokens per image,
+    a word-level tokenizer with Gemma's image and turn markers (named as the processor reads them) and
+    :data:`GEMMA_CHAT_TEMPLATE`, left padding. ``full_vocab``: every id of the vocabulary decodes to a word."""
+    from transformers import Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    markers = {"<start_of_image>": GEMMA_BOI, "<end_of_image>": GEMMA_EOI, "<image_soft_token>": IMAGE_TOKEN}
+    turns = {"<start_of_turn>": 106, "<end_of_turn>": 107}
+    words = {**markers, **turns, **{word: i + 10 for i, word in enumerate(_WORDS)}, "user": 108, "model": 109}
+    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    vocab_size = model.config.text_config.vocab_size if full_vocab else None
+    tokenizer = _word_tokenizer(
+        words, [*markers, *turns], r"<[a-z_]+>|\n| |[:?]", GEMMA_CHAT_TEMPLATE, vocab_size, named=named
+    )
+    tokenizer.padding_side = "left"
+    size = model.config.vision_config.image_size
+    return Gemma3Processor(
+        image_processor=Gemma3ImageProcessorPil(size={"height": size, "width": size}),
+        tokenizer=tokenizer,
+        chat_template=GEMMA_CHAT_TEMPLATE,
+        image_seq_length=model.config.mm_tokens_per_image,
+    )
