@@ -26,7 +26,7 @@ examples:
 needs: what a method takes beyond the visual tokens (the prompt; scores from the caller, the vision
 encoder's [CLS] attention or the LM's attention), whether it merges dropped tokens into kept ones, and
 whether it prunes inside the LM. Caller's scores cannot come from a model (tokenprune.apply, compare);
-[CLS] attention needs an encoder with a [CLS] token (LLaVA-1.5 and -NeXT, not Qwen2.5-VL).
+[CLS] attention needs an encoder with a [CLS] token (LLaVA-1.5 and -NeXT; not Qwen or Gemma).
 
 A pattern that matches no method prints the available names on stderr and exits with status 1
 (with --json, stdout still gets a valid empty list: []).
@@ -64,7 +64,7 @@ def method_needs(name: str) -> list[str]:
     scores and where they come from), whether it merges dropped tokens, whether it prunes inside the LM.
 
     ``scores:external`` cannot run inside a model (``tokenprune.apply``, ``compare``): only a caller passes
-    them; ``scores:cls_attention`` needs a vision encoder with a [CLS] token (LLaVA, not Qwen2.5-VL).
+    them; ``scores:cls_attention`` needs a vision encoder with a [CLS] token (LLaVA-1.5 and -NeXT; not Qwen or Gemma).
     """
     selector = create_method(name)
     needs = ["prompt"] if "prompt" in selector.requires else []
