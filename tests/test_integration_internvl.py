@@ -137,5 +137,5 @@ def test_per_token_tensors_an_adapter_does_not_hand_to_its_model_are_refused():
 
     model = tiny_internvl(seed=0)
     inputs = tiny_internvl_inputs(model, *LAYOUTS["one image"])
-    with pytest.raises(TokenPruneError, match=r"per-token tensors \['extra'\].*override rebuild"):
+    with pytest.raises(TokenPruneError, match=r"per-token tensors \['extra'\].*override encoder_output"):
         prune_inputs(WithExtras(model), tokenprune.create_method("zspa"), 0.5, inputs)

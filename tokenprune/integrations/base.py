@@ -15,7 +15,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -293,16 +293,41 @@ class ModelAdapter(ABC):
     #: LM adds visual features to its visual tokens in its first layers (Qwen3-VL's DeepStack) needs them all
     first_prunable_layer: int = 0
 
+    #: the modalities whose kept features the family's ``forward`` reads as one tensor rather than a list per
+    #: image or video: ``{"image": False}`` one ``(T, D)`` tensor (InternVL), ``True`` one ``(1, T, D)``
+    #: (Gemma 3's images, LLaVA-OneVision's videos); see :meth:`model_features`
+    one_tensor: ClassVar[Mapping[str, bool]] = {}
+
     def model_features(self, encoded: dict[str, Any]) -> dict[str, Any]:
         """``mm_encoder_outputs`` in the layout the family's ``forward`` reads.
 
         :meth:`rebuild` gives each modality's kept features as a list, one ``(K_i, D)`` tensor per image or
         video, which is what ``generate`` can copy row by row for beam search and several returned sequences.
-        A family whose ``forward`` reads one tensor instead (InternVL's images, LLaVA-OneVision's videos)
-        returns that here; tokenprune calls it at the ``forward`` call, after ``generate`` has copied the
-        rows. Only lists are converted (a call may see a layout already converted). The default: as given.
+        tokenprune calls this at the ``forward`` call, after ``generate`` has copied the rows. The default joins
+        the lists of the :attr:`one_tensor` modalities; only lists are converted (a call may see a layout
+        already converted).
         """
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        for kind, batched in self.one_tensor.items():
+            output = encoded.get(kind)
+            if output is not None and isinstance(output.pooler_output, list | tuple):
+                joined = torch.cat(list(output.pooler_output))
+                encoded[kind] = BaseModelOutputWithPooling(pooler_output=joined[None] if batched else joined)
         return encoded
+
+    def encoder_output(self, kind: str, features: list[Tensor], per_token: dict[str, list[Tensor]] | None) -> Any:
+        """One modality's entry of ``mm_encoder_outputs``: its kept features, one ``(K_i, D)`` tensor per input,
+        and their other per-token tensors (:attr:`ImageTokens.per_token`) where ``encode_images`` gave some; a
+        family that gives them overrides this to hand them to its model (Qwen3-VL's DeepStack features)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if per_token:
+            raise TokenPruneError(
+                f"{self.name}: encode_images gave per-token tensors {sorted(per_token)}, which only the family knows "
+                f"how to hand to its model: override encoder_output(kind, features, per_token) to pass them"
+            )
+        return BaseModelOutputWithPooling(pooler_output=features)
 
     def rebuild(
         self,
@@ -314,16 +339,8 @@ class ModelAdapter(ABC):
         """New keyword arguments for the stock generate/forward: shorter ids, mask, pre-encoded features.
 
         ``per_token``: the kept tokens' other per-token tensors (:attr:`ImageTokens.per_token`), given only when
-        ``encode_images`` gave some; a family that gives them overrides ``rebuild`` to hand them to its model.
+        ``encode_images`` gave some; each modality's share goes to :meth:`encoder_output`.
         """
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        if per_token:
-            raise TokenPruneError(
-                f"{self.name}: encode_images gave per-token tensors {sorted(per_token)}, which only the family knows "
-                f"how to hand to its model: override rebuild(inputs, pruned, features, per_token) to pass them"
-            )
-
         kwargs = {key: value for key, value in inputs.items() if key not in self.image_kwargs}
         kwargs["input_ids"] = pruned.input_ids
         kwargs["attention_mask"] = pruned.attention_mask
@@ -334,11 +351,16 @@ class ModelAdapter(ABC):
             raise TokenPruneError(
                 f"{self.name}: modalities(inputs) names {len(kinds)} visual inputs but {len(features)} were encoded"
             )
-        grouped: dict[str, list[Tensor]] = {}
-        for kind, feats in zip(kinds, features, strict=True):
-            grouped.setdefault(kind, []).append(feats)
+        grouped: dict[str, list[int]] = {}
+        for i, kind in enumerate(kinds):
+            grouped.setdefault(kind, []).append(i)
         kwargs["mm_encoder_outputs"] = {
-            kind: BaseModelOutputWithPooling(pooler_output=feats) for kind, feats in grouped.items()
+            kind: self.encoder_output(
+                kind,
+                [features[i] for i in mine],
+                None if not per_token else {name: [values[i] for i in mine] for name, values in per_token.items()},
+            )
+            for kind, mine in grouped.items()
         }
         return kwargs
 

@@ -14,9 +14,8 @@ refused with a clear error.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from tokenprune.errors import InputError
@@ -29,6 +28,9 @@ class Gemma3Adapter(ModelAdapter):
     image_kwargs = ("pixel_values",)
     score_sources = frozenset()
     merging = False
+    one_tensor: ClassVar[Mapping[str, bool]] = {
+        "image": True
+    }  # forward reads the kept image tokens as one (1, T, D) tensor
     no_cls_attention = "the SigLIP vision encoder has no CLS token"
     marker_token_attrs = ("boi_token_id", "eoi_token_id", "boi_token_index", "eoi_token_index")
 
@@ -60,12 +62,3 @@ class Gemma3Adapter(ModelAdapter):
                 )
             kwargs["token_type_ids"] = pruned.take(types, fill=0)
         return kwargs
-
-    def model_features(self, encoded: dict[str, Any]) -> dict[str, Any]:
-        """Gemma 3's forward reads the kept image tokens as one ``(1, T, D)`` tensor, not a list per image."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        images = encoded.get("image")
-        if images is not None and isinstance(images.pooler_output, list | tuple):
-            encoded["image"] = BaseModelOutputWithPooling(pooler_output=torch.cat(list(images.pooler_output))[None])
-        return encoded

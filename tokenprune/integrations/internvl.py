@@ -21,7 +21,7 @@ are refused with a clear error.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -40,6 +40,9 @@ class InternVLAdapter(ModelAdapter):
     image_kwargs = ("pixel_values", "vision_feature_layer", "vision_feature_select_strategy")
     score_sources = frozenset()
     merging = False
+    one_tensor: ClassVar[Mapping[str, bool]] = {
+        "image": False
+    }  # forward reads every kept image token as one (T, D) tensor
     no_cls_attention = (
         "its pixel shuffle folds 2 x 2 patches into each token, so no token has a [CLS] attention of its own"
     )
@@ -72,12 +75,3 @@ class InternVLAdapter(ModelAdapter):
                 f"and </img>, as the processor writes them"
             )
         return ImageTokens(features=list(torch.split(tiles.reshape(-1, tiles.shape[-1]), sizes)))
-
-    def model_features(self, encoded: dict[str, Any]) -> dict[str, Any]:
-        """InternVL's forward reads every kept image token as one ``(T, D)`` tensor, not a list per image."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        images = encoded.get("image")
-        if images is not None and isinstance(images.pooler_output, list | tuple):
-            encoded["image"] = BaseModelOutputWithPooling(pooler_output=torch.cat(list(images.pooler_output)))
-        return encoded

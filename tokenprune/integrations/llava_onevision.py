@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -49,6 +49,9 @@ class LlavaOnevisionAdapter(VideoPlaceholders, LlavaNextAdapter):
         "vision_aspect_ratio",
     )
     merging = False
+    one_tensor: ClassVar[Mapping[str, bool]] = {
+        "video": True
+    }  # forward flattens the kept video tokens from one (1, T, D) tensor
     no_cls_attention = "the SigLIP vision encoder has no CLS token"
     score_sources = frozenset()
 
@@ -148,13 +151,3 @@ class LlavaOnevisionAdapter(VideoPlaceholders, LlavaNextAdapter):
                 f"{[int(f.shape[0]) for f in features]}; this transformers version packs LLaVA-OneVision differently"
             )
         return ImageTokens(features=features, protected=protected)
-
-    def model_features(self, encoded: dict[str, Any]) -> dict[str, Any]:
-        """LLaVA-OneVision's forward reads the videos' kept tokens as one ``(1, T, D)`` tensor (it flattens the
-        first two dimensions), not a list per video; images stay a list."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        videos = encoded.get("video")
-        if videos is not None and isinstance(videos.pooler_output, list | tuple):
-            encoded["video"] = BaseModelOutputWithPooling(pooler_output=torch.cat(list(videos.pooler_output))[None])
-        return encoded

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.errors import TokenPruneError
-from tokenprune.integrations.base import ImageTokens, PrunedSequence
+from tokenprune.integrations.base import ImageTokens
 from tokenprune.integrations.qwen2_5_vl import Qwen2_5_VLAdapter, _grid
 
 __all__ = ["Qwen3VLAdapter"]
@@ -75,24 +75,14 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         features, deep = zip(*self.in_placeholder_order(inputs, pairs), strict=True)
         return ImageTokens(features=list(features), per_token={"deepstack": list(deep)})
 
-    def rebuild(
-        self,
-        inputs: Mapping[str, Any],
-        pruned: PrunedSequence,
-        features: list[Tensor],
-        per_token: dict[str, list[Tensor]] | None = None,
-    ) -> dict[str, Any]:
+    def encoder_output(self, kind: str, features: list[Tensor], per_token: dict[str, list[Tensor]] | None) -> Any:
+        """The kept features with their DeepStack features, per layer one ``(K_i, D)`` tensor per input."""
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-        kwargs = super().rebuild(inputs, pruned, features)
-        if per_token is None:
+        if not per_token:
             raise TokenPruneError(f"{self.name}: rebuild needs the kept tokens' DeepStack features (per_token)")
-        kinds = self.modalities(inputs) or ["image"] * len(features)
-        for kind in set(kinds):
-            mine = [i for i, k in enumerate(kinds) if k == kind]
-            deep = [per_token["deepstack"][i] for i in mine]  # (K_i, layers, D) each
-            kwargs["mm_encoder_outputs"][kind] = BaseModelOutputWithDeepstackFeatures(
-                pooler_output=[features[i] for i in mine],
-                deepstack_features=[[d[:, layer] for d in deep] for layer in range(deep[0].shape[1])],
-            )
-        return kwargs
+        deep = per_token["deepstack"]  # (K_i, layers, D) each
+        return BaseModelOutputWithDeepstackFeatures(
+            pooler_output=features,
+            deepstack_features=[[d[:, layer] for d in deep] for layer in range(deep[0].shape[1])],
+        )
