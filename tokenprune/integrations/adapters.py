@@ -15,6 +15,7 @@ __all__ = ["BUILTIN_ADAPTERS", "tokenprune_model_adapter"]
 
 BUILTIN_ADAPTERS: dict[str, str] = {
     "Gemma3ForConditionalGeneration": "tokenprune.integrations.gemma3:Gemma3Adapter",
+    "Idefics3ForConditionalGeneration": "tokenprune.integrations.idefics3:Idefics3Adapter",
     "InternVLForConditionalGeneration": "tokenprune.integrations.internvl:InternVLAdapter",
     "LlavaForConditionalGeneration": "tokenprune.integrations.llava:LlavaAdapter",
     "LlavaNextForConditionalGeneration": "tokenprune.integrations.llava_next:LlavaNextAdapter",
@@ -22,6 +23,7 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "Qwen2_5_VLForConditionalGeneration": "tokenprune.integrations.qwen2_5_vl:Qwen2_5_VLAdapter",
     "Qwen2VLForConditionalGeneration": "tokenprune.integrations.qwen2_vl:Qwen2VLAdapter",
     "Qwen3VLForConditionalGeneration": "tokenprune.integrations.qwen3_vl:Qwen3VLAdapter",
+    "SmolVLMForConditionalGeneration": "tokenprune.integrations.idefics3:Idefics3Adapter",
 }
 """Model class name -> ``module:AdapterClass``; subclasses of these model classes match too."""
 

@@ -10,6 +10,7 @@ and drop the placeholders of the pruned tokens.
 
 from __future__ import annotations
 
+import inspect
 import time
 import weakref
 from abc import ABC, abstractmethod
@@ -247,12 +248,18 @@ class ModelAdapter(ABC):
         text_config = getattr(configs[0], "text_config", None)
         for config in [*configs, text_config]:
             for attr in ("bos_token_id", "eos_token_id", "pad_token_id", *self.marker_token_attrs):
-                value = getattr(config, attr, None) if config is not None else None
+                value = _config_value(config, attr)
                 if isinstance(value, int):
                     ids.add(value)
                 elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
                     ids.update(v for v in value if isinstance(v, int))
         return ids
+
+    def frame_tokens(self, input_ids: Tensor, placeholders: Tensor) -> Tensor | None:
+        """``(B, L)`` bool: tokens the processor writes around visual inputs that the model config does not name
+        (:attr:`marker_token_attrs`) and that are never prompt text, found from the ids and the ``(B, L)``
+        placeholder mask (Idefics3's tile tags); None where there are none."""
+        return None
 
     def pad_token_id(self) -> int:
         for config in (getattr(self.model, "generation_config", None), getattr(self.model.config, "text_config", None)):
@@ -502,6 +509,14 @@ def _cache(kwargs: dict[str, Any]) -> Any:
     return kwargs.get("past_key_values") if cache is None else cache
 
 
+def _config_value(config: Any, attr: str) -> Any:
+    """``config.attr``, or None where the config lacks it or computes it (a property: Idefics3's deprecated
+    top-level ``pad_token_id``, a default that is not the model's PAD; the text config holds the real one)."""
+    if config is None or isinstance(inspect.getattr_static(type(config), attr, None), property):
+        return None
+    return getattr(config, attr, None)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -635,6 +650,9 @@ class Layout:
         special = torch.tensor(sorted(adapter.special_token_ids()), dtype=input_ids.dtype)
         special = special.to(real.device, non_blocking=True)
         prompt_mask = real & ~image_mask & ~torch.isin(input_ids, special)
+        framing = adapter.frame_tokens(input_ids, image_mask)
+        if framing is not None:
+            prompt_mask &= ~framing
         if callable(prompt_tokens):
             marked = prompt_tokens(input_ids, attention_mask)
             if not isinstance(marked, Tensor) or marked.shape != input_ids.shape:

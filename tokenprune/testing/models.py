@@ -918,3 +918,133 @@ def tiny_gemma3_processor(model: Any, *, full_vocab: bool = False) -> Any:
         chat_template=GEMMA_CHAT_TEMPLATE,
         image_seq_length=model.config.mm_tokens_per_image,
     )
+
+
+# Idefics3 / SmolVLM: 56 px tiles of 7 px patches (8 x 8), folded 2 x 2 by the pixel shuffle: 16 tokens a tile; an image
+# is a grid of tiles, each written after its <row_i_col_j> tag, and its global tile, written after <global-img>.
+IDEFICS_FAKE, IDEFICS_GLOBAL, IDEFICS_NEWLINE = 101, 102, 19  # 19: "\n" in the tiny tokenizers' words
+IDEFICS_ROW_COL = 60  # <row_i_col_j> is IDEFICS_ROW_COL + 6 (i - 1) + (j - 1)
+__all__ += [
+    "IDEFICS_FAKE",
+    "IDEFICS_GLOBAL",
+    "IDEFICS_NEWLINE",
+    "IDEFICS_ROW_COL",
+    "tiny_idefics3",
+    "tiny_idefics3_inputs",
+    "tiny_idefics3_processor",
+]
+
+
+def tiny_idefics3(*, seed: int = 0, hidden: int = 64, layers: int = 2, smolvlm: bool = False) -> Any:
+    """A random ``Idefics3ForConditionalGeneration`` (``smolvlm``: ``SmolVLMForConditionalGeneration``, the same
+    layout): SigLIP on 56 px tiles, pixel shuffle (16 tokens a tile), linear projector, Llama LM (1-D RoPE)."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+    )
+
+    torch.manual_seed(seed)
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 56,
+        "patch_size": 7,
+    }
+    text = {"model_type": "llama", **_tiny_llama(hidden, layers).to_dict()}
+    config_class, model_class = (
+        (SmolVLMConfig, SmolVLMForConditionalGeneration)
+        if smolvlm
+        else (Idefics3Config, Idefics3ForConditionalGeneration)
+    )
+    config = config_class(vision_config=vision, text_config=text, scale_factor=2, image_token_id=IMAGE_TOKEN)
+    model = model_class(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def _idefics3_image(tile: int, rows: int, cols: int) -> list[int]:
+    """The processor's writing of one image: its ``rows x cols`` tiles (none: the global tile alone) and the global."""
+    out: list[int] = []
+    for i in range(rows):
+        for j in range(cols):
+            out += [IDEFICS_FAKE, IDEFICS_ROW_COL + 6 * i + j, *([IMAGE_TOKEN] * tile)]
+        out.append(IDEFICS_NEWLINE)
+    if rows:
+        out.append(IDEFICS_NEWLINE)
+    return [*out, IDEFICS_FAKE, IDEFICS_GLOBAL, *([IMAGE_TOKEN] * tile), IDEFICS_FAKE]
+
+
+def tiny_idefics3_inputs(
+    model: Any, prompts: list[list[list[int]]], grids: list[tuple[int, int]], *, seed: int = 0, left: bool = True
+) -> dict[str, torch.Tensor]:
+    """Processor-style inputs for ``tiny_idefics3`` (no PIL: pixel values are random tiles).
+
+    Args:
+        prompts: per row, its text segments (token ids in ``[3, 60)``); BOS starts each row and an image goes
+            between each two consecutive segments, written as the processor writes it.
+        grids: per image, in order, its ``(rows, cols)`` of tiles; ``(0, 0)``: the global tile alone.
+        left: pad on the left (generation) or the right.
+    """
+    if len(grids) != sum(len(segments) - 1 for segments in prompts):
+        raise ValueError(f"{len(grids)} grids for {sum(len(s) - 1 for s in prompts)} images")
+    tile, size = model.model.image_seq_len, model.config.vision_config.image_size
+    images, rows, tiles = iter(grids), [], []
+    for segments in prompts:
+        row, count = [1, *segments[0]], 0
+        for text in segments[1:]:
+            grid = next(images)
+            row += [*_idefics3_image(tile, *grid), *text]
+            count += grid[0] * grid[1] + 1
+        rows.append(row)
+        tiles.append(count)
+    ids, mask = _pad_rows(rows, left=left)
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.zeros(len(rows), max(tiles), 3, size, size)
+    for b, count in enumerate(tiles):  # padding tiles are all zeros, as the processor gives them
+        pixels[b, :count] = torch.randn(count, 3, size, size, generator=g)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
+
+IDEFICS_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}:"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+"""Idefics3's chat template: ``User:<image>{question}<end_of_utterance>\nAssistant:``."""
+__all__ += ["IDEFICS_CHAT_TEMPLATE"]
+
+
+def tiny_idefics3_processor(model: Any, *, full_vocab: bool = False, split: bool = True) -> Any:
+    """A real ``Idefics3Processor`` for :func:`tiny_idefics3`: the PIL image processor (an image's longest edge scaled
+    to 112 px, 56 px tiles: a 2 x 2 grid at most), a word-level tokenizer with Idefics3's image markers and
+    :data:`IDEFICS_CHAT_TEMPLATE`, left padding. ``split``: cut images into tiles (else: the global tile alone).
+    ``full_vocab``: every id of the vocabulary decodes to a word."""
+    from transformers import Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    markers = {
+        "<image>": IMAGE_TOKEN,
+        "<fake_token_around_image>": IDEFICS_FAKE,
+        "<global-img>": IDEFICS_GLOBAL,
+        "<end_of_utterance>": 103,
+        **{f"<row_{i + 1}_col_{j + 1}>": IDEFICS_ROW_COL + 6 * i + j for i in range(6) for j in range(6)},
+    }
+    words = {**markers, **{word: i + 10 for i, word in enumerate(_WORDS)}, "User": 104, "Assistant": 105}
+    vocab_size = model.config.text_config.vocab_size if full_vocab else None
+    tokenizer = _word_tokenizer(words, list(markers), r"<[a-z_0-9\-]+>|\n| |[:?]", IDEFICS_CHAT_TEMPLATE, vocab_size)
+    tokenizer.padding_side = "left"
+    size = model.config.vision_config.image_size
+    images = Idefics3ImageProcessorPil(
+        size={"longest_edge": 2 * size}, max_image_size={"longest_edge": size}, do_image_splitting=split
+    )
+    return Idefics3Processor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        image_seq_len=model.model.image_seq_len,
+        chat_template=IDEFICS_CHAT_TEMPLATE,
+    )

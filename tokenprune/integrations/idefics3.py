@@ -1,0 +1,130 @@
+"""Idefics3 and SmolVLM (``Idefics3ForConditionalGeneration``, ``SmolVLMForConditionalGeneration``): image tiles
+written apart in the prompt, pixel shuffle, 1-D RoPE.
+
+The processor cuts an image into a grid of tiles and adds the whole image, downscaled, as a *global* tile
+(512 px tiles in the released models; a small image is the global tile alone). SigLIP encodes each tile, a
+pixel shuffle folds its patches (``scale_factor`` 4 in SmolVLM: 16 patches a token, 64 tokens a 512 px
+tile; 3 in Idefics3: 169 tokens) and a linear projector maps them into the language model. Unlike the
+other families, one image's placeholders are not one run: the processor writes each tile as
+``<fake_token_around_image> <row_i_col_j> <image> * S``, rows of tiles ending in a newline, and the global
+tile last, as ``<fake_token_around_image> <global-img> <image> * S <fake_token_around_image>``.
+
+Each image is pruned over all its tiles' tokens, the global tile's included, under one budget. An image ends
+at the run of placeholders that follows the global tile's tag, the token before the last run of every row
+(the model config does not name it). A video (SmolVLM2) reaches the model as frames, each written as a global
+tile of its own, so each frame is pruned as an image. Kept tokens take contiguous positions by default
+(``positions="original"``: their full-sequence positions).
+
+The tokens the processor writes around the tiles (``<fake_token_around_image>``, the row/column and global
+tags) are tokenizer tokens the model config does not name; they are never prompt text
+(:meth:`Idefics3Adapter.frame_tokens` finds them from where they stand: the two tokens before each run of
+placeholders, wherever their ids occur).
+
+SigLIP has no [CLS] token and each token folds several patches, so ``fastervlm`` and ``visionzip`` are refused
+with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tokenprune.errors import InputError
+from tokenprune.integrations.base import ImageTokens, ModelAdapter
+
+__all__ = ["Idefics3Adapter"]
+
+
+def _shifted(ids: Tensor, by: int) -> Tensor:
+    """``ids`` moved ``by`` positions to the right along the sequence, -1 where nothing comes before."""
+    out = torch.full_like(ids, -1)
+    out[:, by:] = ids[:, :-by]
+    return out
+
+
+class Idefics3Adapter(ModelAdapter):
+    image_kwargs = ("pixel_values", "pixel_attention_mask")
+    score_sources = frozenset()
+    merging = False
+    no_cls_attention = "the SigLIP vision encoder has no CLS token, and its pixel shuffle folds patches into each token"
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def language_model(self) -> Any:
+        return self.model.model.text_model
+
+    @property
+    def tile_tokens(self) -> int:
+        """Visual tokens per tile (the processor's ``image_seq_len``)."""
+        return self.model.model.image_seq_len
+
+    def frame_tokens(self, input_ids: Tensor, placeholders: Tensor) -> Tensor:
+        runs = placeholders & ~(_shifted(placeholders.long(), 1) == 1)  # the first placeholder of each run
+        framing = torch.cat([_shifted(input_ids, 1)[runs], _shifted(input_ids, 2)[runs]])
+        return torch.isin(input_ids, framing[framing >= 0])
+
+    def image_token_counts(self, inputs: Mapping[str, Any]) -> list[int]:
+        """Per image, its placeholders: its tiles' runs, up to and including the run after the global tile's tag."""
+        ids = inputs.get("input_ids")
+        if not isinstance(ids, Tensor) or ids.dim() != 2:
+            raise InputError(f"{self.name}: pruning needs input_ids of shape (B, L); got {type(ids).__name__}")
+        mask = inputs.get("attention_mask")
+        placeholders = ids == self.image_token_id
+        if mask is not None:
+            placeholders &= mask.bool()
+        starts = placeholders & ~(_shifted(placeholders.long(), 1) == 1)
+        rows, positions = placeholders.nonzero().T
+        host = torch.cat([rows, positions, _shifted(ids, 1)[placeholders], starts[placeholders].long()]).tolist()
+        t = len(host) // 4
+        rows, positions, before, first = host[:t], host[t : 2 * t], host[2 * t : 3 * t], host[3 * t :]
+        runs: list[tuple[int, int, int]] = []  # (row, tag before the run, length)
+        for i in range(t):
+            if first[i]:
+                runs.append((rows[i], before[i], 1))
+            else:
+                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+        tile = self.tile_tokens
+        if any(length != tile for _, _, length in runs):
+            raise InputError(
+                f"{self.name}: the input holds placeholder runs of {[length for _, _, length in runs]} tokens; "
+                f"expected one run of {tile} (the model's tokens per tile) per tile, each after its tag, as the "
+                f"processor writes them"
+            )
+        last = {row: tag for row, tag, _ in runs}  # the tag of each row's last run: its last image's global tile
+        if len(set(last.values())) > 1:
+            raise InputError(
+                f"{self.name}: the last tile of each row follows a different token ({sorted(set(last.values()))}); "
+                f"expected every image to end with its global tile, after the <global-img> tag, as the processor "
+                f"writes it"
+            )
+        (global_tag,) = set(last.values()) or {None}
+        counts, open_ = [], 0
+        for _, tag, length in runs:
+            open_ += length
+            if tag == global_tag:
+                counts.append(open_)
+                open_ = 0
+        return counts
+
+    def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
+        if scores is not None:
+            raise self.unsupported_scores(scores)
+        pixels = inputs.get("pixel_values")
+        if not isinstance(pixels, Tensor) or pixels.dim() != 5:
+            got = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
+            raise InputError(f"{self.name}: pixel_values must be (B, tiles, 3, H, W), every row's tiles; got {got}")
+        counts = self.image_token_counts(inputs)
+        out = self.model.model.get_image_features(pixels, inputs.get("pixel_attention_mask"), return_dict=True)
+        flat = torch.cat(list(out.pooler_output))  # every row's tiles' tokens, rows in order
+        if flat.shape[0] != sum(counts):
+            tile = self.tile_tokens
+            raise InputError(
+                f"{self.name}: pixel_values hold {flat.shape[0] // tile} tiles but the input's placeholders are "
+                f"{sum(counts) // tile} tiles' worth ({tile} tokens a tile); the processor and the model disagree"
+            )
+        return ImageTokens(features=list(torch.split(flat, counts)))
