@@ -122,8 +122,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         metavar="HF_ID_OR_PATH",
-        help="a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2(.5)-VL, Qwen3-VL, InternVL or Gemma 3 "
-        "checkpoint: hub id or save_pretrained directory (default: the shipped small LLaVA)",
+        help="a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2(.5)-VL, Qwen3-VL, InternVL, Gemma 3, Idefics3 or "
+        "SmolVLM checkpoint: hub id or save_pretrained directory (default: the shipped small LLaVA)",
     )
     parser.add_argument(
         "--benchmark",

@@ -70,8 +70,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model",
         default=None,
         metavar="HF_ID_OR_PATH",
-        help="a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2(.5)-VL, Qwen3-VL, InternVL or Gemma 3 model: hub "
-        "id or save_pretrained directory (default: the shipped tokenprune/assets/scene-llava)",
+        help="a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2(.5)-VL, Qwen3-VL, InternVL, Gemma 3, Idefics3 or "
+        "SmolVLM model: hub id or save_pretrained directory (default: the shipped tokenprune/assets/scene-llava)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs (default: auto)"

@@ -135,8 +135,8 @@ def _resolve_model(model: str | os.PathLike[str] | None) -> str:
             f"the shipped model is not installed: expected a save_pretrained directory at {path} (config.json, "
             f"weights, processor with tokenizer and chat template); received no such directory. Point compare at "
             f"a model and data instead: --model HF_ID_OR_PATH (a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, "
-            f"Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL or Gemma 3 checkpoint) --benchmark pope,gqa (hub datasets, or "
-            f"NAME=PATH for a local copy); see docs/tutorials/compare.md"
+            f"Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL, Gemma 3, Idefics3 or SmolVLM checkpoint) --benchmark "
+            f"pope,gqa (hub datasets, or NAME=PATH for a local copy); see docs/tutorials/compare.md"
         )
     return str(path)
 
