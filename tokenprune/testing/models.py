@@ -812,6 +812,16 @@ def tiny_internvl_inputs(
     }
 
 
+_SIGLIP_56 = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 56,
+    "patch_size": 7,
+}
+"""The tiny SigLIP of :func:`tiny_gemma3` and :func:`tiny_idefics3`: 56 px images of 7 px patches (8 x 8)."""
+
 # Gemma 3: 56 px images of 7 px patches (8 x 8), average-pooled 2 x 2 into 16 tokens, attended bidirectionally.
 GEMMA_BOI, GEMMA_EOI = 104, 105
 __all__ += ["GEMMA_BOI", "GEMMA_EOI", "tiny_gemma3", "tiny_gemma3_inputs"]
@@ -838,14 +848,7 @@ def tiny_gemma3(*, seed: int = 0, hidden: int = 64, layers: int = 3) -> Any:
         "eos_token_id": 2,
         "pad_token_id": 0,
     }
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 56,
-        "patch_size": 7,
-    }
+    vision = dict(_SIGLIP_56)
     config = Gemma3Config(
         text_config=text,
         vision_config=vision,
@@ -946,14 +949,7 @@ def tiny_idefics3(*, seed: int = 0, hidden: int = 64, layers: int = 2, smolvlm: 
     )
 
     torch.manual_seed(seed)
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 56,
-        "patch_size": 7,
-    }
+    vision = dict(_SIGLIP_56)
     text = {"model_type": "llama", **_tiny_llama(hidden, layers).to_dict()}
     config_class, model_class = (
         (SmolVLMConfig, SmolVLMForConditionalGeneration)
