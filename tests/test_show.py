@@ -155,6 +155,77 @@ def test_llava_next_has_a_base_view_and_an_anyres_view_without_newlines():
     assert np.abs(cy - expected[:, 1] * height)[inside].max() < 0.5
 
 
+def _unnormalized(pixels: np.ndarray, image_processor) -> np.ndarray:
+    """``(..., 3, H, W)`` processed pixels back to [0, 1] colours."""
+    mean, std = np.array(image_processor.image_mean), np.array(image_processor.image_std)
+    return pixels * std[:, None, None] + mean[:, None, None]
+
+
+def test_gemma3_boxes_are_a_square_grid_over_the_whole_image():
+    from tokenprune.testing.models import tiny_gemma3, tiny_gemma3_processor
+
+    model = tiny_gemma3()
+    processor = tiny_gemma3_processor(model)
+    for width, height in [(100, 60), (50, 130)]:
+        pixels = processor.image_processor(images=[gradient(width, height)], return_tensors="pt")["pixel_values"]
+        colours = _unnormalized(pixels[0].numpy(), processor.image_processor)  # (3, 56, 56): 4 x 4 tokens of 14 px
+        means = colours[:2].reshape(2, 4, 14, 4, 14).mean(axis=(2, 4)).reshape(2, 16)
+        layout = token_layout(model, processor, {}, (width, height), num_tokens=16)
+        cx, cy = centres(layout.views[0].boxes)
+        assert np.abs(cx - means[0] * width).max() < 0.05 * width
+        assert np.abs(cy - means[1] * height).max() < 0.05 * height
+    processor.image_processor.do_pan_and_scan = True
+    with pytest.raises(UnsupportedLayoutError, match="pan and scan"):
+        token_layout(model, processor, {}, (100, 60), num_tokens=16)
+
+
+@pytest.mark.parametrize("size", [(100, 60), (60, 100), (100, 100), (40, 30)])
+def test_idefics3_boxes_follow_the_tiles_and_the_global_tile(size):
+    """Each token's box centre is where its patches came from, through the processor's resize and split and the
+    model's pixel shuffle (run here on the patches' mean colours)."""
+    from tokenprune.testing.models import tiny_idefics3, tiny_idefics3_processor
+
+    model = tiny_idefics3()
+    processor = tiny_idefics3_processor(model)
+    width, height = size
+    inputs = processor(
+        text=["User:<image>what ?<end_of_utterance>\nAssistant:"],
+        images=[[gradient(width, height)]],
+        return_tensors="pt",
+    )
+    tiles = inputs["pixel_values"].shape[1]
+    num_tokens = 16 * tiles
+    layout = token_layout(model, processor, inputs, size, num_tokens=num_tokens)
+    assert [view.name for view in layout.views] == (["global tile", "tiles"] if tiles > 1 else ["global tile"])
+    assert layout.drawn.tolist() == list(range(num_tokens))
+    colours = _unnormalized(inputs["pixel_values"][0].numpy(), processor.image_processor)  # (tiles, 3, 56, 56)
+    per_patch = colours[:, :2].reshape(tiles, 2, 8, 7, 8, 7).mean(axis=(3, 5))  # (tiles, 2, 8, 8)
+    patches = torch.tensor(per_patch.transpose(0, 2, 3, 1).reshape(tiles, 64, 2), dtype=torch.float32).contiguous()
+    shuffled = model.model.connector.pixel_shuffle(patches, 2)  # (tiles, 16, 2 * 4): each token's four patches
+    expected = shuffled.reshape(tiles * 16, 4, 2).mean(1).numpy()
+    for view in layout.views:
+        cx, cy = centres(view.boxes)
+        assert np.abs(cx - expected[view.indices, 0] * width).max() < 0.05 * width, view.name
+        assert np.abs(cy - expected[view.indices, 1] * height).max() < 0.05 * height, view.name
+
+
+def test_idefics3_without_its_tokenizer_is_refused_clearly():
+    from tokenprune.testing.models import tiny_idefics3
+
+    with pytest.raises(UnsupportedLayoutError, match="need the processor's tokenizer"):
+        token_layout(tiny_idefics3(), None, {"input_ids": torch.tensor([[1, 2]])}, (10, 10), num_tokens=16)
+
+
+def test_qwen3_vl_boxes_follow_image_grid_thw():
+    from tokenprune.testing.models import tiny_qwen3_vl
+
+    model = tiny_qwen3_vl()
+    merge = model.config.vision_config.spatial_merge_size
+    layout = token_layout(model, None, {"image_grid_thw": torch.tensor([[1, 4, 6]])}, (60, 40), num_tokens=6)
+    assert merge == 2
+    np.testing.assert_allclose(layout.views[0].boxes, grid_boxes(2, 3, 60, 40))
+
+
 def test_a_family_without_a_known_layout_is_refused_with_a_clear_error(monkeypatch):
     from tokenprune.integrations import ModelAdapter, session
 
@@ -364,6 +435,22 @@ def test_cli_writes_a_png_with_every_method(capsys, saved_llava, scene_png, tmp_
     assert "zspa:core_ratio=0.5" in captured.out and "divprune" in captured.out
     assert captured.out.count("6/64") == 2  # 10% of the 64 tokens
     assert str(out) in captured.out
+
+
+def test_cli_draws_an_idefics3_image_as_its_global_tile_and_its_tiles(capsys, scene_png, tmp_path):
+    from tokenprune.testing.models import tiny_idefics3, tiny_idefics3_processor
+
+    model = tiny_idefics3()
+    model.save_pretrained(tmp_path / "model")
+    tiny_idefics3_processor(model).save_pretrained(tmp_path / "model")
+    out = tmp_path / "figure.png"
+    argv = ["show", "--model", str(tmp_path / "model"), "--device", "cpu", "--methods", "zspa,divprune"]
+    code = main([*argv, "--keep", "0.25", "--panel-size", "120", str(scene_png), QUESTION, "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    with Image.open(out) as figure:
+        assert figure.width > 2 * 120 and figure.height > 2 * 120  # two methods, two views
+    assert "20/80" in captured.out  # the scene is cut into 2 x 2 tiles and the global tile: 80 tokens, 25 % kept
 
 
 def test_cli_sweeps_and_patterns_draw_each_method_and_skip_those_the_model_cannot_run(

@@ -18,8 +18,15 @@ Three steps, each usable on its own:
      the model's own ``pack_image_features`` on coordinate markers, so they are exact by construction.
      ``image_newline`` tokens cover no region, are always kept and sit outside the budget: they are not
      drawn and not counted.
-   * **Qwen2.5-VL**: merged ``spatial_merge_size x spatial_merge_size`` patches on the ``image_grid_thw``
-     grid, in raster order; the processor resizes the whole image (no crop), so the grid tiles the image.
+   * **Qwen2.5-VL** (Qwen2-VL, Qwen3-VL): merged ``spatial_merge_size x spatial_merge_size`` patches on the
+     ``image_grid_thw`` grid, in raster order; the processor resizes the whole image (no crop), so the grid
+     tiles the image.
+   * **Gemma 3**: the whole image resized to a square, its patches average-pooled into a ``16 x 16`` grid in
+     raster order (pan and scan, which adds crops as images of their own, is refused).
+   * **Idefics3** (SmolVLM): two views, the *global tile* (the whole image squashed to one tile) and the
+     *tiles* (the image stretched onto a grid of tiles, whose rows and columns the processor's
+     ``<row_i_col_j>`` tags give). A tile's token order comes from running the model's own pixel shuffle on
+     patch coordinate markers.
 
 3. :func:`render_kept` draws the figure from an image, a layout and the kept indices alone (no model):
    one panel per method (and per view), kept tokens at full brightness with an outline in the method's
@@ -324,14 +331,76 @@ def _qwen_layout(model: Any, inputs: Mapping[str, Any], num_tokens: int, size: t
     return grid_layout(size, rows, cols)
 
 
+def _gemma3_layout(model: Any, processor: Any, num_tokens: int, size: tuple[int, int]) -> TokenLayout:
+    image_processor = getattr(processor, "image_processor", processor)
+    if getattr(image_processor, "do_pan_and_scan", False):
+        raise UnsupportedLayoutError(
+            "Gemma 3 with pan and scan writes an image's crops as images of their own; cannot map them to one image"
+        )
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens or num_tokens != model.config.mm_tokens_per_image:
+        raise UnsupportedLayoutError(
+            f"the image has {num_tokens} visual tokens; Gemma 3 gives {model.config.mm_tokens_per_image} per image, "
+            f"a square grid"
+        )
+    return grid_layout(size, side, side)  # the whole image resized to a square, patches pooled in raster order
+
+
+def _idefics3_grid(processor: Any, input_ids: Tensor) -> tuple[int, int]:
+    """``(rows, cols)`` of the first image's tiles, from the ``<row_i_col_j>`` tags the processor wrote."""
+    import re
+
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        raise UnsupportedLayoutError("Idefics3 token regions need the processor's tokenizer (to read the tile tags)")
+    tags = [re.fullmatch(r"<row_(\d+)_col_(\d+)>", str(token)) for token in tokenizer.convert_ids_to_tokens(input_ids)]
+    cells = [(int(tag.group(1)), int(tag.group(2))) for tag in tags if tag]
+    return (max(r for r, _ in cells), max(c for _, c in cells)) if cells else (0, 0)
+
+
+def _idefics3_layout(model: Any, processor: Any, inputs: Mapping[str, Any], num_tokens: int, size: tuple[int, int]):
+    width, height = size
+    tile_tokens = model.model.image_seq_len
+    rows, cols = _idefics3_grid(processor, inputs["input_ids"][0])
+    if num_tokens != (rows * cols + 1) * tile_tokens:
+        raise UnsupportedLayoutError(
+            f"the image has {num_tokens} visual tokens; its {rows} x {cols} tiles and global tile give "
+            f"{(rows * cols + 1) * tile_tokens} ({tile_tokens} a tile)"
+        )
+    # a tile's token order: patch coordinate markers through the model's own pixel shuffle
+    vision = model.config.vision_config
+    patches, scale = vision.image_size // vision.patch_size, model.config.scale_factor
+    r, c = torch.meshgrid(torch.arange(patches), torch.arange(patches), indexing="ij")
+    markers = torch.stack([r, c], -1).reshape(1, patches * patches, 2).float()
+    corner = model.model.connector.pixel_shuffle(markers, scale)[0, :, :2].long().numpy() // scale  # (row, col)
+    g = patches // scale
+
+    def boxes(x0: float, y0: float, w: float, h: float) -> np.ndarray:
+        cells = grid_boxes(g, g, w, h)[corner[:, 0] * g + corner[:, 1]]
+        return cells + np.array([x0, y0, x0, y0])
+
+    # each tile is a cell of a uniform grid over the whole image (the processor stretches it onto the grid);
+    # the global tile is the whole image
+    views = [TokenView("global tile", np.arange(rows * cols * g * g, num_tokens), boxes(0, 0, width, height))]
+    if rows:
+        w, h = width / cols, height / rows
+        tiles = np.concatenate([boxes(j * w, i * h, w, h) for i in range(rows) for j in range(cols)])
+        views.append(TokenView("tiles", np.arange(rows * cols * g * g), tiles))
+    return TokenLayout((width, height), num_tokens, tuple(views))
+
+
+_DRAWN = "LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, Idefics3, SmolVLM"
+
+
 def token_layout(
     model: Any, processor: Any, inputs: Mapping[str, Any], image_size: tuple[int, int], *, num_tokens: int
 ) -> TokenLayout:
     """Which box of the original image each visual token of the first image of ``inputs`` covers.
 
     Args:
-        model: a LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL or Qwen2-VL model.
-        processor: the processor that made ``inputs`` (LLaVA-1.5 needs its resize and crop settings).
+        model: a LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, Idefics3 or SmolVLM model.
+        processor: the processor that made ``inputs`` (LLaVA-1.5 needs its resize and crop settings, Idefics3
+            its tokenizer, to read the tile tags).
         inputs: the processor's outputs for one image.
         image_size: ``(width, height)`` of the original image.
         num_tokens: the image's visual tokens (:attr:`tokenprune.PruneStats.visual_before`).
@@ -339,6 +408,8 @@ def token_layout(
     Raises:
         UnsupportedLayoutError: another model family, or processor settings this module cannot invert.
     """
+    from tokenprune.integrations.gemma3 import Gemma3Adapter
+    from tokenprune.integrations.idefics3 import Idefics3Adapter
     from tokenprune.integrations.llava import LlavaAdapter
     from tokenprune.integrations.llava_next import LlavaNextAdapter
     from tokenprune.integrations.llava_onevision import LlavaOnevisionAdapter
@@ -350,7 +421,7 @@ def token_layout(
     if isinstance(adapter, LlavaOnevisionAdapter):  # a LLaVA-NeXT packing, but grids shrunk by interpolation
         raise UnsupportedLayoutError(
             f"cannot map {type(model).__name__}'s visual tokens to image regions yet (its anyres grids are "
-            f"shrunk by interpolation); supported: LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, Qwen2-VL"
+            f"shrunk by interpolation); supported: {_DRAWN}"
         )
     if isinstance(adapter, LlavaNextAdapter):
         return _llava_next_layout(model, inputs, num_tokens, size)
@@ -358,9 +429,12 @@ def token_layout(
         return _llava_layout(model, processor, inputs, num_tokens, size)
     if isinstance(adapter, Qwen2_5_VLAdapter):
         return _qwen_layout(model, inputs, num_tokens, size)
+    if isinstance(adapter, Gemma3Adapter):
+        return _gemma3_layout(model, processor, num_tokens, size)
+    if isinstance(adapter, Idefics3Adapter):
+        return _idefics3_layout(model, processor, inputs, num_tokens, size)
     raise UnsupportedLayoutError(
-        f"cannot map {type(model).__name__}'s visual tokens to image regions; supported: LLaVA-1.5, "
-        f"LLaVA-NeXT, Qwen2.5-VL, Qwen2-VL"
+        f"cannot map {type(model).__name__}'s visual tokens to image regions; supported: {_DRAWN}"
     )
 
 
