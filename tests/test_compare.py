@@ -652,6 +652,28 @@ def test_gemma3_runs_under_the_same_harness_with_its_real_processor(tmp_path, po
     assert len(records) == 2 * 6 and all(r["visual_before"] == 16 and r["visual_after"] == 4 for r in records)
 
 
+def test_internvl_runs_under_the_same_harness_with_its_real_processor(tmp_path, pope_shapes):
+    """InternVL with its real processor (an image cut into 1 to 4 tiles by its aspect ratio, and a thumbnail): batch
+    size changes no prediction; each image is all its tiles' tokens."""
+    from PIL import Image
+
+    from tokenprune.testing.models import tiny_internvl, tiny_internvl_processor
+
+    model = tiny_internvl(seed=0)
+    processor = tiny_internvl_processor(model, full_vocab=True)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    run = {"methods": "zspa,divprune,fastv:layer=1", "keeps": (0.25,), "seed": 0, "model": tmp_path}
+    run["benchmarks"] = [("pope", pope_shapes)]
+    with warnings.catch_warnings(record=True):  # without torchvision: "for images only"
+        warnings.simplefilter("always")
+        batched = run_comparison(**run, batch_size=3, output=None)
+        one = run_comparison(**run, batch_size=1, output=None)
+    tiles = processor.image_processor(images=[Image.new("RGB", size) for size in SIZES])["num_patches"]
+    assert len(set(tiles)) > 1
+    _check_family_run(batched, one, [16 * int(n) for n in tiles], positions="contiguous", model=model)
+
+
 @pytest.mark.parametrize("smolvlm", [False, True], ids=["idefics3", "smolvlm"])
 def test_idefics3_runs_under_the_same_harness_with_its_real_processor(tmp_path, pope_shapes, smolvlm):
     """Idefics3 with its real processor (an image cut into a grid of tiles written apart, and a global tile), and

@@ -5,10 +5,17 @@ import torch
 
 import tokenprune
 from tokenprune.integrations import get_adapter
-from tokenprune.integrations.base import UnsupportedScoresError
+from tokenprune.integrations.base import Layout, UnsupportedScoresError
 from tokenprune.integrations.internvl import InternVLAdapter
 from tokenprune.testing import assert_adapter_contract
-from tokenprune.testing.models import IMAGE_TOKEN, pad_embeddings_left, tiny_internvl, tiny_internvl_inputs
+from tokenprune.testing.models import (
+    IMAGE_TOKEN,
+    INTERNVL_IMG_END,
+    INTERNVL_IMG_START,
+    pad_embeddings_left,
+    tiny_internvl,
+    tiny_internvl_inputs,
+)
 
 GEN = {"max_new_tokens": 6, "do_sample": False}
 LAYOUTS = {
@@ -139,3 +146,10 @@ def test_per_token_tensors_an_adapter_does_not_hand_to_its_model_are_refused():
     inputs = tiny_internvl_inputs(model, *LAYOUTS["one image"])
     with pytest.raises(TokenPruneError, match=r"per-token tensors \['extra'\].*override encoder_output"):
         prune_inputs(WithExtras(model), tokenprune.create_method("zspa"), 0.5, inputs)
+
+
+def test_the_image_markers_are_never_prompt_text(model):
+    inputs = tiny_internvl_inputs(model, *LAYOUTS["two images in a row"])
+    layout = Layout.locate(get_adapter(model), inputs["input_ids"], inputs["attention_mask"], None)
+    assert {INTERNVL_IMG_START, INTERNVL_IMG_END} <= set(inputs["input_ids"].flatten().tolist())
+    assert set(inputs["input_ids"][layout.prompt_mask].tolist()) == {5, 6, 7, 8, 9, 10, 11, 12}

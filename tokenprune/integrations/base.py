@@ -548,6 +548,40 @@ def _image_spans(flat: Tensor, rows: list[int], sizes: list[int], adapter: str) 
     return spans
 
 
+def _shifted(values: Tensor, by: int) -> Tensor:
+    """``(B, L)`` ``values`` moved ``by`` positions along the sequence (right for ``by > 0``), -1 where nothing
+    comes in."""
+    out = torch.full_like(values, -1)
+    if by > 0:
+        out[:, by:] = values[:, :-by]
+    elif by < 0:
+        out[:, :by] = values[:, -by:]
+    else:
+        out = values.clone()
+    return out
+
+
+def tokens_around(input_ids: Tensor, placeholders: Tensor, *, before: int = 1, after: int = 1) -> Tensor:
+    """``(B, L)`` bool: every occurrence of the ids found in the ``before`` tokens just before each run of
+    placeholders and the ``after`` tokens just after it (the markers a processor writes around an image), for
+    :meth:`ModelAdapter.frame_tokens`. Nothing is read from the device.
+
+    Example:
+        >>> ids = torch.tensor([[7, 8, 5, 5, 9, 6, 8, 9]])
+        >>> tokens_around(ids, ids == 5).long().tolist()
+        [[0, 1, 0, 0, 1, 0, 1, 1]]
+    """
+    runs = placeholders.long()
+    starts = placeholders & (_shifted(runs, 1) != 1)
+    ends = placeholders & (_shifted(runs, -1) != 1)
+    found = [_shifted(input_ids, k)[starts] for k in range(1, before + 1)]
+    found += [_shifted(input_ids, -k)[ends] for k in range(1, after + 1)]
+    if not found:
+        return torch.zeros_like(placeholders)
+    ids = torch.cat(found)
+    return torch.isin(input_ids, ids[ids >= 0]) & ~placeholders
+
+
 def _weak(value: Any) -> Callable[[], Any]:
     """A weak reference to a tensor (it may be freed and its id reused: the reference then answers None); for
     anything else, a function that answers it."""

@@ -33,16 +33,9 @@ import torch
 from torch import Tensor
 
 from tokenprune.errors import InputError
-from tokenprune.integrations.base import ImageTokens, ModelAdapter
+from tokenprune.integrations.base import ImageTokens, ModelAdapter, _shifted, tokens_around
 
 __all__ = ["Idefics3Adapter"]
-
-
-def _shifted(ids: Tensor, by: int) -> Tensor:
-    """``ids`` moved ``by`` positions to the right along the sequence, -1 where nothing comes before."""
-    out = torch.full_like(ids, -1)
-    out[:, by:] = ids[:, :-by]
-    return out
 
 
 class Idefics3Adapter(ModelAdapter):
@@ -64,9 +57,8 @@ class Idefics3Adapter(ModelAdapter):
         return self.model.model.image_seq_len
 
     def frame_tokens(self, input_ids: Tensor, placeholders: Tensor) -> Tensor:
-        runs = placeholders & ~(_shifted(placeholders.long(), 1) == 1)  # the first placeholder of each run
-        framing = torch.cat([_shifted(input_ids, 1)[runs], _shifted(input_ids, 2)[runs]])
-        return torch.isin(input_ids, framing[framing >= 0])
+        # <fake_token_around_image> and a tag before each tile (the image's closing marker is the same fake token)
+        return tokens_around(input_ids, placeholders, before=2, after=0)
 
     def image_token_counts(self, inputs: Mapping[str, Any]) -> list[int]:
         """Per image, its placeholders: its tiles' runs, up to and including the run after the global tile's tag."""
@@ -77,7 +69,7 @@ class Idefics3Adapter(ModelAdapter):
         placeholders = ids == self.image_token_id
         if mask is not None:
             placeholders &= mask.bool()
-        starts = placeholders & ~(_shifted(placeholders.long(), 1) == 1)
+        starts = placeholders & (_shifted(placeholders.long(), 1) != 1)
         rows, positions = placeholders.nonzero().T
         host = torch.cat([rows, positions, _shifted(ids, 1)[placeholders], starts[placeholders].long()]).tolist()
         t = len(host) // 4

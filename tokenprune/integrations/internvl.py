@@ -8,10 +8,9 @@ tokens, tile after tile). Each image is pruned over all its tiles' tokens under 
 the model as frames, each its own ``<img>`` run in ``pixel_values``, so each frame is pruned as an image. Kept tokens
 take contiguous positions by default (``positions="original"``: their full-sequence positions).
 
-The ``<img>``/``</img>`` markers are tokenizer tokens the model config does not name, so the default
-``prompt_tokens="text"`` counts them as prompt text;
-:func:`~tokenprune.integrations.prompt.question_tokens` leaves them out (they are the tokenizer's special
-tokens, outside the question).
+The ``<img>``/``</img>`` markers are tokenizer tokens the model config does not name; they are never prompt
+text all the same (:meth:`InternVLAdapter.frame_tokens` finds them where they stand, around each run of
+placeholders).
 
 Scores: a token is four patches folded together, so the vision encoder's [CLS] attention gives no one
 token's score, and the folding leaves no raw feature per token to merge: ``fastervlm`` and ``visionzip``
@@ -24,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 
 from tokenprune.errors import InputError
 from tokenprune.integrations.base import (
@@ -31,6 +31,7 @@ from tokenprune.integrations.base import (
     ModelAdapter,
     pixel_batch,
     placeholder_runs,
+    tokens_around,
 )
 
 __all__ = ["InternVLAdapter"]
@@ -50,6 +51,9 @@ class InternVLAdapter(ModelAdapter):
     @property
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
+
+    def frame_tokens(self, input_ids: Tensor, placeholders: Tensor) -> Tensor:
+        return tokens_around(input_ids, placeholders, before=1, after=1)  # <img> and </img>
 
     def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
         if scores is not None:

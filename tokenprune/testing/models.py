@@ -822,6 +822,49 @@ _SIGLIP_56 = {
 }
 """The tiny SigLIP of :func:`tiny_gemma3` and :func:`tiny_idefics3`: 56 px images of 7 px patches (8 x 8)."""
 
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<IMG_CONTEXT>\n{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""InternVL's chat template without its system turn: ``<|im_start|>user\n<IMG_CONTEXT>\n{question}...``."""
+__all__ += ["INTERNVL_CHAT_TEMPLATE", "tiny_internvl_processor"]
+
+
+def tiny_internvl_processor(model: Any, *, full_vocab: bool = False) -> Any:
+    """A real ``InternVLProcessor`` for :func:`tiny_internvl`, for images only (its video processor needs
+    torchvision): the PIL GOT-OCR2 image processor (112 px tiles, 1 to 4 of them and a thumbnail), a word-level
+    tokenizer with InternVL's image markers (named as the processor reads them) and :data:`INTERNVL_CHAT_TEMPLATE`,
+    left padding. ``full_vocab``: every id of the vocabulary decodes to a word."""
+    from transformers import InternVLProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    from tokenprune.evaluation.runner import images_only
+
+    markers = {"<img>": INTERNVL_IMG_START, "</img>": INTERNVL_IMG_END, "<IMG_CONTEXT>": IMAGE_TOKEN, "<video>": 106}
+    turns = {"<|im_start|>": 107, "<|im_end|>": 108}
+    words = {**markers, **turns, **{word: i + 10 for i, word in enumerate(_WORDS)}, "user": 109, "assistant": 110}
+    named = {
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    vocab_size = model.config.text_config.vocab_size if full_vocab else None
+    tokenizer = _word_tokenizer(
+        words, [*markers, *turns], r"<\|?[a-zA-Z_/]+\|?>|\n| |[:?]", INTERNVL_CHAT_TEMPLATE, vocab_size, named=named
+    )
+    tokenizer.padding_side = "left"
+    size = model.config.vision_config.image_size[0]
+    images = GotOcr2ImageProcessorPil(
+        size={"height": size, "width": size}, crop_to_patches=True, min_patches=1, max_patches=4
+    )
+    per_tile = int((size // model.config.vision_config.patch_size[0]) ** 2 * model.config.downsample_ratio**2)
+    return images_only(InternVLProcessor)(
+        image_processor=images, tokenizer=tokenizer, image_seq_length=per_tile, chat_template=INTERNVL_CHAT_TEMPLATE
+    )
+
+
 # Gemma 3: 56 px images of 7 px patches (8 x 8), average-pooled 2 x 2 into 16 tokens, attended bidirectionally.
 GEMMA_BOI, GEMMA_EOI = 104, 105
 __all__ += ["GEMMA_BOI", "GEMMA_EOI", "tiny_gemma3", "tiny_gemma3_inputs"]
