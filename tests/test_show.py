@@ -200,8 +200,31 @@ def test_idefics3_boxes_follow_the_tiles_and_the_global_tile(size):
     assert layout.drawn.tolist() == list(range(num_tokens))
     colours = _unnormalized(inputs["pixel_values"][0].numpy(), processor.image_processor)  # (tiles, 3, 56, 56)
     per_patch = colours[:, :2].reshape(tiles, 2, 8, 7, 8, 7).mean(axis=(3, 5))  # (tiles, 2, 8, 8)
-    patches = torch.tensor(per_patch.transpose(0, 2, 3, 1).reshape(tiles, 64, 2), dtype=torch.float32).contiguous()
+    patches = torch.tensor(per_patch.transpose(0, 2, 3, 1).reshape(tiles, 64, 2).copy(), dtype=torch.float32)
     shuffled = model.model.connector.pixel_shuffle(patches, 2)  # (tiles, 16, 2 * 4): each token's four patches
+    expected = shuffled.reshape(tiles * 16, 4, 2).mean(1).numpy()
+    for view in layout.views:
+        cx, cy = centres(view.boxes)
+        assert np.abs(cx - expected[view.indices, 0] * width).max() < 0.05 * width, view.name
+        assert np.abs(cy - expected[view.indices, 1] * height).max() < 0.05 * height, view.name
+
+
+@pytest.mark.parametrize("size", [(200, 100), (60, 100), (50, 50)])
+def test_internvl_boxes_follow_the_tiles_and_the_thumbnail(size):
+    """Each token's box centre is where its patches came from, through the processor's choice of grid and the
+    model's pixel shuffle (run here on the patches' mean colours, as get_image_features lays them out)."""
+    from tokenprune.testing.models import tiny_internvl, tiny_internvl_processor
+
+    model = tiny_internvl()
+    processor = tiny_internvl_processor(model)
+    width, height = size
+    pixels = processor.image_processor(images=[gradient(width, height)], return_tensors="pt")["pixel_values"]
+    tiles = pixels.shape[0]
+    layout = token_layout(model, processor, {}, size, num_tokens=16 * tiles)
+    assert [view.name for view in layout.views] == (["thumbnail", "tiles"] if tiles > 1 else ["thumbnail"])
+    colours = _unnormalized(pixels.numpy(), processor.image_processor)  # (tiles, 3, 112, 112): 8 x 8 patches
+    per_patch = colours[:, :2].reshape(tiles, 2, 8, 14, 8, 14).mean(axis=(3, 5)).transpose(0, 2, 3, 1)
+    shuffled = model.model.pixel_shuffle(torch.tensor(per_patch.copy(), dtype=torch.float32), 0.5)  # (tiles, 4, 4, 8)
     expected = shuffled.reshape(tiles * 16, 4, 2).mean(1).numpy()
     for view in layout.views:
         cx, cy = centres(view.boxes)

@@ -27,6 +27,8 @@ Three steps, each usable on its own:
      *tiles* (the image stretched onto a grid of tiles, whose rows and columns the processor's
      ``<row_i_col_j>`` tags give). A tile's token order comes from running the model's own pixel shuffle on
      patch coordinate markers.
+   * **InternVL**: the same two views, the *thumbnail* and the *tiles*, whose grid the processor's own rule
+     (``get_optimal_tiled_canvas``) picks from the image's aspect ratio and its settings.
 
 3. :func:`render_kept` draws the figure from an image, a layout and the kept indices alone (no model):
    one panel per method (and per view), kept tokens at full brightness with an outline in the method's
@@ -359,7 +361,6 @@ def _idefics3_grid(processor: Any, input_ids: Tensor) -> tuple[int, int]:
 
 
 def _idefics3_layout(model: Any, processor: Any, inputs: Mapping[str, Any], num_tokens: int, size: tuple[int, int]):
-    width, height = size
     tile_tokens = model.model.image_seq_len
     rows, cols = _idefics3_grid(processor, inputs["input_ids"][0])
     if num_tokens != (rows * cols + 1) * tile_tokens:
@@ -367,29 +368,75 @@ def _idefics3_layout(model: Any, processor: Any, inputs: Mapping[str, Any], num_
             f"the image has {num_tokens} visual tokens; its {rows} x {cols} tiles and global tile give "
             f"{(rows * cols + 1) * tile_tokens} ({tile_tokens} a tile)"
         )
-    # a tile's token order: patch coordinate markers through the model's own pixel shuffle
     vision = model.config.vision_config
     patches, scale = vision.image_size // vision.patch_size, model.config.scale_factor
-    r, c = torch.meshgrid(torch.arange(patches), torch.arange(patches), indexing="ij")
-    markers = torch.stack([r, c], -1).reshape(1, patches * patches, 2).float()
-    corner = model.model.connector.pixel_shuffle(markers, scale)[0, :, :2].long().numpy() // scale  # (row, col)
-    g = patches // scale
+    shuffle = lambda x: model.model.connector.pixel_shuffle(x[None], scale)[0]  # noqa: E731
+    order = _shuffled_cells(shuffle, patches, scale)
+    # a small image is its global tile alone (no grid): one tile covering the image
+    return _tiled_layout(size, (max(rows, 1), max(cols, 1)), order, "global tile", num_tokens)
+
+
+def _tiled_layout(
+    size: tuple[int, int], grid: tuple[int, int], order: np.ndarray, whole: str, num_tokens: int
+) -> TokenLayout:
+    """An image stretched onto a ``rows x cols`` grid of tiles, then the whole image as one more tile (``whole``:
+    its view's name), each tile's tokens on a ``g x g`` grid whose cell of token ``i`` is ``order[i]``
+    (``(row, col)``). Tiles come first, in raster order; a grid of one tile has no whole-image tile."""
+    width, height = size
+    rows, cols = grid
+    g = math.isqrt(order.shape[0])
 
     def boxes(x0: float, y0: float, w: float, h: float) -> np.ndarray:
-        cells = grid_boxes(g, g, w, h)[corner[:, 0] * g + corner[:, 1]]
-        return cells + np.array([x0, y0, x0, y0])
+        return grid_boxes(g, g, w, h)[order[:, 0] * g + order[:, 1]] + np.array([x0, y0, x0, y0])
 
-    # each tile is a cell of a uniform grid over the whole image (the processor stretches it onto the grid);
-    # the global tile is the whole image
-    views = [TokenView("global tile", np.arange(rows * cols * g * g, num_tokens), boxes(0, 0, width, height))]
-    if rows:
-        w, h = width / cols, height / rows
-        tiles = np.concatenate([boxes(j * w, i * h, w, h) for i in range(rows) for j in range(cols)])
-        views.append(TokenView("tiles", np.arange(rows * cols * g * g), tiles))
-    return TokenLayout((width, height), num_tokens, tuple(views))
+    tiled = rows * cols * g * g
+    w, h = width / cols, height / rows
+    tiles = np.concatenate([boxes(j * w, i * h, w, h) for i in range(rows) for j in range(cols)])
+    if tiled == num_tokens:  # one tile: the whole image
+        return TokenLayout((width, height), num_tokens, (TokenView(whole, np.arange(num_tokens), tiles),))
+    views = (TokenView(whole, np.arange(tiled, num_tokens), boxes(0, 0, width, height)),)
+    return TokenLayout((width, height), num_tokens, (*views, TokenView("tiles", np.arange(tiled), tiles)))
 
 
-_DRAWN = "LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, Idefics3, SmolVLM"
+def _shuffled_cells(shuffle: Callable[[Tensor], Tensor], patches: int, block: int) -> np.ndarray:
+    """``(tokens, 2)`` the ``(row, col)`` cell of each token of a tile on its ``patches / block`` grid: patch
+    coordinate markers through the model's own pixel shuffle (``shuffle``: ``(patches^2, 2)`` -> ``(tokens, 2 *
+    block^2)``), each token at the mean of its patches."""
+    r, c = torch.meshgrid(torch.arange(patches), torch.arange(patches), indexing="ij")
+    folded = shuffle(torch.stack([r, c], -1).reshape(patches * patches, 2).float())
+    centre = folded.reshape(folded.shape[0], -1, 2).mean(1).numpy()
+    return np.floor(centre / block).astype(np.int64)
+
+
+def _internvl_layout(model: Any, processor: Any, num_tokens: int, size: tuple[int, int]) -> TokenLayout:
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        raise UnsupportedLayoutError("InternVL token regions need the processor (its tiling settings)")
+    vision = model.config.vision_config
+    patches = vision.image_size[0] // vision.patch_size[0]
+    ratio = model.config.downsample_ratio
+    block = round(1 / ratio)
+    shuffle = lambda x: model.model.pixel_shuffle(x.reshape(1, patches, patches, 2), ratio).reshape(-1, 2 * block**2)  # noqa: E731
+    order = _shuffled_cells(shuffle, patches, block)
+    tile_size = image_processor.size
+    cols, rows = 1, 1
+    if getattr(image_processor, "crop_to_patches", False) and image_processor.max_patches > 1:
+        tile = (int(_field(tile_size, "height")), int(_field(tile_size, "width")))
+        cols, rows = get_optimal_tiled_canvas(
+            (size[1], size[0]), tile, image_processor.min_patches, image_processor.max_patches
+        )
+    tiles = rows * cols + (rows * cols > 1)  # the thumbnail, after several tiles
+    if num_tokens != tiles * order.shape[0]:
+        raise UnsupportedLayoutError(
+            f"the image has {num_tokens} visual tokens; the processor's {rows} x {cols} tiles "
+            f"{'and thumbnail ' if tiles > 1 else ''}give {tiles * order.shape[0]}"
+        )
+    return _tiled_layout(size, (rows, cols), order, "thumbnail", num_tokens)
+
+
+_DRAWN = "LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3, SmolVLM"
 
 
 def token_layout(
@@ -410,6 +457,7 @@ def token_layout(
     """
     from tokenprune.integrations.gemma3 import Gemma3Adapter
     from tokenprune.integrations.idefics3 import Idefics3Adapter
+    from tokenprune.integrations.internvl import InternVLAdapter
     from tokenprune.integrations.llava import LlavaAdapter
     from tokenprune.integrations.llava_next import LlavaNextAdapter
     from tokenprune.integrations.llava_onevision import LlavaOnevisionAdapter
@@ -433,6 +481,8 @@ def token_layout(
         return _gemma3_layout(model, processor, num_tokens, size)
     if isinstance(adapter, Idefics3Adapter):
         return _idefics3_layout(model, processor, inputs, num_tokens, size)
+    if isinstance(adapter, InternVLAdapter):
+        return _internvl_layout(model, processor, num_tokens, size)
     raise UnsupportedLayoutError(
         f"cannot map {type(model).__name__}'s visual tokens to image regions; supported: {_DRAWN}"
     )
