@@ -263,12 +263,55 @@ def test_a_family_without_a_known_layout_is_refused_with_a_clear_error(monkeypat
         token_layout(torch.nn.Linear(2, 2), None, {}, (10, 10), num_tokens=4)
 
 
-def test_llava_onevision_is_refused_rather_than_drawn_with_llava_next_boxes():
-    """Its adapter is LLaVA-NeXT's, but its shrunk grids are not LLaVA-NeXT's layout."""
-    from tokenprune.testing.models import tiny_llava_onevision
+@pytest.mark.parametrize("aspect", ["anyres_max_1", "anyres_max_9"], ids=["shrunk", "not-shrunk"])
+@pytest.mark.parametrize("size", [(100, 60), (60, 100), (100, 100)])
+def test_llava_onevision_anyres_boxes_follow_its_packing_shrunk_or_not(aspect, size):
+    """Each anyres token's box centre is where its patches came from, through the processor's pinpoint resize and
+    the model's unpadding and (past anyres_max_N) bilinear shrinking, run here on the patches' mean colours."""
+    from tokenprune.testing.models import tiny_llava_onevision, tiny_llava_onevision_processor
 
-    with pytest.raises(UnsupportedLayoutError, match=r"LlavaOnevisionForConditionalGeneration's .* interpolation"):
-        token_layout(tiny_llava_onevision(), None, {}, (10, 10), num_tokens=4)
+    model = tiny_llava_onevision(aspect=aspect)
+    processor = tiny_llava_onevision_processor(model)
+    width, height = size
+    inputs = processor(images=[gradient(width, height)], text=["USER: <image>\nwhat ASSISTANT:"], return_tensors="pt")
+    num_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    layout = token_layout(model, processor, inputs, size, num_tokens=num_tokens)
+    base, tiles = layout.views
+    np.testing.assert_allclose(base.boxes, grid_boxes(4, 4, width, height))
+
+    from tokenprune.integrations import get_adapter
+
+    newlines = get_adapter(model).protected_tokens(inputs)[0].nonzero()[:, 0].tolist()
+    assert sorted(set(range(num_tokens)) - set(layout.drawn.tolist())) == newlines
+    std, mean = np.array(processor.image_processor.image_std), np.array(processor.image_processor.image_mean)
+    pixels = inputs["pixel_values"][0].numpy() * std[None, :, None, None] + mean[None, :, None, None]
+    count = pixels.shape[0]
+    means = pixels[:, :2].reshape(count, 2, 4, 14, 4, 14).mean(axis=(3, 5)).transpose(0, 2, 3, 1)  # (tiles, 4, 4, 2)
+    per_patch = torch.tensor(means.reshape(count, 16, 2).copy(), dtype=torch.float32)
+    packed, _ = model.model.pack_image_features(
+        [per_patch], inputs["image_sizes"], torch.full((2,), -1.0), vision_aspect_ratio=aspect
+    )
+    expected = packed[0][torch.as_tensor(tiles.indices)].numpy()
+    cx, cy = centres(tiles.boxes)
+    inside = (
+        (tiles.boxes[:, 1] > 0) & (tiles.boxes[:, 3] < height) & (tiles.boxes[:, 0] > 0) & (tiles.boxes[:, 2] < width)
+    )
+    assert inside.any()
+    assert np.abs(cx - expected[:, 0] * width)[inside].max() < 0.05 * width
+    assert np.abs(cy - expected[:, 1] * height)[inside].max() < 0.05 * height
+    # the boxes tile the region the unpadded grid covers, shrunk or not: no gaps, no overlaps
+    areas = (tiles.boxes[:, 2] - tiles.boxes[:, 0]) * (tiles.boxes[:, 3] - tiles.boxes[:, 1])
+    extent = np.concatenate([tiles.boxes[:, :2].min(0), tiles.boxes[:, 2:].max(0)])
+    assert areas.sum() == pytest.approx((extent[2] - extent[0]) * (extent[3] - extent[1]), rel=1e-6)
+    if aspect == "anyres_max_1":  # shrunk: fewer tokens over the region the grid covers unshrunk
+        whole = tiny_llava_onevision(aspect="anyres_max_9")
+        text = ["USER: <image>\nwhat ASSISTANT:"]
+        ids = tiny_llava_onevision_processor(whole)(images=[gradient(width, height)], text=text)["input_ids"][0]
+        unshrunk = token_layout(whole, None, inputs, size, num_tokens=ids.count(whole.config.image_token_id))
+        assert len(tiles.indices) < len(unshrunk.views[1].indices)
+        np.testing.assert_allclose(
+            extent, [*unshrunk.views[1].boxes[:, :2].min(0), *unshrunk.views[1].boxes[:, 2:].max(0)], atol=1e-4
+        )
 
 
 # --- kept indices -----------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ Three steps, each usable on its own:
      the model's own ``pack_image_features`` on coordinate markers, so they are exact by construction.
      ``image_newline`` tokens cover no region, are always kept and sit outside the budget: they are not
      drawn and not counted.
+   * **LLaVA-OneVision**: as LLaVA-NeXT; an anyres grid that the model shrinks (bilinear, past
+     ``anyres_max_N`` tiles' worth) is drawn shrunk: the markers come out of the packing as each token's
+     centre, and each token covers the cells it averages.
    * **Qwen2.5-VL** (Qwen2-VL, Qwen3-VL): merged ``spatial_merge_size x spatial_merge_size`` patches on the
      ``image_grid_thw`` grid, in raster order; the processor resizes the whole image (no crop), so the grid
      tiles the image.
@@ -270,7 +273,9 @@ def _llava_layout(model: Any, processor: Any, inputs: Mapping[str, Any], num_tok
     return TokenLayout((width, height), num_tokens, (view,), note)
 
 
-def _llava_next_layout(model: Any, inputs: Mapping[str, Any], num_tokens: int, size: tuple[int, int]):
+def _llava_next_layout(
+    model: Any, inputs: Mapping[str, Any], num_tokens: int, size: tuple[int, int], *, onevision: bool = False
+):
     from transformers.image_processing_utils import select_best_resolution
     from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 
@@ -288,17 +293,27 @@ def _llava_next_layout(model: Any, inputs: Mapping[str, Any], num_tokens: int, s
         tiles.append(torch.stack([r + tr * g, c + tc * g, torch.ones_like(r)], -1).reshape(g * g, 3))
     markers = torch.stack(tiles).float()
     newline = torch.tensor([-1.0, -1.0, -1.0])
-    strategy = inputs.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
-    packed, _ = model.model.pack_image_features([markers], inputs["image_sizes"][:1], strategy, image_newline=newline)
-    packed = packed[0].long().cpu()
+    if onevision:  # grids past anyres_max_N tiles' worth are shrunk (bilinear): markers become cell centres - 0.5
+
+        def pack(aspect: str) -> Tensor:
+            sizes = inputs["image_sizes"][:1]
+            return model.model.pack_image_features([markers], sizes, newline, vision_aspect_ratio=aspect)[0][0]
+
+        packed = pack(config.vision_aspect_ratio).cpu()
+        whole = pack(f"anyres_max_{n_high * n_wide}").cpu()  # never shrunk: one value per row and column
+    else:
+        strategy = inputs.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
+        packed = model.model.pack_image_features([markers], inputs["image_sizes"][:1], strategy, image_newline=newline)
+        packed = whole = packed[0][0].cpu()
     if packed.shape[0] != num_tokens:
         raise UnsupportedLayoutError(
             f"packing the tile layout gave {packed.shape[0]} tokens but the image has {num_tokens}; "
             f"this transformers version packs LLaVA-NeXT images differently"
         )
-    kind = packed[:, 2]
+    kind = packed[:, 2].round().long()
     base = (kind == 0).nonzero()[:, 0].numpy()
-    base_boxes = grid_boxes(g, g, width, height)[packed[base, 0].numpy() * g + packed[base, 1].numpy()]
+    cells = packed[base, :2].round().long().numpy()
+    base_boxes = grid_boxes(g, g, width, height)[cells[:, 0] * g + cells[:, 1]]
     # the anyres canvas: the image resized into the best pinpoint (aspect kept, ceil), pasted centred
     best_h, best_w = select_best_resolution(image_size, config.image_grid_pinpoints)
     h0, w0 = image_size
@@ -309,8 +324,20 @@ def _llava_next_layout(model: Any, inputs: Mapping[str, Any], num_tokens: int, s
     paste_x, paste_y = (best_w - new_w) // 2, (best_h - new_h) // 2
     cell = tile / g
     high = (kind == 1).nonzero()[:, 0].numpy()
-    rows, cols = packed[high, 0].numpy().astype(np.float64), packed[high, 1].numpy().astype(np.float64)
-    canvas = np.stack([cols * cell, rows * cell, (cols + 1) * cell, (rows + 1) * cell], axis=1)
+    rows, cols = packed[high, 0].double().numpy() + 0.5, packed[high, 1].double().numpy() + 0.5  # cell centres
+    # a cell's size in patches: the unpadded canvas's rows (columns) over the grid's, 1 where it is not shrunk
+    canvas_tiles = whole[whole[:, 2].round() == 1]
+    step_y = canvas_tiles[:, 0].unique().numel() / np.unique(rows.round(4)).shape[0]
+    step_x = canvas_tiles[:, 1].unique().numel() / np.unique(cols.round(4)).shape[0]
+    canvas = np.stack(
+        [
+            (cols - step_x / 2) * cell,
+            (rows - step_y / 2) * cell,
+            (cols + step_x / 2) * cell,
+            (rows + step_y / 2) * cell,
+        ],
+        axis=1,
+    )
     x = _AxisMap(new_w / width, paste_x)
     y = _AxisMap(new_h / height, paste_y)
     views = (
@@ -436,7 +463,7 @@ def _internvl_layout(model: Any, processor: Any, num_tokens: int, size: tuple[in
     return _tiled_layout(size, (rows, cols), order, "thumbnail", num_tokens)
 
 
-_DRAWN = "LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3, SmolVLM"
+_DRAWN = "LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3, SmolVLM"
 
 
 def token_layout(
@@ -466,11 +493,8 @@ def token_layout(
 
     size = (int(image_size[0]), int(image_size[1]))
     adapter = get_adapter(model)
-    if isinstance(adapter, LlavaOnevisionAdapter):  # a LLaVA-NeXT packing, but grids shrunk by interpolation
-        raise UnsupportedLayoutError(
-            f"cannot map {type(model).__name__}'s visual tokens to image regions yet (its anyres grids are "
-            f"shrunk by interpolation); supported: {_DRAWN}"
-        )
+    if isinstance(adapter, LlavaOnevisionAdapter):  # a LLaVA-NeXT packing, grids shrunk by interpolation
+        return _llava_next_layout(model, inputs, num_tokens, size, onevision=True)
     if isinstance(adapter, LlavaNextAdapter):
         return _llava_next_layout(model, inputs, num_tokens, size)
     if isinstance(adapter, LlavaAdapter):
