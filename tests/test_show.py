@@ -232,6 +232,24 @@ def test_internvl_boxes_follow_the_tiles_and_the_thumbnail(size):
         assert np.abs(cy - expected[view.indices, 1] * height).max() < 0.05 * height, view.name
 
 
+def test_mistral3_boxes_follow_image_sizes_in_raster_order():
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    from tokenprune.testing.models import tiny_mistral3
+
+    model = tiny_mistral3()
+    processor = PixtralImageProcessorPil(size={"longest_edge": 112}, patch_size={"height": 14, "width": 14})
+    for width, height in [(100, 60), (50, 130)]:
+        out = processor(images=[gradient(width, height)], return_tensors="pt")
+        h, w = out["image_sizes"][0].tolist()
+        layout = token_layout(model, None, out, (width, height), num_tokens=(h // 14) * (w // 14))
+        colours = _unnormalized(out["pixel_values"][0].numpy(), processor)[:2, :h, :w]
+        means = colours.reshape(2, h // 14, 14, w // 14, 14).mean(axis=(2, 4)).reshape(2, -1)
+        cx, cy = centres(layout.views[0].boxes)
+        assert np.abs(cx - means[0] * width).max() < 0.05 * width
+        assert np.abs(cy - means[1] * height).max() < 0.05 * height
+
+
 def test_idefics3_without_its_tokenizer_is_refused_clearly():
     from tokenprune.testing.models import tiny_idefics3
 

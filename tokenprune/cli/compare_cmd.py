@@ -25,6 +25,7 @@ from rich.text import Text
 
 from tokenprune.cli._console import UsageError, print_json, stderr_console
 from tokenprune.errors import InputError
+from tokenprune.integrations.adapters import FAMILIES
 
 __all__ = ["NAME", "add_parser", "format_p", "render_tables", "run", "tables_markdown"]
 
@@ -122,8 +123,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         metavar="HF_ID_OR_PATH",
-        help="a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2(.5)-VL, Qwen3-VL, InternVL, Gemma 3, Idefics3 or "
-        "SmolVLM checkpoint: hub id or save_pretrained directory (default: the shipped small LLaVA)",
+        help=f"a {FAMILIES} checkpoint: hub id or save_pretrained directory (default: the shipped small LLaVA)",
     )
     parser.add_argument(
         "--benchmark",

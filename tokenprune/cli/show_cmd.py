@@ -18,6 +18,7 @@ from rich.text import Text
 
 from tokenprune.cli._console import UsageError, stderr_console
 from tokenprune.errors import BudgetError, InputError, TokenPruneError
+from tokenprune.integrations.adapters import FAMILIES
 
 if TYPE_CHECKING:
     from tokenprune.evaluation.specs import MethodConfig
@@ -70,8 +71,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model",
         default=None,
         metavar="HF_ID_OR_PATH",
-        help="a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2(.5)-VL, Qwen3-VL, InternVL, Gemma 3, Idefics3 or "
-        "SmolVLM model: hub id or save_pretrained directory (default: the shipped tokenprune/assets/scene-llava)",
+        help=f"a {FAMILIES} model: hub id or save_pretrained directory "
+        "(default: the shipped tokenprune/assets/scene-llava)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs (default: auto)"

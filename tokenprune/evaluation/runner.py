@@ -69,6 +69,7 @@ from tokenprune.errors import InputError, TokenPruneError
 from tokenprune.evaluation.datasets import Sample, get_benchmark, load_benchmark
 from tokenprune.evaluation.flops import DecoderShape, prefill_flops
 from tokenprune.evaluation.specs import REFERENCE, MethodConfig, parse_benchmarks, parse_keeps, parse_methods
+from tokenprune.integrations.adapters import FAMILIES
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -134,8 +135,7 @@ def _resolve_model(model: str | os.PathLike[str] | None) -> str:
         raise DefaultModelMissingError(
             f"the shipped model is not installed: expected a save_pretrained directory at {path} (config.json, "
             f"weights, processor with tokenizer and chat template); received no such directory. Point compare at "
-            f"a model and data instead: --model HF_ID_OR_PATH (a LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, "
-            f"Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL, Gemma 3, Idefics3 or SmolVLM checkpoint) --benchmark "
+            f"a model and data instead: --model HF_ID_OR_PATH (a {FAMILIES} checkpoint) --benchmark "
             f"pope,gqa (hub datasets, or NAME=PATH for a local copy); see docs/tutorials/compare.md"
         )
     return str(path)

@@ -24,6 +24,8 @@ Three steps, each usable on its own:
    * **Qwen2.5-VL** (Qwen2-VL, Qwen3-VL): merged ``spatial_merge_size x spatial_merge_size`` patches on the
      ``image_grid_thw`` grid, in raster order; the processor resizes the whole image (no crop), so the grid
      tiles the image.
+   * **Mistral 3** (Pixtral): merged ``2 x 2`` patches on the grid ``image_sizes`` gives, in raster order; the
+     processor resizes the whole image (aspect kept, no crop).
    * **Gemma 3**: the whole image resized to a square, its patches average-pooled into a ``16 x 16`` grid in
      raster order (pan and scan, which adds crops as images of their own, is refused).
    * **Idefics3** (SmolVLM): two views, the *global tile* (the whole image squashed to one tile) and the
@@ -360,6 +362,17 @@ def _qwen_layout(model: Any, inputs: Mapping[str, Any], num_tokens: int, size: t
     return grid_layout(size, rows, cols)
 
 
+def _mistral3_layout(model: Any, inputs: Mapping[str, Any], num_tokens: int, size: tuple[int, int]) -> TokenLayout:
+    step = model.model.vision_tower.patch_size * model.config.spatial_merge_size
+    height, width = (int(v) for v in inputs["image_sizes"][0])
+    rows, cols = height // step, width // step
+    if rows * cols != num_tokens:
+        raise UnsupportedLayoutError(
+            f"image_sizes ({height}, {width}) give {rows} x {cols} tokens of {step} px; the image has {num_tokens}"
+        )
+    return grid_layout(size, rows, cols)  # the whole image resized (aspect kept), merged patches in raster order
+
+
 def _gemma3_layout(model: Any, processor: Any, num_tokens: int, size: tuple[int, int]) -> TokenLayout:
     image_processor = getattr(processor, "image_processor", processor)
     if getattr(image_processor, "do_pan_and_scan", False):
@@ -463,7 +476,10 @@ def _internvl_layout(model: Any, processor: Any, num_tokens: int, size: tuple[in
     return _tiled_layout(size, (rows, cols), order, "thumbnail", num_tokens)
 
 
-_DRAWN = "LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3, SmolVLM"
+_DRAWN = (
+    "LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3, SmolVLM, "
+    "Mistral 3"
+)
 
 
 def token_layout(
@@ -488,6 +504,7 @@ def token_layout(
     from tokenprune.integrations.llava import LlavaAdapter
     from tokenprune.integrations.llava_next import LlavaNextAdapter
     from tokenprune.integrations.llava_onevision import LlavaOnevisionAdapter
+    from tokenprune.integrations.mistral3 import Mistral3Adapter
     from tokenprune.integrations.qwen2_5_vl import Qwen2_5_VLAdapter
     from tokenprune.integrations.session import get_adapter
 
@@ -507,6 +524,8 @@ def token_layout(
         return _idefics3_layout(model, processor, inputs, num_tokens, size)
     if isinstance(adapter, InternVLAdapter):
         return _internvl_layout(model, processor, num_tokens, size)
+    if isinstance(adapter, Mistral3Adapter):
+        return _mistral3_layout(model, inputs, num_tokens, size)
     raise UnsupportedLayoutError(
         f"cannot map {type(model).__name__}'s visual tokens to image regions; supported: {_DRAWN}"
     )

@@ -433,8 +433,8 @@ def apply(
     on a GPU) with every method that prunes before the language model; FastV needs the default cache.
 
     Args:
-        model: a supported transformers VLM (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL,
-            Qwen3-VL, InternVL, Gemma 3) or one a plugin adapts.
+        model: a supported transformers VLM (:data:`tokenprune.integrations.adapters.FAMILIES`) or one a plugin
+            adapts.
         method: a registered method name (``"zspa"``) or a :class:`tokenprune.Selector`.
         budget: tokens kept per image: an int, or a ratio in (0, 1] of the image's tokens.
         prompt_tokens: which tokens form the prompt the selector sees: ``"text"`` (every text token of

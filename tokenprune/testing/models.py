@@ -1087,3 +1087,77 @@ def tiny_idefics3_processor(model: Any, *, full_vocab: bool = False, split: bool
         image_seq_len=model.model.image_seq_len,
         chat_template=IDEFICS_CHAT_TEMPLATE,
     )
+
+
+# Mistral 3: Pixtral on images of any size in 7 px patches, merged 2 x 2 (a token per 14 px square); an image is
+# written row by row, [IMG] per token and [IMG_BREAK] after each row, the last row ending in [IMG_END].
+MISTRAL_IMG_BREAK, MISTRAL_IMG_END = 101, 102
+__all__ += ["MISTRAL_IMG_BREAK", "MISTRAL_IMG_END", "tiny_mistral3", "tiny_mistral3_inputs"]
+
+
+def tiny_mistral3(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
+    """A random ``Mistral3ForConditionalGeneration``: Pixtral (7 px patches, images up to 112 px), a patch merger
+    (2 x 2) and MLP projector, a Mistral LM without a sliding window (1-D RoPE)."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = {
+        "model_type": "pixtral",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "head_dim": 8,
+        "image_size": 112,
+        "patch_size": 7,
+    }
+    text = {
+        "model_type": "mistral",
+        "vocab_size": 128,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": hidden // 4,
+        "sliding_window": None,
+        "max_position_embeddings": 512,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    config = Mistral3Config(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, spatial_merge_size=2)
+    model = Mistral3ForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def tiny_mistral3_inputs(
+    model: Any, prompts: list[list[list[int]]], sizes: list[tuple[int, int]], *, seed: int = 0, left: bool = True
+) -> dict[str, torch.Tensor]:
+    """Processor-style inputs for ``tiny_mistral3`` (no processor: Pixtral's needs torchvision).
+
+    Args:
+        prompts: per row, its text segments (token ids in ``[3, 100)``); BOS starts each row and an image goes
+            between each two consecutive segments, written row by row as the processor writes it.
+        sizes: per image, in order, its ``(height, width)`` in pixels, multiples of 14; ``pixel_values`` holds the
+            images padded (zeros) on the bottom and right to the largest.
+    """
+    if len(sizes) != sum(len(segments) - 1 for segments in prompts):
+        raise ValueError(f"{len(sizes)} image sizes for {sum(len(s) - 1 for s in prompts)} images")
+    step = model.model.vision_tower.patch_size * model.config.spatial_merge_size
+    images, rows = iter(sizes), []
+    for segments in prompts:
+        row = [1, *segments[0]]
+        for text in segments[1:]:
+            height, width = next(images)
+            lines = [[IMAGE_TOKEN] * (width // step) + [MISTRAL_IMG_BREAK] for _ in range(height // step)]
+            lines[-1][-1] = MISTRAL_IMG_END
+            row += [token for line in lines for token in line] + text
+        rows.append(row)
+    ids, mask = _pad_rows(rows, left=left)
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.zeros(len(sizes), 3, max(h for h, _ in sizes), max(w for _, w in sizes))
+    for i, (height, width) in enumerate(sizes):
+        pixels[i, :, :height, :width] = torch.randn(3, height, width, generator=g)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "image_sizes": torch.tensor(sizes)}
