@@ -25,7 +25,7 @@ from tokenprune.evaluation.visualize import (
     show_tokens,
     token_layout,
 )
-from tokenprune.integrations import question_tokens
+from tokenprune.integrations import get_adapter, question_tokens
 from tokenprune.testing.models import (
     tiny_llava,
     tiny_llava_next,
@@ -174,9 +174,8 @@ def test_gemma3_boxes_are_a_square_grid_over_the_whole_image():
         cx, cy = centres(layout.views[0].boxes)
         assert np.abs(cx - means[0] * width).max() < 0.05 * width
         assert np.abs(cy - means[1] * height).max() < 0.05 * height
-    processor.image_processor.do_pan_and_scan = True
-    with pytest.raises(UnsupportedLayoutError, match="pan and scan"):
-        token_layout(model, processor, {}, (100, 60), num_tokens=16)
+    with pytest.raises(UnsupportedLayoutError, match="Gemma 3 gives 16 per image"):
+        token_layout(model, processor, {}, (100, 60), num_tokens=15)
 
 
 @pytest.mark.parametrize("size", [(100, 60), (60, 100), (100, 100), (40, 30)])
@@ -248,6 +247,65 @@ def test_mistral3_boxes_follow_image_sizes_in_raster_order():
         cx, cy = centres(layout.views[0].boxes)
         assert np.abs(cx - means[0] * width).max() < 0.05 * width
         assert np.abs(cy - means[1] * height).max() < 0.05 * height
+
+
+def test_idefics3_draws_the_first_image_of_a_prompt_with_several():
+    """The first image's grid comes from its own tags, whatever grid a later image has."""
+    from tokenprune.testing.models import tiny_idefics3, tiny_idefics3_processor
+
+    model = tiny_idefics3()
+    processor = tiny_idefics3_processor(model)
+    text = ["User:<image><image>what ?<end_of_utterance>\nAssistant:"]
+    inputs = processor(text=text, images=[[gradient(112, 56), gradient(100, 100)]], return_tensors="pt")
+    assert get_adapter(model).image_token_counts(inputs) == [48, 80]  # 1 x 2 tiles, then 2 x 2
+    layout = token_layout(model, processor, inputs, (112, 56), num_tokens=48)
+    assert len(layout.views[1].indices) == 32
+    np.testing.assert_allclose(layout.views[1].boxes[:16].max(0)[2:], [56, 56])  # the first tile: the left half
+
+
+def test_mistral3_boxes_cover_only_the_patches_the_model_reads():
+    """Sizes that are not multiples of the merged patch: the model drops the last odd patch row and column."""
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    from tokenprune.testing.models import tiny_mistral3
+
+    model = tiny_mistral3()
+    processor = PixtralImageProcessorPil(size={"longest_edge": 112}, patch_size={"height": 7, "width": 7})
+    out = processor(images=[gradient(100, 60)], return_tensors="pt")
+    h, w = out["image_sizes"][0].tolist()
+    assert (h % 14, w % 14) != (0, 0)
+    layout = token_layout(model, None, out, (100, 60), num_tokens=(h // 14) * (w // 14))
+    colours = _unnormalized(out["pixel_values"][0].numpy(), processor)[:2, : h // 14 * 14, : w // 14 * 14]
+    means = colours.reshape(2, h // 14, 14, w // 14, 14).mean(axis=(2, 4)).reshape(2, -1)
+    cx, cy = centres(layout.views[0].boxes)
+    assert np.abs(cx - means[0] * 100).max() < 0.05 * 100 / (w // 14)  # within 5 % of a token
+    assert np.abs(cy - means[1] * 60).max() < 0.05 * 60 / (h // 14)
+
+
+@pytest.mark.parametrize("onevision", [False, True], ids=["llava-next", "llava-onevision"])
+def test_an_image_too_thin_for_any_anyres_token_draws_its_base_tile(onevision):
+    from tokenprune.testing.models import tiny_llava_onevision, tiny_llava_onevision_processor
+
+    model = tiny_llava_onevision() if onevision else tiny_llava_next()
+    processor = (tiny_llava_onevision_processor if onevision else tiny_llava_next_processor)(model)
+    inputs = processor(images=[gradient(300, 2)], text=["USER: <image>\nwhat ASSISTANT:"], return_tensors="pt")
+    num_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    layout = token_layout(model, processor, inputs, (300, 2), num_tokens=num_tokens)
+    assert len(layout.views[0].indices) == 16 and len(layout.views[1].indices) < 16
+
+
+def test_llava_onevision_draws_the_base_tile_of_an_image_among_several():
+    """With several images in a prompt the model encodes each as its base tile alone."""
+    from tokenprune.testing.models import tiny_llava_onevision, tiny_llava_onevision_processor
+
+    model = tiny_llava_onevision()
+    processor = tiny_llava_onevision_processor(model)
+    text = ["USER: <image><image>\nwhat ASSISTANT:"]
+    inputs = processor(images=[[gradient(100, 60), gradient(60, 100)]], text=text, return_tensors="pt")
+    with torch.no_grad(), tokenprune.apply(model, "stride", budget=0.5) as session:
+        model(**inputs)
+    layout = token_layout(model, processor, inputs, (100, 60), num_tokens=session.last.visual_before[0])
+    assert [(view.name, len(view.indices)) for view in layout.views] == [("base tile", 16), ("anyres tiles", 0)]
 
 
 def test_idefics3_without_its_tokenizer_is_refused_clearly():

@@ -27,7 +27,7 @@ Three steps, each usable on its own:
    * **Mistral 3** (Pixtral): merged ``2 x 2`` patches on the grid ``image_sizes`` gives, in raster order; the
      processor resizes the whole image (aspect kept, no crop).
    * **Gemma 3**: the whole image resized to a square, its patches average-pooled into a ``16 x 16`` grid in
-     raster order (pan and scan, which adds crops as images of their own, is refused).
+     raster order (with pan and scan, the crops are visual inputs of their own, after the whole image).
    * **Idefics3** (SmolVLM): two views, the *global tile* (the whole image squashed to one tile) and the
      *tiles* (the image stretched onto a grid of tiles, whose rows and columns the processor's
      ``<row_i_col_j>`` tags give). A tile's token order comes from running the model's own pixel shuffle on
@@ -295,6 +295,9 @@ def _llava_next_layout(
         tiles.append(torch.stack([r + tr * g, c + tc * g, torch.ones_like(r)], -1).reshape(g * g, 3))
     markers = torch.stack(tiles).float()
     newline = torch.tensor([-1.0, -1.0, -1.0])
+    count = inputs.get("batch_num_images")
+    if onevision and count is not None and int(count[0]) > 1:  # of a prompt with several images: its base tile
+        markers = markers[:1]
     if onevision:  # grids past anyres_max_N tiles' worth are shrunk (bilinear): markers become cell centres - 0.5
 
         def pack(aspect: str) -> Tensor:
@@ -329,8 +332,9 @@ def _llava_next_layout(
     rows, cols = packed[high, 0].double().numpy() + 0.5, packed[high, 1].double().numpy() + 0.5  # cell centres
     # a cell's size in patches: the unpadded canvas's rows (columns) over the grid's, 1 where it is not shrunk
     canvas_tiles = whole[whole[:, 2].round() == 1]
-    step_y = canvas_tiles[:, 0].unique().numel() / np.unique(rows.round(4)).shape[0]
-    step_x = canvas_tiles[:, 1].unique().numel() / np.unique(cols.round(4)).shape[0]
+    # (an image so thin that its unpadded grid keeps no row or column has no anyres tokens: no step to find)
+    step_y = canvas_tiles[:, 0].unique().numel() / max(np.unique(rows.round(4)).shape[0], 1)
+    step_x = canvas_tiles[:, 1].unique().numel() / max(np.unique(cols.round(4)).shape[0], 1)
     canvas = np.stack(
         [
             (cols - step_x / 2) * cell,
@@ -370,15 +374,18 @@ def _mistral3_layout(model: Any, inputs: Mapping[str, Any], num_tokens: int, siz
         raise UnsupportedLayoutError(
             f"image_sizes ({height}, {width}) give {rows} x {cols} tokens of {step} px; the image has {num_tokens}"
         )
-    return grid_layout(size, rows, cols)  # the whole image resized (aspect kept), merged patches in raster order
+    # the whole image resized (aspect kept), merged patches in raster order over the part the model reads: the
+    # top-left rows * step x cols * step pixels (all of it when the sizes are multiples of step, as the processor
+    # makes them)
+    original_w, original_h = size
+    boxes = grid_boxes(rows, cols, original_w * cols * step / width, original_h * rows * step / height)
+    return TokenLayout(
+        (int(original_w), int(original_h)), num_tokens, (TokenView("image", np.arange(num_tokens), boxes),)
+    )
 
 
-def _gemma3_layout(model: Any, processor: Any, num_tokens: int, size: tuple[int, int]) -> TokenLayout:
-    image_processor = getattr(processor, "image_processor", processor)
-    if getattr(image_processor, "do_pan_and_scan", False):
-        raise UnsupportedLayoutError(
-            "Gemma 3 with pan and scan writes an image's crops as images of their own; cannot map them to one image"
-        )
+def _gemma3_layout(model: Any, num_tokens: int, size: tuple[int, int]) -> TokenLayout:
+    # with pan and scan the crops are visual inputs of their own, after the first: the whole image, drawn here
     side = math.isqrt(num_tokens)
     if side * side != num_tokens or num_tokens != model.config.mm_tokens_per_image:
         raise UnsupportedLayoutError(
@@ -395,7 +402,10 @@ def _idefics3_grid(processor: Any, input_ids: Tensor) -> tuple[int, int]:
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         raise UnsupportedLayoutError("Idefics3 token regions need the processor's tokenizer (to read the tile tags)")
-    tags = [re.fullmatch(r"<row_(\d+)_col_(\d+)>", str(token)) for token in tokenizer.convert_ids_to_tokens(input_ids)]
+    tokens = [str(token) for token in tokenizer.convert_ids_to_tokens(input_ids)]
+    if "<global-img>" in tokens:  # the first image ends with its global tile
+        tokens = tokens[: tokens.index("<global-img>")]
+    tags = [re.fullmatch(r"<row_(\d+)_col_(\d+)>", token) for token in tokens]
     cells = [(int(tag.group(1)), int(tag.group(2))) for tag in tags if tag]
     return (max(r for r, _ in cells), max(c for _, c in cells)) if cells else (0, 0)
 
@@ -488,7 +498,8 @@ def token_layout(
     """Which box of the original image each visual token of the first image of ``inputs`` covers.
 
     Args:
-        model: a LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, Idefics3 or SmolVLM model.
+        model: a model of one of these families: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL,
+            Qwen3-VL, Gemma 3, InternVL, Idefics3, SmolVLM, Mistral 3.
         processor: the processor that made ``inputs`` (LLaVA-1.5 needs its resize and crop settings, Idefics3
             its tokenizer, to read the tile tags).
         inputs: the processor's outputs for one image.
@@ -519,7 +530,7 @@ def token_layout(
     if isinstance(adapter, Qwen2_5_VLAdapter):
         return _qwen_layout(model, inputs, num_tokens, size)
     if isinstance(adapter, Gemma3Adapter):
-        return _gemma3_layout(model, processor, num_tokens, size)
+        return _gemma3_layout(model, num_tokens, size)
     if isinstance(adapter, Idefics3Adapter):
         return _idefics3_layout(model, processor, inputs, num_tokens, size)
     if isinstance(adapter, InternVLAdapter):
