@@ -114,3 +114,51 @@ def test_a_prompt_callable_never_selects_markers_or_padding_and_must_match_the_i
         pytest.raises(tokenprune.InputError, match=r"must return a \(B, L\) mask .* got \(2, \d+\)"),
     ):
         model.generate(**inputs, max_new_tokens=1)
+
+
+@pytest.mark.parametrize("family", ["idefics3", "internvl"])
+def test_a_question_written_before_the_image_is_the_question(family):
+    """No words after the last image: the question is the user's text before it (placeholders and the image's
+    markers out: the tokenizer's special tokens, and where the processor does not keep its tile tags special,
+    the adapter's frame tokens); budget 1.0 still equals stock."""
+    from PIL import Image
+
+    from tokenprune.testing.models import tiny_idefics3, tiny_idefics3_processor, tiny_internvl, tiny_internvl_processor
+
+    build, processor_of = {
+        "idefics3": (tiny_idefics3, tiny_idefics3_processor),
+        "internvl": (tiny_internvl, tiny_internvl_processor),
+    }[family]
+    model = build(seed=0)
+    processor = processor_of(model)
+    content = [{"type": "text", "text": "what colour is the cube ?"}, {"type": "image"}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(text=[text], images=[[Image.new("RGB", (112, 56), "red")]], return_tensors="pt")
+    mark = question_tokens(processor)
+    question = processor.tokenizer("what colour is the cube ?", add_special_tokens=False)["input_ids"]
+    layout = Layout.locate(get_adapter(model), inputs["input_ids"], inputs["attention_mask"], None, mark)
+    assert inputs["input_ids"][0][layout.prompt_mask[0]].tolist() == question  # what the selector sees
+    gen = {"max_new_tokens": 4, "do_sample": False}
+    stock = model.generate(**inputs, **gen)
+    with tokenprune.apply(model, "zspa", budget=1.0, prompt_tokens=mark):
+        assert torch.equal(model.generate(**inputs, **gen), stock)
+    with tokenprune.apply(model, "zspa", budget=0.25, prompt_tokens=mark) as session:
+        model.generate(**inputs, **gen)
+    assert session.last.visual_after == [12]
+
+
+def test_an_image_without_any_prompt_text_is_kept_whole_at_budget_one():
+    """A row of only an image: nothing to score by, but keeping every token needs no prompt."""
+    from tokenprune.testing.models import tiny_internvl, tiny_internvl_inputs
+
+    model = tiny_internvl(seed=0)
+    inputs = tiny_internvl_inputs(model, [[[], []]], [1])
+    gen = {"max_new_tokens": 4, "do_sample": False}
+    stock = model.generate(**inputs, **gen)
+    with tokenprune.apply(model, "zspa", budget=1.0):
+        assert torch.equal(model.generate(**inputs, **gen), stock)
+    with (
+        tokenprune.apply(model, "zspa", budget=0.5),
+        pytest.raises(tokenprune.InputError, match=r"rows \[0\] have images but no prompt text tokens"),
+    ):
+        model.generate(**inputs, **gen)

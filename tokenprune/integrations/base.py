@@ -561,25 +561,25 @@ def _shifted(values: Tensor, by: int) -> Tensor:
     return out
 
 
-def tokens_around(input_ids: Tensor, placeholders: Tensor, *, before: int = 1, after: int = 1) -> Tensor:
-    """``(B, L)`` bool: every occurrence of the ids found in the ``before`` tokens just before each run of
-    placeholders and the ``after`` tokens just after it (the markers a processor writes around an image), for
-    :meth:`ModelAdapter.frame_tokens`. Nothing is read from the device.
+def tokens_around(placeholders: Tensor, *, before: int = 1, after: int = 1) -> Tensor:
+    """``(B, L)`` bool: the ``before`` tokens just before each run of placeholders and the ``after`` tokens just
+    after it, where a processor writes the markers around an image, for :meth:`ModelAdapter.frame_tokens`.
+    Only those positions: a word elsewhere with a marker's id stays prompt text. Nothing is read from the device.
 
     Example:
-        >>> ids = torch.tensor([[7, 8, 5, 5, 9, 6, 8, 9]])
-        >>> tokens_around(ids, ids == 5).long().tolist()
-        [[0, 1, 0, 0, 1, 0, 1, 1]]
+        >>> ph = torch.tensor([[0, 0, 1, 1, 0, 0, 0, 0]]).bool()
+        >>> tokens_around(ph).long().tolist()
+        [[0, 1, 0, 0, 1, 0, 0, 0]]
     """
     runs = placeholders.long()
-    starts = placeholders & (_shifted(runs, 1) != 1)
-    ends = placeholders & (_shifted(runs, -1) != 1)
-    found = [_shifted(input_ids, k)[starts] for k in range(1, before + 1)]
-    found += [_shifted(input_ids, -k)[ends] for k in range(1, after + 1)]
-    if not found:
-        return torch.zeros_like(placeholders)
-    ids = torch.cat(found)
-    return torch.isin(input_ids, ids[ids >= 0]) & ~placeholders
+    starts = (placeholders & (_shifted(runs, 1) != 1)).long()
+    ends = (placeholders & (_shifted(runs, -1) != 1)).long()
+    marked = torch.zeros_like(placeholders)
+    for k in range(1, before + 1):
+        marked |= _shifted(starts, -k) == 1  # position p, with a run starting at p + k
+    for k in range(1, after + 1):
+        marked |= _shifted(ends, k) == 1  # position p, with a run ending at p - k
+    return marked & ~placeholders
 
 
 def _weak(value: Any) -> Callable[[], Any]:
@@ -822,6 +822,11 @@ def select_per_image(
             padded_metric[i, : sizes[i]] = metric[i]
     selectable &= ~fixed
 
+    counts = prunable_counts(sizes, protected) if prunable is None else prunable
+    if resolve_budget(budget, counts, names=_named(names, counts)) == tuple(counts):  # keeps every token
+        every = selectable | fixed  # whatever the prompt: a row without prompt text is no error here
+        return Selected([every[i, : sizes[i]] for i in range(n_images)], 0.0)
+
     rows = [row for row, _ in layout.spans]
     lengths = [layout.prompt_lengths[row] for row in rows]
     empty = sorted({row for row, length in zip(rows, lengths, strict=True) if length == 0})
@@ -838,11 +843,6 @@ def select_per_image(
     if min(real_lengths) < m_max:
         prompt_real = torch.arange(m_max) < torch.tensor(real_lengths).unsqueeze(1)
         prompt_real = prompt_real.to(device, non_blocking=True)
-
-    counts = prunable_counts(sizes, protected) if prunable is None else prunable
-    if resolve_budget(budget, counts, names=_named(names, counts)) == tuple(counts):  # keeps every token
-        every = selectable | fixed
-        return Selected([every[i, : sizes[i]] for i in range(n_images)], 0.0)
 
     _sync(device)
     start = time.perf_counter()

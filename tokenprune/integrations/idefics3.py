@@ -15,10 +15,10 @@ at the run of placeholders that follows the global tile's tag, the token before 
 tile of its own, so each frame is pruned as an image. Kept tokens take contiguous positions by default
 (``positions="original"``: their full-sequence positions).
 
-The tokens the processor writes around the tiles (``<fake_token_around_image>``, the row/column and global
-tags) are tokenizer tokens the model config does not name; they are never prompt text
-(:meth:`Idefics3Adapter.frame_tokens` finds them from where they stand: the two tokens before each run of
-placeholders, wherever their ids occur).
+The tokens the processor writes around and between the tiles (``<fake_token_around_image>``, the row/column and
+global tags, the newlines after each row of tiles) are never prompt text, although the model config does not
+name them: :meth:`Idefics3Adapter.frame_tokens` takes everything from the two tokens before an image's first
+tile to the token after its global tile, so the prompt of a question is the same whatever grid its image has.
 
 SigLIP has no [CLS] token and each token folds several patches, so ``fastervlm`` and ``visionzip`` are refused
 with a clear error.
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from tokenprune.errors import InputError
-from tokenprune.integrations.base import ImageTokens, ModelAdapter, _shifted, tokens_around
+from tokenprune.integrations.base import ImageTokens, ModelAdapter, _shifted
 
 __all__ = ["Idefics3Adapter"]
 
@@ -56,38 +56,30 @@ class Idefics3Adapter(ModelAdapter):
         """Visual tokens per tile (the processor's ``image_seq_len``)."""
         return self.model.model.image_seq_len
 
-    def frame_tokens(self, input_ids: Tensor, placeholders: Tensor) -> Tensor:
-        # <fake_token_around_image> and a tag before each tile (the image's closing marker is the same fake token)
-        return tokens_around(input_ids, placeholders, before=2, after=0)
-
-    def image_token_counts(self, inputs: Mapping[str, Any]) -> list[int]:
-        """Per image, its placeholders: its tiles' runs, up to and including the run after the global tile's tag."""
-        ids = inputs.get("input_ids")
-        if not isinstance(ids, Tensor) or ids.dim() != 2:
-            raise InputError(f"{self.name}: pruning needs input_ids of shape (B, L); got {type(ids).__name__}")
-        mask = inputs.get("attention_mask")
-        placeholders = ids == self.image_token_id
-        if mask is not None:
-            placeholders &= mask.bool()
+    def _images(self, input_ids: Tensor, placeholders: Tensor) -> list[list[tuple[int, int, int]]]:
+        """Each image's runs of placeholders, ``(row, start, length)``, images in placeholder order (one read
+        from the device): an image is the runs up to and including the one after the global tile's tag, the token
+        before the last run of every row (the model config does not name it)."""
         starts = placeholders & (_shifted(placeholders.long(), 1) != 1)
         rows, positions = placeholders.nonzero().T
-        host = torch.cat([rows, positions, _shifted(ids, 1)[placeholders], starts[placeholders].long()]).tolist()
+        host = torch.cat([rows, positions, _shifted(input_ids, 1)[placeholders], starts[placeholders].long()])
+        host = host.tolist()
         t = len(host) // 4
         rows, positions, before, first = host[:t], host[t : 2 * t], host[2 * t : 3 * t], host[3 * t :]
-        runs: list[tuple[int, int, int]] = []  # (row, tag before the run, length)
+        runs: list[list[int]] = []  # [row, start, length, tag before the run]
         for i in range(t):
             if first[i]:
-                runs.append((rows[i], before[i], 1))
+                runs.append([rows[i], positions[i], 1, before[i]])
             else:
-                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+                runs[-1][2] += 1
         tile = self.tile_tokens
-        if any(length != tile for _, _, length in runs):
+        if any(length != tile for _, _, length, _ in runs):
             raise InputError(
-                f"{self.name}: the input holds placeholder runs of {[length for _, _, length in runs]} tokens; "
+                f"{self.name}: the input holds placeholder runs of {[run[2] for run in runs]} tokens; "
                 f"expected one run of {tile} (the model's tokens per tile) per tile, each after its tag, as the "
                 f"processor writes them"
             )
-        last = {row: tag for row, tag, _ in runs}  # the tag of each row's last run: its last image's global tile
+        last = {row: tag for row, _, _, tag in runs}  # the tag of each row's last run: its last image's global tile
         if len(set(last.values())) > 1:
             raise InputError(
                 f"{self.name}: the last tile of each row follows a different token ({sorted(set(last.values()))}); "
@@ -95,13 +87,37 @@ class Idefics3Adapter(ModelAdapter):
                 f"writes it"
             )
         (global_tag,) = set(last.values()) or {None}
-        counts, open_ = [], 0
-        for _, tag, length in runs:
-            open_ += length
+        images: list[list[tuple[int, int, int]]] = [[]]
+        for row, start, length, tag in runs:
+            images[-1].append((row, start, length))
             if tag == global_tag:
-                counts.append(open_)
-                open_ = 0
-        return counts
+                images.append([])
+        return images[:-1]
+
+    def _placeholders(self, inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        ids = inputs.get("input_ids")
+        if not isinstance(ids, Tensor) or ids.dim() != 2:
+            raise InputError(f"{self.name}: pruning needs input_ids of shape (B, L); got {type(ids).__name__}")
+        mask = inputs.get("attention_mask")
+        placeholders = ids == self.image_token_id
+        if mask is not None:
+            placeholders &= mask.bool()
+        return ids, placeholders
+
+    def frame_tokens(self, input_ids: Tensor, placeholders: Tensor) -> Tensor:
+        """Everything of an image's writing that is not a placeholder: from the ``<fake_token_around_image>`` and
+        tag before its first tile to the ``<fake_token_around_image>`` after its global tile, the tags and the
+        newlines between its rows of tiles included (one read from the device)."""
+        framing = torch.zeros(placeholders.shape, dtype=torch.bool)
+        for runs in self._images(input_ids, placeholders):
+            row, first, _ = runs[0]
+            _, start, length = runs[-1]
+            framing[row, max(first - 2, 0) : start + length + 1] = True
+        return framing.to(placeholders.device, non_blocking=True) & ~placeholders
+
+    def image_token_counts(self, inputs: Mapping[str, Any]) -> list[int]:
+        """Per image, its placeholders: its tiles' runs, up to and including the run after the global tile's tag."""
+        return [sum(length for _, _, length in runs) for runs in self._images(*self._placeholders(inputs))]
 
     def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
         if scores is not None:

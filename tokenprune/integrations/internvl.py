@@ -53,7 +53,7 @@ class InternVLAdapter(ModelAdapter):
         return self.model.config.image_token_id
 
     def frame_tokens(self, input_ids: Tensor, placeholders: Tensor) -> Tensor:
-        return tokens_around(input_ids, placeholders, before=1, after=1)  # <img> and </img>
+        return tokens_around(placeholders, before=1, after=1)  # <img> and </img>
 
     def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
         if scores is not None:

@@ -18,9 +18,11 @@ with a clear error.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from tokenprune.errors import InputError
@@ -42,11 +44,15 @@ class Mistral3Adapter(ModelAdapter):
         return self.model.config.image_token_id
 
     def frame_tokens(self, input_ids: Tensor, placeholders: Tensor) -> Tensor:
-        return tokens_around(input_ids, placeholders, before=0, after=1)  # [IMG_BREAK] and [IMG_END]
+        return tokens_around(placeholders, before=0, after=1)  # [IMG_BREAK] and [IMG_END]
 
     def _image_sizes(self, inputs: Mapping[str, Any]) -> Tensor:
-        """``inputs["image_sizes"]``, checked to be ``(images, 2)`` (nothing is read from the device)."""
+        """``inputs["image_sizes"]``, checked to be ``(images, 2)`` (nothing is read from the device); a list of
+        ``(height, width)`` pairs, which the model takes too, as a tensor."""
         sizes = inputs.get("image_sizes")
+        if isinstance(sizes, list | tuple):
+            with contextlib.suppress(TypeError, ValueError):  # what cannot be a tensor is refused below
+                sizes = torch.tensor(sizes, dtype=torch.long)
         if not isinstance(sizes, Tensor) or sizes.dim() != 2 or sizes.shape[-1] != 2:
             got = tuple(sizes.shape) if isinstance(sizes, Tensor) else type(sizes).__name__
             raise InputError(f"{self.name}: pruning needs image_sizes of shape (images, 2), (height, width); got {got}")

@@ -3,7 +3,8 @@
 ``tokenprune.apply(..., prompt_tokens=question_tokens(processor))`` restricts the prompt to the
 question: the text after the row's last image (or video) placeholder and before the template's end-of-turn and
 generation-prompt tokens (``" ASSISTANT:"``, ``"<|im_end|>\\n<|im_start|>assistant\\n"``, ...), and
-after the template's opening (system prompt, ``"USER: "``) when a row has no image or video. The
+after the template's opening (system prompt, ``"USER: "``) when a row has no image or video, or no words after
+its last one (the question was written before the images; the placeholders are left out). The
 tokenizer's special tokens (image markers such as InternVL's ``</img>``, BOS/EOS) are never question text.
 """
 
@@ -39,6 +40,11 @@ def _render(tokenizer: Any, content: Any) -> list[int]:
     if ids and isinstance(ids[0], list):
         ids = ids[0]
     return [int(i) for i in ids]
+
+
+def _words(tokenizer: Any, ids: Sequence[int]) -> bool:
+    """Whether ``ids`` hold any text besides special tokens and white space."""
+    return bool(ids) and bool(tokenizer.decode(list(ids), skip_special_tokens=True).strip())
 
 
 def _template_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -90,12 +96,18 @@ def question_tokens(
             ids = input_ids[row, positions].tolist()
             end = len(ids) - len(tail) if tail and ids[len(ids) - len(tail) :] == tail else -1
             images = [i for i, t in enumerate(ids) if t in placeholders]
-            start = images[-1] + 1 if images else (len(head) if ids[: len(head)] == head else -1)
+            opening = len(head) if ids[: len(head)] == head else -1
+            start = images[-1] + 1 if images else opening
+            if images and end >= 0 and not _words(tokenizer, ids[start:end]) and 0 <= opening < images[0]:
+                # the question comes before the images: the user's text up to the last image, placeholders left out
+                start, end = opening, images[-1]
             if end < 0 or start < 0 or start >= end:
                 unframed.append(row)
                 mask[row, positions] = True  # fall back to every real token (special ones are dropped later)
                 continue
             mask[row, positions[start:end]] = True
+        if placeholders:
+            mask &= ~torch.isin(input_ids, torch.tensor(sorted(placeholders), dtype=input_ids.dtype).to(mask.device))
         if special:
             mask &= ~torch.isin(input_ids, torch.tensor(special, dtype=input_ids.dtype, device=input_ids.device))
         if unframed:
