@@ -15,6 +15,8 @@ __all__ = ["BUILTIN_ADAPTERS", "FAMILIES", "tokenprune_model_adapter"]
 
 BUILTIN_ADAPTERS: dict[str, str] = {
     "Gemma3ForConditionalGeneration": "tokenprune.integrations.gemma3:Gemma3Adapter",
+    "Glm4vForConditionalGeneration": "tokenprune.integrations.glm4v:Glm4vAdapter",
+    "Glm4vMoeForConditionalGeneration": "tokenprune.integrations.glm4v:Glm4vAdapter",
     "Idefics3ForConditionalGeneration": "tokenprune.integrations.idefics3:Idefics3Adapter",
     "InternVLForConditionalGeneration": "tokenprune.integrations.internvl:InternVLAdapter",
     "LlavaForConditionalGeneration": "tokenprune.integrations.llava:LlavaAdapter",

@@ -1161,3 +1161,85 @@ def tiny_mistral3_inputs(
     for i, (height, width) in enumerate(sizes):
         pixels[i, :, :height, :width] = torch.randn(3, height, width, generator=g)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "image_sizes": torch.tensor(sizes)}
+
+
+# GLM-4V: the Qwen tiny LM and token ids; images written <|begin_of_image|> <|image|> * n <|end_of_image|> (the Qwen
+# vision start and end ids here), a video's frames each so with a timestamp after it, inside
+# <|begin_of_video|> ... <|end_of_video|>.
+GLM_VIDEO_START, GLM_VIDEO_END, GLM_TIMESTAMP = 106, 107, 60
+__all__ += ["GLM_TIMESTAMP", "GLM_VIDEO_END", "GLM_VIDEO_START", "tiny_glm4v", "tiny_glm4v_inputs"]
+
+
+def tiny_glm4v(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
+    """A random ``Glm4vForConditionalGeneration``: ViT with a 2x2 merger, a GLM-4 LM with 3-D M-RoPE."""
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "out_hidden_size": hidden,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "image_size": 56,
+    }
+    config = Glm4vConfig(
+        text_config=_qwen_text(hidden, layers),
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=QWEN_VIDEO_TOKEN,  # named by the config, unused: frames take the image placeholder
+        image_start_token_id=QWEN_VISION_START,
+        image_end_token_id=QWEN_VISION_END,
+        video_start_token_id=GLM_VIDEO_START,
+        video_end_token_id=GLM_VIDEO_END,
+    )
+    model = Glm4vForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def tiny_glm4v_inputs(
+    model: Any,
+    prompts: list[list[list[int]]],
+    grids: list[tuple[int, int, int]],
+    *,
+    video: bool = False,
+    seed: int = 0,
+    left: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Processor-style inputs for ``tiny_glm4v`` (``mm_token_type_ids`` included): as :func:`tiny_qwen2_5_vl_inputs`
+    for images; with ``video``, every visual input is a video of ``t`` temporal patches, each written as an image
+    of ``h * w / 4`` placeholders followed by a timestamp (:data:`GLM_TIMESTAMP`), the whole between the video
+    markers, and typed 2 in ``mm_token_type_ids``."""
+    if not video:
+        return tiny_qwen2_5_vl_inputs(model, prompts, grids, seed=seed, left=left)
+    vision = model.config.vision_config
+    merge = vision.spatial_merge_size**2
+    if len(grids) != sum(len(segments) - 1 for segments in prompts):
+        raise ValueError(f"{len(grids)} grids for {sum(len(s) - 1 for s in prompts)} videos")
+    videos, rows, types = iter(grids), [], []
+    for segments in prompts:
+        row, kind = list(segments[0]), [0] * len(segments[0])
+        for text in segments[1:]:
+            t, h, w = next(videos)
+            frame = [QWEN_VISION_START, *([IMAGE_TOKEN] * (h * w // merge)), QWEN_VISION_END, GLM_TIMESTAMP]
+            written = [GLM_VIDEO_START, *(frame * t), GLM_VIDEO_END]
+            row += [*written, *text]
+            kind += [2 if token == IMAGE_TOKEN else 0 for token in written] + [0] * len(text)
+        rows.append(row)
+        types.append(kind)
+    ids, mask = _pad_rows(rows, left=left)
+    typed, _ = _pad_rows(types, left=left)
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    grid = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "mm_token_type_ids": typed,
+        "pixel_values_videos": torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g),
+        "video_grid_thw": grid,
+    }
