@@ -701,6 +701,27 @@ def test_idefics3_runs_under_the_same_harness_with_its_real_processor(tmp_path, 
     _check_family_run(batched, one, tokens, positions="contiguous", model=model)
 
 
+def test_glm4v_runs_under_the_same_harness_with_its_real_processor(tmp_path, pope_shapes):
+    """GLM-4.1V (dynamic resolution, 3-D M-RoPE, mm_token_type_ids from its processor), for images only without
+    torchvision: batch size changes no prediction, kept tokens keep their original positions."""
+    from PIL import Image
+
+    from tokenprune.testing.models import tiny_glm4v, tiny_glm4v_processor
+
+    model = tiny_glm4v(seed=0)
+    processor = tiny_glm4v_processor(model, full_vocab=True)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    run = {"methods": "zspa,divprune,fastv:layer=1", "keeps": (0.25,), "seed": 0, "model": tmp_path}
+    run["benchmarks"] = [("pope", pope_shapes)]
+    with warnings.catch_warnings(record=True):  # without torchvision: "for images only"
+        warnings.simplefilter("always")
+        batched = run_comparison(**run, batch_size=3, output=None)
+        one = run_comparison(**run, batch_size=1, output=None)
+    grids = processor.image_processor(images=[Image.new("RGB", size) for size in SIZES])["image_grid_thw"]
+    _check_family_run(batched, one, [int(grid.prod()) // 4 for grid in grids], positions="original", model=model)
+
+
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2-vl", "qwen3-vl"])
 def test_qwen_runs_under_the_same_harness_and_batch_size_changes_nothing(tmp_path, pope_shapes, family):
     """Qwen2.5-VL and Qwen2-VL (dynamic resolution, 3-D M-RoPE) with their real processor's chat template and

@@ -101,12 +101,18 @@ def test_llava_crop_leaves_the_sides_of_a_wide_image_uncovered(llava):
     assert (boxes[:, 1].min(), boxes[:, 3].max()) == (0, 60)
 
 
-@pytest.mark.parametrize("build", [tiny_qwen2_5_vl, tiny_qwen2_vl], ids=["qwen2.5-vl", "qwen2-vl"])
-def test_qwen_boxes_follow_image_grid_thw_in_raster_order(build):
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2-vl", "glm4v"])
+def test_qwen_boxes_follow_image_grid_thw_in_raster_order(family):
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    model = build()
-    processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+    from tokenprune.testing.models import tiny_glm4v
+
+    model = {"qwen2.5-vl": tiny_qwen2_5_vl, "qwen2-vl": tiny_qwen2_vl, "glm4v": tiny_glm4v}[family]()
+    if family == "glm4v":
+        processor = Glm4vImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 64})
+    else:
+        processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
     for width, height in [(100, 60), (60, 130), (301, 97)]:
         out = processor(images=[gradient(width, height)], return_tensors="pt")
         t, h, w = out["image_grid_thw"][0].tolist()

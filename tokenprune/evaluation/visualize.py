@@ -486,20 +486,13 @@ def _internvl_layout(model: Any, processor: Any, num_tokens: int, size: tuple[in
     return _tiled_layout(size, (rows, cols), order, "thumbnail", num_tokens)
 
 
-_DRAWN = (
-    "LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, InternVL, Idefics3, SmolVLM, "
-    "Mistral 3"
-)
-
-
 def token_layout(
     model: Any, processor: Any, inputs: Mapping[str, Any], image_size: tuple[int, int], *, num_tokens: int
 ) -> TokenLayout:
     """Which box of the original image each visual token of the first image of ``inputs`` covers.
 
     Args:
-        model: a model of one of these families: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL,
-            Qwen3-VL, Gemma 3, InternVL, Idefics3, SmolVLM, Mistral 3.
+        model: a model of a built-in family (:data:`tokenprune.integrations.adapters.FAMILIES`).
         processor: the processor that made ``inputs`` (LLaVA-1.5 needs its resize and crop settings, Idefics3
             its tokenizer, to read the tile tags).
         inputs: the processor's outputs for one image.
@@ -509,6 +502,7 @@ def token_layout(
     Raises:
         UnsupportedLayoutError: another model family, or processor settings this module cannot invert.
     """
+    from tokenprune.integrations.adapters import FAMILIES
     from tokenprune.integrations.gemma3 import Gemma3Adapter
     from tokenprune.integrations.idefics3 import Idefics3Adapter
     from tokenprune.integrations.internvl import InternVLAdapter
@@ -538,7 +532,7 @@ def token_layout(
     if isinstance(adapter, Mistral3Adapter):
         return _mistral3_layout(model, inputs, num_tokens, size)
     raise UnsupportedLayoutError(
-        f"cannot map {type(model).__name__}'s visual tokens to image regions; supported: {_DRAWN}"
+        f"cannot map {type(model).__name__}'s visual tokens to image regions; supported: {FAMILIES}"
     )
 
 

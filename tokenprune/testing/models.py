@@ -1243,3 +1243,44 @@ def tiny_glm4v_inputs(
         "pixel_values_videos": torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g),
         "video_grid_thw": grid,
     }
+
+
+GLM_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+"""GLM-4.1V's chat template without its system turn: ``[gMASK]<sop><|user|>\n<|begin_of_image|><|image|>...``."""
+__all__ += ["GLM_CHAT_TEMPLATE", "tiny_glm4v_processor"]
+
+
+def tiny_glm4v_processor(model: Any, *, full_vocab: bool = False) -> Any:
+    """A real ``Glm4vProcessor`` for :func:`tiny_glm4v`, for images only (its video processor needs torchvision):
+    the PIL image processor (dynamic resolution, 14 px patches merged 2 x 2, at most 64 merged tokens per image), a
+    word-level tokenizer with GLM's image and role markers and :data:`GLM_CHAT_TEMPLATE`, left padding.
+    ``full_vocab``: every id of the vocabulary decodes to a word."""
+    from transformers import Glm4vProcessor
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    from tokenprune.evaluation.runner import images_only
+
+    markers = {
+        "<|image|>": IMAGE_TOKEN,
+        "<|begin_of_image|>": QWEN_VISION_START,
+        "<|end_of_image|>": QWEN_VISION_END,
+        "<|begin_of_video|>": GLM_VIDEO_START,
+        "<|end_of_video|>": GLM_VIDEO_END,
+        "<|video|>": QWEN_VIDEO_TOKEN,
+    }
+    roles = {"[gMASK]": 108, "<sop>": 109, "<|user|>": 110, "<|assistant|>": 111}
+    words = {**markers, **roles, **{word: i + 10 for i, word in enumerate(_WORDS)}}
+    vocab_size = model.config.text_config.vocab_size if full_vocab else None
+    tokenizer = _word_tokenizer(
+        words, [*markers, *roles], r"<\|[a-z_]+\|>|\[gMASK\]|<sop>|\n| |[:?]", GLM_CHAT_TEMPLATE, vocab_size
+    )
+    tokenizer.padding_side = "left"
+    unit = 2 * model.config.vision_config.patch_size  # one merged token
+    images = Glm4vImageProcessorPil(size={"shortest_edge": 4 * unit * unit, "longest_edge": 64 * unit * unit})
+    return images_only(Glm4vProcessor)(image_processor=images, tokenizer=tokenizer, chat_template=GLM_CHAT_TEMPLATE)
