@@ -550,6 +550,18 @@ def _check_family_run(batched, one, tokens, positions, model):
             assert record["prefill_gflops"] == pytest.approx(expected / 1e9, rel=1e-12), (config, record)
 
 
+def _run_saved(tmp_path, pope_shapes, model, processor, methods="zspa,divprune,fastv:layer=1"):
+    """The model and processor saved to ``tmp_path`` and compared on the six POPE shapes at keep 25 %, in batches of
+    three and one at a time (a processor saved without its video processor warns that it loads for images only)."""
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    run = {"methods": methods, "keeps": (0.25,), "seed": 0, "model": tmp_path}
+    run["benchmarks"] = [("pope", pope_shapes)]
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        return run_comparison(**run, batch_size=3, output=None), run_comparison(**run, batch_size=1, output=None)
+
+
 def _length_of(shape, gflops):
     """The sequence length whose prefill costs ``gflops`` (the cost grows with the length: one match)."""
     (length,) = [n for n in range(1, 4096) if prefill_flops(shape, n) / 1e9 == pytest.approx(gflops, rel=1e-12)]
@@ -661,14 +673,7 @@ def test_internvl_runs_under_the_same_harness_with_its_real_processor(tmp_path, 
 
     model = tiny_internvl(seed=0)
     processor = tiny_internvl_processor(model, full_vocab=True)
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    run = {"methods": "zspa,divprune,fastv:layer=1", "keeps": (0.25,), "seed": 0, "model": tmp_path}
-    run["benchmarks"] = [("pope", pope_shapes)]
-    with warnings.catch_warnings(record=True):  # without torchvision: "for images only"
-        warnings.simplefilter("always")
-        batched = run_comparison(**run, batch_size=3, output=None)
-        one = run_comparison(**run, batch_size=1, output=None)
+    batched, one = _run_saved(tmp_path, pope_shapes, model, processor)
     tiles = processor.image_processor(images=[Image.new("RGB", size) for size in SIZES])["num_patches"]
     assert len(set(tiles)) > 1
     _check_family_run(batched, one, [16 * int(n) for n in tiles], positions="contiguous", model=model)
@@ -685,12 +690,7 @@ def test_idefics3_runs_under_the_same_harness_with_its_real_processor(tmp_path, 
 
     model = tiny_idefics3(seed=0, smolvlm=smolvlm)
     processor = tiny_idefics3_processor(model, full_vocab=True)
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    run = {"methods": "zspa,divprune,fastv:layer=1", "keeps": (0.25,), "seed": 0, "model": tmp_path}
-    run["benchmarks"] = [("pope", pope_shapes)]
-    batched = run_comparison(**run, batch_size=3, output=None)
-    one = run_comparison(**run, batch_size=1, output=None)
+    batched, one = _run_saved(tmp_path, pope_shapes, model, processor)
     tokens = [
         get_adapter(model).image_token_counts(
             processor(text=["<image>"], images=[[Image.new("RGB", size)]], return_tensors="pt")
@@ -710,14 +710,7 @@ def test_glm4v_runs_under_the_same_harness_with_its_real_processor(tmp_path, pop
 
     model = tiny_glm4v(seed=0)
     processor = tiny_glm4v_processor(model, full_vocab=True)
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    run = {"methods": "zspa,divprune,fastv:layer=1", "keeps": (0.25,), "seed": 0, "model": tmp_path}
-    run["benchmarks"] = [("pope", pope_shapes)]
-    with warnings.catch_warnings(record=True):  # without torchvision: "for images only"
-        warnings.simplefilter("always")
-        batched = run_comparison(**run, batch_size=3, output=None)
-        one = run_comparison(**run, batch_size=1, output=None)
+    batched, one = _run_saved(tmp_path, pope_shapes, model, processor)
     grids = processor.image_processor(images=[Image.new("RGB", size) for size in SIZES])["image_grid_thw"]
     _check_family_run(batched, one, [int(grid.prod()) // 4 for grid in grids], positions="original", model=model)
 

@@ -121,6 +121,26 @@ def _tiny_llama(hidden: int, layers: int, **extra: Any) -> Any:
     )
 
 
+def _tiny_text(model_type: str | None, hidden: int, layers: int, **extra: Any) -> dict[str, Any]:
+    """A tiny language model's config as a dict (BOS 1, EOS 2, PAD 0, 128 words), of ``model_type`` where the
+    VLM's config needs it named."""
+    named = {} if model_type is None else {"model_type": model_type}
+    return {
+        **named,
+        "vocab_size": 128,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        **extra,
+    }
+
+
 def pad_embeddings_left(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, L, D)`` embeddings and ``(B, L)`` attention mask of rows ``(L_b, D)`` padded with zeros on the left:
     the ``inputs_embeds`` of an ideal short sequence built by hand in a test."""
@@ -763,19 +783,7 @@ def tiny_internvl(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
         "image_size": [112, 112],
         "patch_size": [14, 14],
     }
-    text = {
-        "model_type": "qwen2",
-        "vocab_size": 128,
-        "hidden_size": hidden,
-        "intermediate_size": 2 * hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
+    text = _tiny_text("qwen2", hidden, layers)
     config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, downsample_ratio=0.5)
     model = InternVLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = 0
@@ -876,21 +884,14 @@ def tiny_gemma3(*, seed: int = 0, hidden: int = 64, layers: int = 3) -> Any:
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     torch.manual_seed(seed)
-    text = {
-        "vocab_size": 128,
-        "hidden_size": hidden,
-        "intermediate_size": 2 * hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": hidden // 4,
-        "max_position_embeddings": 512,
-        "sliding_window": 8,
-        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
+    text = _tiny_text(
+        None,
+        hidden,
+        layers,
+        head_dim=hidden // 4,
+        sliding_window=8,
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+    )
     vision = dict(_SIGLIP_56)
     config = Gemma3Config(
         text_config=text,
@@ -1111,21 +1112,7 @@ def tiny_mistral3(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
         "image_size": 112,
         "patch_size": 7,
     }
-    text = {
-        "model_type": "mistral",
-        "vocab_size": 128,
-        "hidden_size": hidden,
-        "intermediate_size": 2 * hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": hidden // 4,
-        "sliding_window": None,
-        "max_position_embeddings": 512,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
+    text = _tiny_text("mistral", hidden, layers, head_dim=hidden // 4, sliding_window=None)
     config = Mistral3Config(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, spatial_merge_size=2)
     model = Mistral3ForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = 0
