@@ -2,9 +2,9 @@
 written apart in the prompt, pixel shuffle, 1-D RoPE.
 
 The processor cuts an image into a grid of tiles and adds the whole image, downscaled, as a *global* tile
-(512 px tiles in the released models; a small image is the global tile alone). SigLIP encodes each tile, a
-pixel shuffle folds its patches (``scale_factor`` 4 in SmolVLM: 16 patches a token, 64 tokens a 512 px
-tile; 3 in Idefics3: 169 tokens) and a linear projector maps them into the language model. Unlike the
+(512 px tiles in SmolVLM, 364 px in Idefics3; a small image is the global tile alone). SigLIP encodes each tile,
+a pixel shuffle folds its patches (``scale_factor`` 4 in SmolVLM: 16 patches a token, 64 tokens a tile; 2 in
+Idefics3: 169 tokens a tile) and a linear projector maps them into the language model. Unlike the
 other families, one image's placeholders are not one run: the processor writes each tile as
 ``<fake_token_around_image> <row_i_col_j> <image> * S``, rows of tiles ending in a newline, and the global
 tile last, as ``<fake_token_around_image> <global-img> <image> * S <fake_token_around_image>``.
