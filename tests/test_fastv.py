@@ -243,8 +243,14 @@ def test_fastv_reads_the_device_a_few_times(model, inputs):
 def _family_case(family):
     """``(build, inputs)`` of a tiny model of ``family`` whose language model differs from LLaVA's (M-RoPE, Qwen2)."""
     from tokenprune.testing.models import (
+        tiny_glm4v,
+        tiny_glm4v_inputs,
+        tiny_idefics3,
+        tiny_idefics3_inputs,
         tiny_internvl,
         tiny_internvl_inputs,
+        tiny_mistral3,
+        tiny_mistral3_inputs,
         tiny_qwen2_5_vl,
         tiny_qwen2_5_vl_inputs,
         tiny_qwen2_vl,
@@ -269,16 +275,39 @@ def _family_case(family):
             lambda seed: tiny_qwen3_vl(seed=seed, layers=4),
             lambda m: tiny_qwen2_5_vl_inputs(m, prompts, [(2, 4, 8), (2, 4, 6)], kinds=["video"] * 2),
         ),
+        # GLM-4 rotates neighbouring pairs of dimensions, over all of each head or (GLM-4.5V) half of it
+        "glm4v": (tiny_glm4v, lambda m: tiny_glm4v_inputs(m, prompts, grids)),
+        "glm4v partial rotary": (
+            lambda seed: tiny_glm4v(seed=seed, partial_rotary=0.5),
+            lambda m: tiny_glm4v_inputs(m, prompts, grids),
+        ),
+        "glm4v video": (tiny_glm4v, lambda m: tiny_glm4v_inputs(m, prompts, [(2, 4, 8), (2, 4, 6)], video=True)),
+        "idefics3": (tiny_idefics3, lambda m: tiny_idefics3_inputs(m, prompts, [(1, 2), (0, 0)])),
+        "mistral3": (tiny_mistral3, lambda m: tiny_mistral3_inputs(m, prompts, [(56, 56), (42, 70)])),
     }[family]
 
 
 @pytest.mark.parametrize(
-    "family", ["qwen2.5-vl", "qwen2.5-vl video", "qwen2-vl", "internvl", "qwen3-vl", "qwen3-vl video"]
+    "family",
+    [
+        "qwen2.5-vl",
+        "qwen2.5-vl video",
+        "qwen2-vl",
+        "internvl",
+        "qwen3-vl",
+        "qwen3-vl video",
+        "glm4v",
+        "glm4v partial rotary",
+        "glm4v video",
+        "idefics3",
+        "mistral3",
+    ],
 )
 def test_scores_are_the_eager_attention_on_other_families(family):
-    """The recomputed row is the model's own at layer K under M-RoPE (Qwen, videos included), Qwen2's LM, and
-    Qwen3's per-head query and key norms."""
-    from tokenprune.testing.models import QWEN_VIDEO_TOKEN
+    """The recomputed row is the model's own at layer K under M-RoPE (Qwen, videos included), Qwen2's LM,
+    Qwen3's per-head query and key norms, GLM-4's rotary (pairs of neighbouring dimensions, part of each head),
+    Mistral's LM, and Idefics3's tiles written apart."""
+    from tokenprune.integrations import get_adapter
 
     build, make = _family_case(family)
     layer = 2 if family.startswith("qwen3") else 1
@@ -289,7 +318,8 @@ def test_scores_are_the_eager_attention_on_other_families(family):
     eager = build(seed=0)
     eager.set_attn_implementation("eager")
     maps = eager(**inputs, output_attentions=True).attentions[layer].mean(dim=1)[:, -1]  # last token's row
-    visual = (inputs["input_ids"] == IMAGE_TOKEN) | (inputs["input_ids"] == QWEN_VIDEO_TOKEN)
+    placeholders = torch.tensor(get_adapter(model).placeholder_ids)  # image and video (ids differ across families)
+    visual = torch.isin(inputs["input_ids"], placeholders)
     for row in range(2):  # one image or video per row
         placeholders = visual[row].nonzero()[:, 0]
         expected = torch.topk(maps[row, placeholders], 5).indices.sort().values

@@ -8,7 +8,8 @@ module, with that module's own projections.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -78,6 +79,20 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def _llama_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    return x * cos.unsqueeze(2) + _rotate_half(x) * sin.unsqueeze(2)
+
+
+def _rotary(attention: nn.Module) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``(x (B, L, H, hd), cos, sin) -> x`` rotated as ``attention`` rotates its queries and keys: its module's own
+    ``apply_rotary_pos_emb`` (GLM-4 rotates neighbouring pairs of dimensions, and only part of each head), else
+    Llama's."""
+    rotate = getattr(sys.modules.get(type(attention).__module__), "apply_rotary_pos_emb", None)
+    if not callable(rotate):
+        return _llama_rotary
+    return lambda x, cos, sin: rotate(x, x, cos, sin, unsqueeze_dim=2)[0]
+
+
 def _batch_first(t: Tensor, batch: int) -> Tensor:
     return t.expand(batch, *t.shape[1:]) if t.shape[0] != batch else t
 
@@ -90,11 +105,11 @@ def query_attention(
     real: Tensor,
     head: int | None = None,
 ) -> Tensor:
-    """Log attention probabilities of a rotary (Llama/Qwen-style) attention at some query positions.
+    """Log attention probabilities of a rotary attention at some query positions.
 
-    As the module computes them: per-head query and key norms where it has them (``q_norm``, ``k_norm``) and
-    a soft cap on the logits (``attn_logit_softcapping``). Not a sliding window: FastV refuses those layers
-    (:func:`tokenprune.integrations.base.check_prune_layer`).
+    As the module computes them: its own rotary (the module's ``apply_rotary_pos_emb``), per-head query and key
+    norms where it has them (``q_norm``, ``k_norm``) and a soft cap on the logits (``attn_logit_softcapping``).
+    Not a sliding window: FastV refuses those layers (:func:`tokenprune.integrations.base.check_prune_layer`).
 
     Args:
         attention: the layer's self-attention (``q_proj``, ``k_proj``, ``head_dim``, ``scaling``).
@@ -111,15 +126,15 @@ def query_attention(
     batch, length, _ = hidden.shape
     head_dim = attention.head_dim
     cos, sin = (_batch_first(t, batch).float() for t in position_embeddings)
-    at = queries.unsqueeze(-1).expand(-1, -1, head_dim)
+    at = queries.unsqueeze(-1).expand(-1, -1, cos.shape[-1])  # a rotary part of each head may be all of it, or less
     picked = hidden.gather(1, queries.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
     query = attention.q_proj(picked).view(batch, queries.shape[1], -1, head_dim)  # (B, R, H, hd)
     keys = attention.k_proj(hidden).view(batch, length, -1, head_dim)  # (B, L, KVH, hd)
     if getattr(attention, "q_norm", None) is not None:  # per-head norms before the rotary (Qwen3, Gemma 3)
         query, keys = attention.q_norm(query), attention.k_norm(keys)
     query, keys = query.float(), keys.float()
-    query = query * cos.gather(1, at).unsqueeze(2) + _rotate_half(query) * sin.gather(1, at).unsqueeze(2)
-    keys = keys * cos.unsqueeze(2) + _rotate_half(keys) * sin.unsqueeze(2)
+    rotary = _rotary(attention)
+    query, keys = rotary(query, cos.gather(1, at), sin.gather(1, at)), rotary(keys, cos, sin)
     keys = keys.repeat_interleave(query.shape[2] // keys.shape[2], dim=2)  # grouped-query heads
     if head is not None:
         query, keys = query[:, :, head : head + 1], keys[:, :, head : head + 1]

@@ -1157,8 +1157,9 @@ GLM_VIDEO_START, GLM_VIDEO_END, GLM_TIMESTAMP = 106, 107, 60
 __all__ += ["GLM_TIMESTAMP", "GLM_VIDEO_END", "GLM_VIDEO_START", "tiny_glm4v", "tiny_glm4v_inputs"]
 
 
-def tiny_glm4v(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
-    """A random ``Glm4vForConditionalGeneration``: ViT with a 2x2 merger, a GLM-4 LM with 3-D M-RoPE."""
+def tiny_glm4v(*, seed: int = 0, hidden: int = 64, layers: int = 2, partial_rotary: float = 1.0) -> Any:
+    """A random ``Glm4vForConditionalGeneration``: ViT with a 2x2 merger, a GLM-4 LM with 3-D M-RoPE over
+    ``partial_rotary`` of each head (GLM-4 rotates neighbouring pairs of dimensions)."""
     from transformers import Glm4vConfig, Glm4vForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -1173,8 +1174,14 @@ def tiny_glm4v(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
         "temporal_patch_size": 2,
         "image_size": 56,
     }
+    text = _qwen_text(hidden, layers)
+    if partial_rotary != 1.0:
+        sections = [int(s * partial_rotary) for s in text["rope_parameters"]["mrope_section"]]
+        sections[-1] += int(sum(text["rope_parameters"]["mrope_section"]) * partial_rotary) - sum(sections)
+        text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": sections}
+        text["partial_rotary_factor"] = partial_rotary
     config = Glm4vConfig(
-        text_config=_qwen_text(hidden, layers),
+        text_config=text,
         vision_config=vision,
         image_token_id=IMAGE_TOKEN,
         video_token_id=QWEN_VIDEO_TOKEN,  # named by the config, unused: frames take the image placeholder
