@@ -282,6 +282,7 @@ def _family_case(family):
             lambda m: tiny_glm4v_inputs(m, prompts, grids),
         ),
         "glm4v video": (tiny_glm4v, lambda m: tiny_glm4v_inputs(m, prompts, [(2, 4, 8), (2, 4, 6)], video=True)),
+        "glm4v moe": (lambda seed: tiny_glm4v(seed=seed, moe=True), lambda m: tiny_glm4v_inputs(m, prompts, grids)),
         "idefics3": (tiny_idefics3, lambda m: tiny_idefics3_inputs(m, prompts, [(1, 2), (0, 0)])),
         "mistral3": (tiny_mistral3, lambda m: tiny_mistral3_inputs(m, prompts, [(56, 56), (42, 70)])),
     }[family]
@@ -299,6 +300,7 @@ def _family_case(family):
         "glm4v",
         "glm4v partial rotary",
         "glm4v video",
+        "glm4v moe",
         "idefics3",
         "mistral3",
     ],

@@ -7,10 +7,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import tokenprune
 from tokenprune.integrations import get_adapter
-from tokenprune.integrations.base import UnsupportedScoresError
+from tokenprune.integrations.base import Layout, UnsupportedScoresError
 from tokenprune.integrations.gemma3 import Gemma3Adapter
 from tokenprune.testing import assert_adapter_contract
-from tokenprune.testing.models import GEMMA_BOI, GEMMA_EOI, IMAGE_TOKEN, tiny_gemma3, tiny_gemma3_inputs
+from tokenprune.testing.models import GEMMA_BLANK, GEMMA_BOI, GEMMA_EOI, IMAGE_TOKEN, tiny_gemma3, tiny_gemma3_inputs
 
 GEN = {"max_new_tokens": 6, "do_sample": False}
 LAYOUTS = {
@@ -26,8 +26,14 @@ def model():
 
 
 def test_the_builtin_adapter_is_used_and_the_image_markers_are_not_prompt_text(model):
+    """The markers are named by the config; the blank lines the processor writes around an image are left out by
+    where they stand, and a blank line of the question's own stays."""
     adapter = get_adapter(model)
     assert type(adapter) is Gemma3Adapter and {GEMMA_BOI, GEMMA_EOI} <= adapter.special_token_ids()
+    inputs = tiny_gemma3_inputs(model, [[[5, GEMMA_BLANK, 6], [7, 8]], [[9], [10, 11, 12]]])
+    layout = Layout.locate(adapter, inputs["input_ids"], inputs["attention_mask"], None)
+    prompt = [inputs["input_ids"][b][layout.prompt_mask[b]].tolist() for b in range(2)]
+    assert prompt == [[5, GEMMA_BLANK, 6, 7, 8], [9, 10, 11, 12]]
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -96,7 +102,7 @@ def test_token_type_ids_of_another_shape_are_refused_clearly(model):
     with (
         tokenprune.apply(model, "zspa", budget=0.5),
         pytest.raises(
-            tokenprune.InputError, match=r"token_type_ids must be \(B, L\) like input_ids \(2, 23\); got \(2, 22\)"
+            tokenprune.InputError, match=r"token_type_ids must be \(B, L\) like input_ids \(2, 25\); got \(2, 24\)"
         ),
     ):
         model.generate(**short, **GEN)

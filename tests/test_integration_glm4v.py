@@ -27,9 +27,9 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_glm4v(seed=0)
+@pytest.fixture(scope="module", params=["glm-4.1v", "glm-4.5v moe"])
+def model(request):
+    return tiny_glm4v(seed=0, moe=request.param.endswith("moe"))
 
 
 def inputs_of(model, case):

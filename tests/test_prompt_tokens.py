@@ -162,3 +162,82 @@ def test_an_image_without_any_prompt_text_is_kept_whole_at_budget_one():
         pytest.raises(tokenprune.InputError, match=r"rows \[0\] have images but no prompt text tokens"),
     ):
         model.generate(**inputs, **gen)
+
+
+_IMAGE = {"type": "image"}
+CONVERSATIONS = {  # (conversation, the question's words)
+    "a system prompt, the question before the image": (
+        [
+            {"role": "system", "content": [{"type": "text", "text": "the cube is"}]},
+            {"role": "user", "content": [{"type": "text", "text": "what colour ?"}, _IMAGE]},
+        ],
+        "what colour ?",
+    ),
+    "an earlier exchange": (
+        [
+            {"role": "user", "content": [_IMAGE, {"type": "text", "text": "what is the cube ?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "the cube"}]},
+            {"role": "user", "content": [{"type": "text", "text": "what colour ?"}, _IMAGE]},
+        ],
+        "what colour ?",
+    ),
+    "the question between two images": (
+        [{"role": "user", "content": [_IMAGE, {"type": "text", "text": "what colour ?"}, _IMAGE]}],
+        "what colour ?",
+    ),
+}
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2.5-vl", "idefics3", "glm4v"])
+@pytest.mark.parametrize("case", list(CONVERSATIONS))
+def test_the_question_is_the_last_user_turn_s_words(family, case):
+    """A system prompt, an earlier exchange (the model's answer, the role words) and the image are never the
+    question; a question between two images is (LLaVA writes the first image right after "USER: ")."""
+    from PIL import Image
+
+    from tokenprune.testing import models
+
+    build, processor_of = {
+        "llava": (lambda: models.tiny_llava(image_size=56, patch_size=14), models.tiny_llava_processor),
+        "qwen2.5-vl": (models.tiny_qwen2_5_vl, models.tiny_qwen2_5_vl_processor),
+        "idefics3": (models.tiny_idefics3, models.tiny_idefics3_processor),
+        "glm4v": (models.tiny_glm4v, models.tiny_glm4v_processor),
+    }[family]
+    model = build()
+    processor = processor_of(model)
+    conversation, question = CONVERSATIONS[case]
+    images = [Image.new("RGB", (56, 56), "red")] * sum(
+        part == _IMAGE for turn in conversation for part in turn["content"]
+    )
+    if family == "llava" and case == "an earlier exchange":  # LLaVA's tiny template writes users' turns only
+        pytest.skip("the tiny LLaVA template has no assistant turns")
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[images], return_tensors="pt")
+    layout = Layout.locate(
+        get_adapter(model), inputs["input_ids"], inputs["attention_mask"], None, question_tokens(processor)
+    )
+    marked = inputs["input_ids"][0][layout.prompt_mask[0]].tolist()
+    newline = processor.tokenizer.convert_tokens_to_ids("\n")
+    if family == "llava":  # its template writes "<image>\n": the newline after the first image stays, as ever
+        marked = [token for token in marked if token != newline]
+    assert marked == processor.tokenizer(question, add_special_tokens=False)["input_ids"]
+
+
+def test_a_last_turn_without_words_falls_back_to_the_whole_text_with_a_warning():
+    from PIL import Image
+
+    from tokenprune.testing.models import tiny_qwen2_5_vl, tiny_qwen2_5_vl_processor
+
+    processor = tiny_qwen2_5_vl_processor(tiny_qwen2_5_vl())
+    conversation = [
+        {"role": "user", "content": [{"type": "text", "text": "what colour is the cube ?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "show me"}]},
+        {"role": "user", "content": [_IMAGE]},
+    ]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[[Image.new("RGB", (56, 56))]], return_tensors="pt")
+    with pytest.warns(UserWarning, match=r"rows \[0\] .* last user turn holds no words; their whole text is used"):
+        mask = question_tokens(processor)(inputs["input_ids"], inputs["attention_mask"])
+    marked = inputs["input_ids"][0][mask[0]].tolist()
+    question = processor.tokenizer("what colour is the cube ?", add_special_tokens=False)["input_ids"]
+    assert any(marked[i : i + len(question)] == question for i in range(len(marked)))

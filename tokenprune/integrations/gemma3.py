@@ -7,6 +7,8 @@ call keeps that: ``token_type_ids`` are pruned with the sequence, so the kept to
 form one block that attends both ways. Kept tokens take contiguous positions by default
 (``positions="original"``: their full-sequence positions).
 
+The blank lines the processor writes around each image are never prompt text (:meth:`Gemma3Adapter.frame_tokens`).
+
 SigLIP has no [CLS] token and each token pools 16 patches, so ``fastervlm`` and ``visionzip`` are
 refused with a clear error.
 """
@@ -19,7 +21,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from tokenprune.errors import InputError
-from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, pixel_batch
+from tokenprune.integrations.base import ImageTokens, ModelAdapter, PrunedSequence, pixel_batch, tokens_around
 
 __all__ = ["Gemma3Adapter"]
 
@@ -37,6 +39,10 @@ class Gemma3Adapter(ModelAdapter):
     @property
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
+
+    def frame_tokens(self, input_ids: Tensor, placeholders: Tensor) -> Tensor:
+        # the processor writes each image as "\n\n<start_of_image>" + placeholders + "<end_of_image>\n\n"
+        return tokens_around(placeholders, before=2, after=2)
 
     def encode_images(self, inputs: Mapping[str, Any], *, scores: str | None = None, **options: Any) -> ImageTokens:
         if scores is not None:

@@ -1,11 +1,13 @@
 """Which prompt tokens the selector sees: the user's question alone, learnt from the chat template.
 
 ``tokenprune.apply(..., prompt_tokens=question_tokens(processor))`` restricts the prompt to the
-question: the text after the row's last image (or video) placeholder and before the template's end-of-turn and
-generation-prompt tokens (``" ASSISTANT:"``, ``"<|im_end|>\\n<|im_start|>assistant\\n"``, ...), and
-after the template's opening (system prompt, ``"USER: "``) when a row has no image or video, or no words after
-its last one (the question was written before the images; the placeholders are left out). The
-tokenizer's special tokens (image markers such as InternVL's ``</img>``, BOS/EOS) are never question text.
+question, in the last user turn, up to the template's end-of-turn and generation-prompt tokens (``" ASSISTANT:"``,
+``"<|im_end|>\\n<|im_start|>assistant\\n"``, ...): the text after the turn's last image (or video) placeholder;
+the turn's text before it when none follows (the question was written before the images; placeholders left
+out); the whole turn's text when it holds no image. A turn opens where the template opens a user's turn
+(``"USER: "``, ``"<|im_start|>user\\n"``), after any system prompt and earlier exchange, which are never question
+text. The tokenizer's special tokens (image markers such as InternVL's ``</img>``, BOS/EOS) are never question
+text either.
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ def _find(haystack: Sequence[int], needle: Sequence[int]) -> int:
     return -1
 
 
-def _render(tokenizer: Any, content: Any) -> list[int]:
+def _render(tokenizer: Any, content: Any, before: Sequence[tuple[str, str]] = ()) -> list[int]:
+    """The template's rendering of a user turn holding ``content``, after the ``(role, text)`` turns ``before``, with
+    the generation prompt."""
+    shape = (lambda text: text) if isinstance(content, str) else (lambda text: [{"type": "text", "text": text}])
+    messages = [{"role": role, "content": shape(text)} for role, text in before]
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True
+        [*messages, {"role": "user", "content": content}], add_generation_prompt=True, tokenize=True
     )
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
@@ -47,8 +53,25 @@ def _words(tokenizer: Any, ids: Sequence[int]) -> bool:
     return bool(ids) and bool(tokenizer.decode(list(ids), skip_special_tokens=True).strip())
 
 
-def _template_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The token ids the chat template puts before and after a user's question."""
+def _turn(ids: Sequence[int], opening: Sequence[int]) -> int:
+    """Where the last user turn's text starts: after the last ``opening``, or after the last ``opening`` but its
+    last token (a tokenizer may merge that token, e.g. a newline, with the turn's first), whichever comes later;
+    -1 when neither is found."""
+    found = [(at + len(part), at) for part in (opening, opening[:-1]) if part for at in [_find(ids, part)] if at >= 0]
+    return max(found, key=lambda hit: hit[1])[0] if found else -1
+
+
+def _common_end(sequences: list[list[int]]) -> list[int]:
+    """The longest run of tokens every sequence ends with."""
+    n = 0
+    while all(len(s) > n for s in sequences) and len({s[len(s) - 1 - n] for s in sequences}) == 1:
+        n += 1
+    return sequences[0][len(sequences[0]) - n :] if n else []
+
+
+def _template_frame(tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
+    """The token ids the chat template puts before and after a user's question, and those that open a user turn
+    (what the opening ends with after a system turn and after an earlier exchange too)."""
     marker = tokenizer(_MARKER, add_special_tokens=False)["input_ids"]
     for content in (_MARKER, [{"type": "text", "text": _MARKER}]):
         try:
@@ -56,8 +79,21 @@ def _template_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
         except Exception:  # templates differ in the content format they accept
             continue
         start = _find(ids, marker)
-        if start >= 0:
-            return ids[:start], ids[start + len(marker) :]
+        if start < 0:
+            continue
+        head, openings = ids[:start], [ids[:start]]
+        for before in (
+            [("system", "tokenpruneanswer")],
+            [("user", "tokenpruneanswer"), ("assistant", "tokenpruneanswer")],
+        ):
+            try:  # templates differ in the roles they accept
+                other = _render(tokenizer, content, before)
+            except Exception:
+                continue
+            at = _find(other, marker)
+            if at >= 0:
+                openings.append(other[:at])
+        return head, ids[start + len(marker) :], _common_end(openings) or head
     raise ValueError(
         "question_tokens could not find a question in the tokenizer's chat template; pass a callable "
         "prompt_tokens=(input_ids, attention_mask) -> mask instead"
@@ -86,7 +122,7 @@ def question_tokens(
     # markers such as InternVL's </img> are not question text; an unknown word (<unk>) is
     unknown = getattr(tokenizer, "unk_token_id", None)
     special = [int(i) for i in getattr(tokenizer, "all_special_ids", []) if i != unknown]
-    head, tail = _template_frame(tokenizer)
+    _, tail, opening = _template_frame(tokenizer)
 
     def mark(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         mask = torch.zeros_like(input_ids, dtype=torch.bool)
@@ -96,12 +132,16 @@ def question_tokens(
             ids = input_ids[row, positions].tolist()
             end = len(ids) - len(tail) if tail and ids[len(ids) - len(tail) :] == tail else -1
             images = [i for i, t in enumerate(ids) if t in placeholders]
-            opening = len(head) if ids[: len(head)] == head else -1
-            start = images[-1] + 1 if images else opening
-            if images and end >= 0 and not _words(tokenizer, ids[start:end]) and 0 <= opening < images[0]:
-                # the question comes before the images: the user's text up to the last image, placeholders left out
-                start, end = opening, images[-1]
-            if end < 0 or start < 0 or start >= end:
+            turn = _turn(ids[: end if end >= 0 else len(ids)], opening)
+            if images and images[-1] >= turn:  # an image in the last user turn: the question follows it
+                start = images[-1] + 1
+                if end >= 0 and turn >= 0 and not _words(tokenizer, ids[start:end]):
+                    # or was written before it: the turn's text up to its last image, placeholders left out
+                    start, end = turn, images[-1]
+            else:
+                start = turn
+            text = [t for t in ids[max(start, 0) : end] if t not in placeholders]
+            if end < 0 or start < 0 or not _words(tokenizer, text):  # no question found (or an empty one)
                 unframed.append(row)
                 mask[row, positions] = True  # fall back to every real token (special ones are dropped later)
                 continue
@@ -112,8 +152,8 @@ def question_tokens(
             mask &= ~torch.isin(input_ids, torch.tensor(special, dtype=input_ids.dtype, device=input_ids.device))
         if unframed:
             warnings.warn(
-                f"question_tokens: rows {unframed} do not end with the chat template's generation prompt; "
-                f"their whole text is used as the prompt",
+                f"question_tokens: rows {unframed} do not end with the chat template's generation prompt, or their "
+                f"last user turn holds no words; their whole text is used as the prompt",
                 stacklevel=2,
             )
         return mask

@@ -874,8 +874,8 @@ def tiny_internvl_processor(model: Any, *, full_vocab: bool = False) -> Any:
 
 
 # Gemma 3: 56 px images of 7 px patches (8 x 8), average-pooled 2 x 2 into 16 tokens, attended bidirectionally.
-GEMMA_BOI, GEMMA_EOI = 104, 105
-__all__ += ["GEMMA_BOI", "GEMMA_EOI", "tiny_gemma3", "tiny_gemma3_inputs"]
+GEMMA_BOI, GEMMA_EOI, GEMMA_BLANK = 104, 105, 110  # GEMMA_BLANK: "\n\n", one token as in Gemma's tokenizer
+__all__ += ["GEMMA_BLANK", "GEMMA_BOI", "GEMMA_EOI", "tiny_gemma3", "tiny_gemma3_inputs"]
 
 
 def tiny_gemma3(*, seed: int = 0, hidden: int = 64, layers: int = 3) -> Any:
@@ -912,13 +912,14 @@ def tiny_gemma3_inputs(
     model: Any, prompts: list[list[list[int]]], *, seed: int = 0, left: bool = True
 ) -> dict[str, torch.Tensor]:
     """Processor-style inputs for ``tiny_gemma3``: BOS, then text segments with an image between each two, written
-    ``<boi> <image> * 16 <eoi>``, and ``token_type_ids`` 1 at the image tokens (the bidirectional blocks)."""
+    ``\n\n <boi> <image> * 16 <eoi> \n\n`` (:data:`GEMMA_BLANK` for the blank line), and ``token_type_ids`` 1 at
+    the image tokens (the bidirectional blocks)."""
     tokens = model.config.mm_tokens_per_image
     rows = []
     for segments in prompts:
         row = [1, *segments[0]]
         for text in segments[1:]:
-            row += [GEMMA_BOI, *([IMAGE_TOKEN] * tokens), GEMMA_EOI, *text]
+            row += [GEMMA_BLANK, GEMMA_BOI, *([IMAGE_TOKEN] * tokens), GEMMA_EOI, GEMMA_BLANK, *text]
         rows.append(row)
     ids, mask = _pad_rows(rows, left=left)
     images = sum(len(segments) - 1 for segments in prompts)
@@ -952,10 +953,11 @@ def tiny_gemma3_processor(model: Any, *, full_vocab: bool = False) -> Any:
     markers = {"<start_of_image>": GEMMA_BOI, "<end_of_image>": GEMMA_EOI, "<image_soft_token>": IMAGE_TOKEN}
     turns = {"<start_of_turn>": 106, "<end_of_turn>": 107}
     words = {**markers, **turns, **{word: i + 10 for i, word in enumerate(_WORDS)}, "user": 108, "model": 109}
+    words["\n\n"] = GEMMA_BLANK  # one token, as in Gemma's tokenizer (the processor writes it around each image)
     named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
     vocab_size = model.config.text_config.vocab_size if full_vocab else None
     tokenizer = _word_tokenizer(
-        words, [*markers, *turns], r"<[a-z_]+>|\n| |[:?]", GEMMA_CHAT_TEMPLATE, vocab_size, named=named
+        words, [*markers, *turns], r"<[a-z_]+>|\n\n|\n| |[:?]", GEMMA_CHAT_TEMPLATE, vocab_size, named=named
     )
     tokenizer.padding_side = "left"
     size = model.config.vision_config.image_size
@@ -1157,10 +1159,19 @@ GLM_VIDEO_START, GLM_VIDEO_END, GLM_TIMESTAMP = 106, 107, 60
 __all__ += ["GLM_TIMESTAMP", "GLM_VIDEO_END", "GLM_VIDEO_START", "tiny_glm4v", "tiny_glm4v_inputs"]
 
 
-def tiny_glm4v(*, seed: int = 0, hidden: int = 64, layers: int = 2, partial_rotary: float = 1.0) -> Any:
+def tiny_glm4v(
+    *, seed: int = 0, hidden: int = 64, layers: int = 2, partial_rotary: float = 1.0, moe: bool = False
+) -> Any:
     """A random ``Glm4vForConditionalGeneration``: ViT with a 2x2 merger, a GLM-4 LM with 3-D M-RoPE over
-    ``partial_rotary`` of each head (GLM-4 rotates neighbouring pairs of dimensions)."""
-    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+    ``partial_rotary`` of each head (GLM-4 rotates neighbouring pairs of dimensions). ``moe``: GLM-4.5V's
+    ``Glm4vMoeForConditionalGeneration`` instead (mixture-of-experts layers after the first, half of each head
+    rotated unless ``partial_rotary`` says otherwise)."""
+    from transformers import (
+        Glm4vConfig,
+        Glm4vForConditionalGeneration,
+        Glm4vMoeConfig,
+        Glm4vMoeForConditionalGeneration,
+    )
 
     torch.manual_seed(seed)
     vision = {
@@ -1175,12 +1186,25 @@ def tiny_glm4v(*, seed: int = 0, hidden: int = 64, layers: int = 2, partial_rota
         "image_size": 56,
     }
     text = _qwen_text(hidden, layers)
+    if moe:
+        partial_rotary = 0.5 if partial_rotary == 1.0 else partial_rotary
+        text.update(
+            head_dim=hidden // 4,
+            moe_intermediate_size=hidden // 2,
+            num_experts_per_tok=2,
+            n_routed_experts=4,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+        )
     if partial_rotary != 1.0:
         sections = [int(s * partial_rotary) for s in text["rope_parameters"]["mrope_section"]]
         sections[-1] += int(sum(text["rope_parameters"]["mrope_section"]) * partial_rotary) - sum(sections)
         text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": sections}
         text["partial_rotary_factor"] = partial_rotary
-    config = Glm4vConfig(
+    config_class, model_class = (
+        (Glm4vMoeConfig, Glm4vMoeForConditionalGeneration) if moe else (Glm4vConfig, Glm4vForConditionalGeneration)
+    )
+    config = config_class(
         text_config=text,
         vision_config=vision,
         image_token_id=IMAGE_TOKEN,
@@ -1190,7 +1214,7 @@ def tiny_glm4v(*, seed: int = 0, hidden: int = 64, layers: int = 2, partial_rota
         video_start_token_id=GLM_VIDEO_START,
         video_end_token_id=GLM_VIDEO_END,
     )
-    model = Glm4vForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     model.generation_config.pad_token_id = 0
     return model
 
