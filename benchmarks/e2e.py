@@ -2,7 +2,8 @@
 
 For each model family (random weights; the real LLaVA-1.5-7B / LLaVA-NeXT-7B / Qwen2.5-VL-7B sizes
 with ``--size real``, scaled-down stand-ins with the real visual-token geometry with ``--size small``;
-``qwen2_5_vl_video`` is Qwen2.5-VL given a 16-frame 448 px video, 2048 tokens),
+``qwen2_5_vl_video`` is Qwen2.5-VL given a 16-frame 448 px video, 2048 tokens; ``smolvlm`` is SmolVLM, real size
+SmolVLM-256M, given a 4 x 4 grid of tiles and the global tile, 1088 tokens, written apart with their tags),
 each method and each keep ratio it measures, median over repeats:
 
 * selection ms (the selector alone, from the session statistics);
@@ -61,6 +62,7 @@ from tokenprune.stages import Stride
 TARGET = 1.03  # pruned / ideal, time and peak memory (the issue's target on a GPU)
 
 IMAGE, VISION_START, VISION_END, VIDEO = 900, 901, 902, 903  # placeholder ids inside the vocabularies built below
+FAKE, GLOBAL, NEWLINE, ROW_COL = 904, 905, 906, 910  # SmolVLM's tile markers: <row_i_col_j> is ROW_COL + 6 (i-1) + j-1
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -149,6 +151,31 @@ def build_qwen2_5_vl(size: str, device: torch.device, dtype: torch.dtype) -> Any
     return _instantiate(Qwen2_5_VLForConditionalGeneration, config, device, dtype)
 
 
+def build_smolvlm(size: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """SmolVLM: SigLIP tiles, pixel shuffle, a Llama LM. ``real``: SmolVLM-256M (512 px tiles of 16 px patches,
+    shuffled 4 x 4: 64 tokens a tile; SmolLM2-135M); ``small``: 256 px tiles shuffled 2 x 2, the same 64 tokens a
+    tile, and the small stand-ins' LM."""
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    if size == "real":
+        vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                      image_size=512, patch_size=16)  # fmt: skip
+        text = dict(vocab_size=49280, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3)  # fmt: skip
+        scale = 4
+    else:
+        vision = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                      image_size=256, patch_size=16)  # fmt: skip
+        text, scale = _llama(size), 2
+    config = SmolVLMConfig(
+        vision_config=vision,
+        text_config=dict(model_type="llama", **text, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        scale_factor=scale,
+        image_token_id=IMAGE,
+    )
+    return _instantiate(SmolVLMForConditionalGeneration, config, device, dtype)
+
+
 # --- inputs -----------------------------------------------------------------------------------
 
 
@@ -190,6 +217,17 @@ def make_inputs(family: str, model: Any, batch: int, device: torch.device) -> di
         inputs = _pad_left(_rows(prefix, [576] * batch, suffix, wrap=True), device)
         inputs["mm_token_type_ids"] = (inputs["input_ids"] == IMAGE).long()
         return {**inputs, "pixel_values": pixels, "image_grid_thw": grid.to(device)}
+    if family == "smolvlm":  # a 4 x 4 grid of tiles and the global tile, 64 tokens each: 1088, as for a 2048 px image
+        tile, size = model.model.image_seq_len, model.config.vision_config.image_size
+        image: list[int] = []
+        for i in range(4):
+            for j in range(4):
+                image += [FAKE, ROW_COL + 6 * i + j, *([IMAGE] * tile)]
+            image.append(NEWLINE)
+        image += [NEWLINE, FAKE, GLOBAL, *([IMAGE] * tile), FAKE]
+        inputs = _pad_left([[*prefix, *image, *suffix]] * batch, device)
+        pixels = torch.randn(batch, 17, 3, size, size, generator=g).to(device, dtype)
+        return {**inputs, "pixel_values": pixels}
     if family == "qwen2_5_vl_video":
         grid = torch.tensor([[8, 32, 32]] * batch)  # 16 frames of 448 x 448 px, 2 s apart: 2048 merged tokens
         patches = int(grid.prod(-1).sum())
@@ -211,6 +249,7 @@ BUILDERS: dict[str, Callable[[str, torch.device, torch.dtype], Any]] = {
     "llava_next": build_llava_next,
     "qwen2_5_vl": build_qwen2_5_vl,
     "qwen2_5_vl_video": build_qwen2_5_vl,  # the same model, given a video
+    "smolvlm": build_smolvlm,
 }
 
 
