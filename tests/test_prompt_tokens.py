@@ -181,6 +181,10 @@ CONVERSATIONS = {  # (conversation, the question's words)
         ],
         "what colour ?",
     ),
+    "a colon and role words in the question": (
+        [{"role": "user", "content": [_IMAGE, {"type": "text", "text": "what is the User cube : user colour ?"}]}],
+        "what is the User cube : user colour ?",
+    ),
     "the question between two images": (
         [{"role": "user", "content": [_IMAGE, {"type": "text", "text": "what colour ?"}, _IMAGE]}],
         "what colour ?",

@@ -55,9 +55,10 @@ def _words(tokenizer: Any, ids: Sequence[int]) -> bool:
 
 def _turn(ids: Sequence[int], opening: Sequence[int]) -> int:
     """Where the last user turn's text starts: after the last ``opening``, or after the last ``opening`` but its
-    last token (a tokenizer may merge that token, e.g. a newline, with the turn's first), whichever comes later;
-    -1 when neither is found."""
-    found = [(at + len(part), at) for part in (opening, opening[:-1]) if part for at in [_find(ids, part)] if at >= 0]
+    last token (a tokenizer may merge that token, e.g. a newline, with the turn's first; only for an opening of
+    three tokens or more), whichever comes later; -1 when neither is found."""
+    parts = [opening, opening[:-1]] if len(opening) > 2 else [opening]  # a one-token opening would match words
+    found = [(at + len(part), at) for part in parts for at in [_find(ids, part)] if at >= 0]
     return max(found, key=lambda hit: hit[1])[0] if found else -1
 
 
@@ -82,10 +83,8 @@ def _template_frame(tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
         if start < 0:
             continue
         head, openings = ids[:start], [ids[:start]]
-        for before in (
-            [("system", "tokenpruneanswer")],
-            [("user", "tokenpruneanswer"), ("assistant", "tokenpruneanswer")],
-        ):
+        said = "tokenpruneanswer ?"  # ends apart from what follows (a word could merge with "USER")
+        for before in ([("system", said)], [("user", said), ("assistant", said)]):
             try:  # templates differ in the roles they accept
                 other = _render(tokenizer, content, before)
             except Exception:
