@@ -119,3 +119,45 @@ def test_image_sizes_that_are_missing_or_of_another_shape_are_refused_clearly(mo
             pytest.raises(tokenprune.InputError, match=rf"image_sizes of shape \(images, 2\).*got {got}"),
         ):
             model.generate(**{**inputs, "image_sizes": sizes}, **GEN)
+
+
+# Pixtral-12B as transformers publishes it: a LlavaForConditionalGeneration with a Pixtral tower (one token a patch)
+PIXTRAL_LAYOUTS = {
+    "two rows": ([[[5, 6], [7, 8]], [[9], [10, 11, 12]]], [(42, 28), (56, 56)]),  # 6 and 16 tokens
+    "two images in a row": ([[[5], [6, 7], [8]], [[9], [10, 11, 12]]], [(56, 70), (42, 28), (28, 56)]),
+}
+
+
+@pytest.fixture(scope="module")
+def pixtral():
+    from tokenprune.testing.models import tiny_pixtral_llava
+
+    return tiny_pixtral_llava(seed=0)
+
+
+@pytest.mark.parametrize("layout", list(PIXTRAL_LAYOUTS))
+def test_pixtral_as_a_llava_keeps_the_adapter_contract(pixtral, layout):
+    assert_adapter_contract(pixtral, tiny_mistral3_inputs(pixtral, *PIXTRAL_LAYOUTS[layout]), generate_kwargs=GEN)
+
+
+def test_pixtral_as_a_llava_counts_its_images_tokens_from_their_sizes_for_fastv(pixtral):
+    """FastV finds each image's placeholders without encoding it: from image_sizes, not a CLIP tile's patches."""
+    inputs = tiny_mistral3_inputs(pixtral, *PIXTRAL_LAYOUTS["two images in a row"])
+    assert get_adapter(pixtral).image_token_counts(inputs) == [20, 6, 8]
+    stock = pixtral.generate(**inputs, **GEN)
+    with tokenprune.apply(pixtral, "fastv", layer=1, budget=1.0):
+        assert torch.equal(pixtral.generate(**inputs, **GEN), stock)
+    with tokenprune.apply(pixtral, "fastv", layer=1, budget=0.5) as session:
+        pixtral.generate(**inputs, **GEN)
+    assert session.last.visual_before == [20, 6, 8] and session.last.visual_after == [10, 3, 4]
+    layout = Layout.locate(get_adapter(pixtral), inputs["input_ids"], inputs["attention_mask"], None)
+    assert set(inputs["input_ids"][layout.prompt_mask].tolist()) == {5, 6, 7, 8, 9, 10, 11, 12}  # no row breaks
+
+
+@pytest.mark.parametrize("method", ["fastervlm", "visionzip"])
+def test_pixtral_as_a_llava_refuses_cls_attention_methods(pixtral, method):
+    with (
+        pytest.raises(UnsupportedScoresError, match="Pixtral vision encoder has no CLS token"),
+        tokenprune.apply(pixtral, method, budget=4),
+    ):
+        pytest.fail("refused before the block runs")

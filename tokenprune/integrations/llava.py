@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from tokenprune.integrations.attention import cls_attention, maybe_capture, mean_keys
-from tokenprune.integrations.base import ImageTokens, ModelAdapter
+from tokenprune.integrations.base import ImageTokens, ModelAdapter, tokens_around
 
 __all__ = ["LlavaAdapter"]
 
@@ -37,6 +37,8 @@ class LlavaAdapter(ModelAdapter):
         config = self.model.config
         layer = inputs.get("vision_feature_layer", config.vision_feature_layer)
         strategy = inputs.get("vision_feature_select_strategy", config.vision_feature_select_strategy)
+        if self._pixtral:
+            raise self.unsupported_scores("cls_attention")
         if not isinstance(layer, int) or strategy != "default":
             raise self.unsupported_scores(
                 f"cls_attention with vision_feature_layer={layer!r} and select strategy {strategy!r} "
@@ -46,12 +48,37 @@ class LlavaAdapter(ModelAdapter):
         index = layer % (len(layers) + 1) - 1  # hidden_states[i] is the output of layer i - 1
         return layers[index].self_attn
 
-    merging = True
-    score_sources = frozenset({"cls_attention"})
+    @property
+    def merging(self) -> bool:  # type: ignore[override]
+        return not self._pixtral
+
+    @property
+    def score_sources(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset() if self._pixtral else frozenset({"cls_attention"})
+
+    @property
+    def no_cls_attention(self) -> str | None:  # type: ignore[override]
+        return "the Pixtral vision encoder has no CLS token" if self._pixtral else None
+
+    @property
+    def _pixtral(self) -> bool:
+        """A Pixtral vision tower (Pixtral-12B as a LLaVA): each image at its own size, one token per patch, written
+        row by row with ``[IMG_BREAK]`` after each row and ``[IMG_END]`` last; no [CLS] token."""
+        return getattr(self.model.config.vision_config, "model_type", None) == "pixtral"
+
+    def frame_tokens(self, input_ids: Tensor, placeholders: Tensor) -> Tensor | None:
+        return tokens_around(placeholders, before=0, after=1) if self._pixtral else None  # the row breaks
 
     def image_token_counts(self, inputs: Mapping[str, Any]) -> list[int] | None:
         """One count per image in ``pixel_values`` ``(n, 3, H, W)``: its patches, plus the [CLS] token with the
-        ``full`` feature strategy (from the tensor's shape: nothing is read from the device)."""
+        ``full`` feature strategy (from the tensor's shape: nothing is read from the device). A Pixtral tower:
+        the patches of each image's own size (``image_sizes``)."""
+        if self._pixtral:
+            sizes = inputs.get("image_sizes")
+            if not isinstance(sizes, Tensor) or sizes.dim() != 2:
+                return None
+            patch = self.model.config.vision_config.patch_size
+            return [(height // patch) * (width // patch) for height, width in sizes.tolist()]
         pixels = inputs.get("pixel_values")
         if not isinstance(pixels, Tensor) or pixels.dim() != 4:
             return None

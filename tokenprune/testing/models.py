@@ -1124,17 +1124,18 @@ def tiny_mistral3(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
 def tiny_mistral3_inputs(
     model: Any, prompts: list[list[list[int]]], sizes: list[tuple[int, int]], *, seed: int = 0, left: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Processor-style inputs for ``tiny_mistral3`` (no processor: Pixtral's needs torchvision).
+    """Processor-style inputs for ``tiny_mistral3`` and ``tiny_pixtral_llava`` (no processor: Pixtral's needs
+    torchvision).
 
     Args:
         prompts: per row, its text segments (token ids in ``[3, 100)``); BOS starts each row and an image goes
             between each two consecutive segments, written row by row as the processor writes it.
-        sizes: per image, in order, its ``(height, width)`` in pixels, multiples of 14; ``pixel_values`` holds the
-            images padded (zeros) on the bottom and right to the largest.
+        sizes: per image, in order, its ``(height, width)`` in pixels, multiples of a token's side (14 px);
+            ``pixel_values`` holds the images padded (zeros) on the bottom and right to the largest.
     """
     if len(sizes) != sum(len(segments) - 1 for segments in prompts):
         raise ValueError(f"{len(sizes)} image sizes for {sum(len(s) - 1 for s in prompts)} images")
-    step = model.model.vision_tower.patch_size * model.config.spatial_merge_size
+    step = model.model.vision_tower.patch_size * getattr(model.config, "spatial_merge_size", 1)  # a token's side
     images, rows = iter(sizes), []
     for segments in prompts:
         row = [1, *segments[0]]
@@ -1302,3 +1303,37 @@ def tiny_glm4v_processor(model: Any, *, full_vocab: bool = False) -> Any:
     unit = 2 * model.config.vision_config.patch_size  # one merged token
     images = Glm4vImageProcessorPil(size={"shortest_edge": 4 * unit * unit, "longest_edge": 64 * unit * unit})
     return images_only(Glm4vProcessor)(image_processor=images, tokenizer=tokenizer, chat_template=GLM_CHAT_TEMPLATE)
+
+
+__all__ += ["tiny_pixtral_llava"]
+
+
+def tiny_pixtral_llava(*, seed: int = 0, hidden: int = 64, layers: int = 2) -> Any:
+    """A random ``LlavaForConditionalGeneration`` with a Pixtral vision tower, as Pixtral-12B is published for
+    transformers: images of any size in 14 px patches, one token each, written row by row with ``[IMG_BREAK]``
+    (:func:`tiny_mistral3_inputs` builds its inputs); a Mistral LM without a sliding window."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = {
+        "model_type": "pixtral",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "head_dim": 8,
+        "image_size": 112,
+        "patch_size": 14,
+    }
+    text = _tiny_text("mistral", hidden, layers, head_dim=hidden // 4, sliding_window=None)
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=IMAGE_TOKEN,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        multimodal_projector_bias=True,
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    return model
