@@ -441,3 +441,24 @@ def test_a_chunked_prefill_gives_the_same_tokens(model, inputs):
         chunked = model.generate(**inputs, **GEN, prefill_chunk_size=4)
     assert torch.equal(chunked, whole)
     assert [s.visual_after for s in session.stats] == [[8, 8], [8, 8]]
+
+
+def test_a_siglip_tower_has_no_cls_token_to_count_score_or_merge_by():
+    """LLaVA checkpoints with a SigLIP tower (LLaVA-Interleave) take every patch ('full') and have no [CLS] token:
+    FastV counts each image's patches alone, and CLS-attention and merging methods are refused up front."""
+    from tokenprune.integrations import get_adapter
+
+    model = tiny_llava(seed=0, siglip=True)
+    inputs = tiny_llava_inputs(model, PROMPTS)
+    adapter = get_adapter(model)
+    assert adapter.image_token_counts(inputs) == [16, 16] and not adapter.merging and not adapter.score_sources
+    assert_adapter_contract(model, inputs, generate_kwargs=GEN)
+    stock = model.generate(**inputs, **GEN)
+    with tokenprune.apply(model, "fastv", layer=1, budget=1.0):
+        assert torch.equal(model.generate(**inputs, **GEN), stock)
+    for method in ("fastervlm", "visionzip"):
+        with (
+            pytest.raises(UnsupportedScoresError, match="the SigLIP vision encoder has no CLS token"),
+            tokenprune.apply(model, method, budget=4),
+        ):
+            pytest.fail("refused before the block runs")

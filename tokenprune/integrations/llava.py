@@ -37,7 +37,7 @@ class LlavaAdapter(ModelAdapter):
         config = self.model.config
         layer = inputs.get("vision_feature_layer", config.vision_feature_layer)
         strategy = inputs.get("vision_feature_select_strategy", config.vision_feature_select_strategy)
-        if self._pixtral:
+        if not self._cls:
             raise self.unsupported_scores("cls_attention")
         if not isinstance(layer, int) or strategy != "default":
             raise self.unsupported_scores(
@@ -49,16 +49,29 @@ class LlavaAdapter(ModelAdapter):
         return layers[index].self_attn
 
     @property
+    def _cls(self) -> bool:
+        """Whether the vision tower puts a [CLS] token first (CLIP's class embedding; SigLIP and Pixtral towers,
+        which LLaVA checkpoints also use, have none)."""
+        if "_has_cls" not in self.__dict__:
+            tower = self.model.model.vision_tower
+            self._has_cls = any(name.endswith("class_embedding") for name, _ in tower.named_parameters())
+        return self._has_cls
+
+    @property
     def merging(self) -> bool:  # type: ignore[override]
-        return not self._pixtral
+        return self._cls  # the merge metric is the keys of the patches after the CLS token
 
     @property
     def score_sources(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset() if self._pixtral else frozenset({"cls_attention"})
+        return frozenset({"cls_attention"}) if self._cls else frozenset()
 
     @property
     def no_cls_attention(self) -> str | None:  # type: ignore[override]
-        return "the Pixtral vision encoder has no CLS token" if self._pixtral else None
+        if self._cls:
+            return None
+        kind = getattr(self.model.config.vision_config, "model_type", "")
+        name = {"pixtral": "Pixtral", "siglip_vision_model": "SigLIP", "siglip2_vision_model": "SigLIP 2"}.get(kind)
+        return f"the {name or kind or 'vision'} vision encoder has no CLS token"
 
     @property
     def _pixtral(self) -> bool:
@@ -84,7 +97,7 @@ class LlavaAdapter(ModelAdapter):
             return None
         patch = self.model.config.vision_config.patch_size
         strategy = inputs.get("vision_feature_select_strategy") or self.model.config.vision_feature_select_strategy
-        count = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch) + (strategy == "full")
+        count = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch) + (strategy == "full" and self._cls)
         return [count] * pixels.shape[0]
 
     def project(self, raw: Tensor) -> Tensor:

@@ -194,15 +194,25 @@ def lm_input_lengths(model: Any, run: Callable[[], Any], *, layer: Any = None) -
     )
 
 
-def tiny_llava(*, seed: int = 0, image_size: int = 28, patch_size: int = 7, hidden: int = 48, layers: int = 2) -> Any:
+def tiny_llava(
+    *,
+    seed: int = 0,
+    image_size: int = 28,
+    patch_size: int = 7,
+    hidden: int = 48,
+    layers: int = 2,
+    siglip: bool = False,
+) -> Any:
     """A random ``LlavaForConditionalGeneration``: CLIP tower, MLP projector, Llama LM.
 
-    ``(image_size / patch_size) ** 2`` visual tokens per image (16 by default).
+    ``(image_size / patch_size) ** 2`` visual tokens per image (16 by default). ``siglip``: a SigLIP tower
+    instead (no [CLS] token; every patch taken, the ``full`` feature strategy), as LLaVA-Interleave has.
     """
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
 
     torch.manual_seed(seed)
-    vision = CLIPVisionConfig(
+    tower = SiglipVisionConfig if siglip else CLIPVisionConfig
+    vision = tower(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -212,7 +222,10 @@ def tiny_llava(*, seed: int = 0, image_size: int = 28, patch_size: int = 7, hidd
     )
     text = _tiny_llama(hidden, layers)
     tokens = (image_size // patch_size) ** 2
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, image_seq_length=tokens)
+    strategy = {"vision_feature_select_strategy": "full", "vision_feature_layer": -1} if siglip else {}
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, image_seq_length=tokens, **strategy
+    )
     return LlavaForConditionalGeneration(config).eval()
 
 
