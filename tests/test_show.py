@@ -237,12 +237,14 @@ def test_internvl_boxes_follow_the_tiles_and_the_thumbnail(size):
         assert np.abs(cy - expected[view.indices, 1] * height).max() < 0.05 * height, view.name
 
 
-def test_mistral3_boxes_follow_image_sizes_in_raster_order():
+@pytest.mark.parametrize("family", ["mistral3", "pixtral-llava"])
+def test_mistral3_boxes_follow_image_sizes_in_raster_order(family):
+    """Mistral 3 (14 px patches merged 2 x 2, here 7 px ones) and Pixtral-12B as a LLaVA (a token per 14 px patch)."""
     from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
-    from tokenprune.testing.models import tiny_mistral3
+    from tokenprune.testing.models import tiny_mistral3, tiny_pixtral_llava
 
-    model = tiny_mistral3()
+    model = tiny_mistral3() if family == "mistral3" else tiny_pixtral_llava()
     processor = PixtralImageProcessorPil(size={"longest_edge": 112}, patch_size={"height": 14, "width": 14})
     for width, height in [(100, 60), (50, 130)]:
         out = processor(images=[gradient(width, height)], return_tensors="pt")

@@ -25,7 +25,7 @@ Three steps, each usable on its own:
      ``image_grid_thw`` grid, in raster order; the processor resizes the whole image (no crop), so the grid
      tiles the image.
    * **Mistral 3** (Pixtral): merged ``2 x 2`` patches on the grid ``image_sizes`` gives, in raster order; the
-     processor resizes the whole image (aspect kept, no crop).
+     processor resizes the whole image (aspect kept, no crop). Pixtral-12B as a LLaVA: the same, a token per patch.
    * **Gemma 3**: the whole image resized to a square, its patches average-pooled into a ``16 x 16`` grid in
      raster order (with pan and scan, the crops are visual inputs of their own, after the whole image).
    * **Idefics3** (SmolVLM): two views, the *global tile* (the whole image squashed to one tile) and the
@@ -366,8 +366,9 @@ def _qwen_layout(model: Any, inputs: Mapping[str, Any], num_tokens: int, size: t
     return grid_layout(size, rows, cols)
 
 
-def _mistral3_layout(model: Any, inputs: Mapping[str, Any], num_tokens: int, size: tuple[int, int]) -> TokenLayout:
-    step = model.model.vision_tower.patch_size * model.config.spatial_merge_size
+def _pixtral_layout(model: Any, inputs: Mapping[str, Any], num_tokens: int, size: tuple[int, int]) -> TokenLayout:
+    """Mistral 3, and Pixtral-12B as a LLaVA: a token per (merged) patch of the image at its own size."""
+    step = model.model.vision_tower.patch_size * getattr(model.config, "spatial_merge_size", 1)
     height, width = (int(v) for v in inputs["image_sizes"][0])
     rows, cols = height // step, width // step
     if rows * cols != num_tokens:
@@ -520,6 +521,8 @@ def token_layout(
     if isinstance(adapter, LlavaNextAdapter):
         return _llava_next_layout(model, inputs, num_tokens, size)
     if isinstance(adapter, LlavaAdapter):
+        if adapter._pixtral:
+            return _pixtral_layout(model, inputs, num_tokens, size)
         return _llava_layout(model, processor, inputs, num_tokens, size)
     if isinstance(adapter, Qwen2_5_VLAdapter):
         return _qwen_layout(model, inputs, num_tokens, size)
@@ -530,7 +533,7 @@ def token_layout(
     if isinstance(adapter, InternVLAdapter):
         return _internvl_layout(model, processor, num_tokens, size)
     if isinstance(adapter, Mistral3Adapter):
-        return _mistral3_layout(model, inputs, num_tokens, size)
+        return _pixtral_layout(model, inputs, num_tokens, size)
     raise UnsupportedLayoutError(
         f"cannot map {type(model).__name__}'s visual tokens to image regions; supported: {FAMILIES}"
     )
