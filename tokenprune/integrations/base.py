@@ -407,6 +407,19 @@ class VideoPlaceholders:
         taken = {kind: iter(entries) for kind, entries in per_kind.items()}
         return [next(taken[kind]) for kind in kinds]
 
+    def lengths_in_placeholder_order(self, inputs: Mapping[str, Any]) -> list[int] | None:
+        """Per image and video of the call, its placeholders, in placeholder order (:meth:`visual_lengths`), or None
+        without pixels: :meth:`ModelAdapter.image_token_counts` for a family whose video's frames are written
+        apart (Qwen3-VL, GLM-4V), where runs of placeholders do not tell one video from the next."""
+        present = [
+            kind
+            for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos"))
+            if inputs.get(pixels) is not None
+        ]
+        if not present:
+            return None
+        return self.in_placeholder_order(inputs, {kind: self.visual_lengths(inputs, kind) for kind in present})
+
     def visual_count(self, inputs: Mapping[str, Any], kind: str) -> int:
         """How many images (videos) the call gives; override to count them without reading the device."""
         return len(self.visual_lengths(inputs, kind))

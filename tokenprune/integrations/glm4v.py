@@ -66,17 +66,9 @@ class Glm4vAdapter(Qwen2VLAdapter):
         )
 
     def image_token_counts(self, inputs: Mapping[str, Any]) -> list[int] | None:
-        """Per image or video, its placeholders (a video's frames are apart, so runs do not tell them)."""
-        kinds = [
-            kind
-            for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos"))
-            if inputs.get(pixels) is not None
-        ]
-        if not kinds:
-            return None
-        if len(kinds) == 2:
-            self._placeholder_kinds(inputs)  # refused
-        return self.visual_lengths(inputs, kinds[0])
+        """Per image or video, its placeholders (a video's frames are apart, so runs do not tell them; a call with
+        both kinds is refused by :meth:`_placeholder_kinds`)."""
+        return self.lengths_in_placeholder_order(inputs)
 
     def encode_images(
         self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False

@@ -43,14 +43,7 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
 
     def image_token_counts(self, inputs: Mapping[str, Any]) -> list[int] | None:
         """Per image and video, its placeholders (a video's frames are apart, so runs do not tell them)."""
-        if inputs.get("pixel_values_videos") is None and inputs.get("pixel_values") is None:
-            return None
-        present = [
-            kind
-            for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos"))
-            if inputs.get(pixels) is not None
-        ]
-        return self.in_placeholder_order(inputs, {kind: self.visual_lengths(inputs, kind) for kind in present})
+        return self.lengths_in_placeholder_order(inputs)
 
     def encode_images(
         self, inputs: Mapping[str, Any], *, scores: str | None = None, merge: bool = False
