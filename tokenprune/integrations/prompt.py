@@ -70,9 +70,9 @@ def _common_end(sequences: list[list[int]]) -> list[int]:
     return sequences[0][len(sequences[0]) - n :] if n else []
 
 
-def _template_frame(tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
-    """The token ids the chat template puts before and after a user's question, and those that open a user turn
-    (what the opening ends with after a system turn and after an earlier exchange too)."""
+def _template_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The token ids that open a user turn (what the template puts before a user's question, as it ends after a
+    system turn and after an earlier exchange too), and those it puts after the question."""
     marker = tokenizer(_MARKER, add_special_tokens=False)["input_ids"]
     for content in (_MARKER, [{"type": "text", "text": _MARKER}]):
         try:
@@ -82,7 +82,8 @@ def _template_frame(tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
         start = _find(ids, marker)
         if start < 0:
             continue
-        head, openings = ids[:start], [ids[:start]]
+        head = ids[:start]
+        openings = [head]
         said = "tokenpruneanswer ?"  # ends apart from what follows (a word could merge with "USER")
         for before in ([("system", said)], [("user", said), ("assistant", said)]):
             try:  # templates differ in the roles they accept
@@ -92,7 +93,7 @@ def _template_frame(tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
             at = _find(other, marker)
             if at >= 0:
                 openings.append(other[:at])
-        return head, ids[start + len(marker) :], _common_end(openings) or head
+        return _common_end(openings) or head, ids[start + len(marker) :]
     raise ValueError(
         "question_tokens could not find a question in the tokenizer's chat template; pass a callable "
         "prompt_tokens=(input_ids, attention_mask) -> mask instead"
@@ -121,7 +122,7 @@ def question_tokens(
     # markers such as InternVL's </img> are not question text; an unknown word (<unk>) is
     unknown = getattr(tokenizer, "unk_token_id", None)
     special = [int(i) for i in getattr(tokenizer, "all_special_ids", []) if i != unknown]
-    _, tail, opening = _template_frame(tokenizer)
+    opening, tail = _template_frame(tokenizer)
 
     def mark(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         mask = torch.zeros_like(input_ids, dtype=torch.bool)
