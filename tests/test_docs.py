@@ -17,6 +17,7 @@ import pytest
 import tokenprune
 import tokenprune.hookspecs
 from tokenprune.cli import COMMANDS, build_parser
+from tokenprune.integrations.adapters import BUILTIN_ADAPTERS, FAMILIES
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -49,6 +50,35 @@ def test_every_hook_is_documented(hook):
     hooks_page = (DOCS / "reference" / "hooks.md").read_text(encoding="utf-8")
     assert f"autofunction:: tokenprune.hookspecs.{hook}" in hooks_page, f"add {hook} to docs/reference/hooks.md"
     assert hook in _docs_text()
+
+
+@pytest.mark.parametrize("model_class", sorted(BUILTIN_ADAPTERS))
+def test_every_built_in_model_family_is_in_the_readme_table_and_the_integrations_guide(model_class):
+    """A family added to the built-in adapters is also told to users: in the README's table of model classes and
+    under its own name in docs/integrations.md, and among the names help texts and messages give."""
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    assert f"`{model_class}`" in readme, f"add {model_class} to the README's table of model classes"
+    module = BUILTIN_ADAPTERS[model_class]
+    guide = (DOCS / "integrations.md").read_text(encoding="utf-8")
+    family = model_class.removesuffix("ForConditionalGeneration")
+    names = {
+        "Llava": "LLaVA-1.5",
+        "LlavaNext": "LLaVA-NeXT",
+        "LlavaOnevision": "LLaVA-OneVision",
+        "Qwen2_5_VL": "Qwen2.5-VL",
+        "Qwen2VL": "Qwen2-VL",
+        "Qwen3VL": "Qwen3-VL",
+        "Glm4v": "GLM-4.1V",
+        "Glm4vMoe": "GLM-4.5V",
+        "InternVL": "InternVL",
+        "Gemma3": "Gemma 3",
+        "Idefics3": "Idefics3",
+        "SmolVLM": "SmolVLM",
+        "Mistral3": "Mistral 3",
+    }
+    assert family in names, f"{model_class} ({module}): name it for users in this test and in the docs"
+    assert names[family] in guide, f"describe {names[family]} in docs/integrations.md"
+    assert names[family] in FAMILIES, f"add {names[family]} to tokenprune.integrations.adapters.FAMILIES"
 
 
 def test_cli_page_uses_the_renderer():

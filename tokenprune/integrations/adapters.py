@@ -31,7 +31,7 @@ BUILTIN_ADAPTERS: dict[str, str] = {
 """Model class name -> ``module:AdapterClass``; subclasses of these model classes match too."""
 
 FAMILIES = (
-    "LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V/4.5V, InternVL, Gemma 3, "
+    "LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V, GLM-4.5V, InternVL, Gemma 3, "
     "Idefics3, SmolVLM and Mistral 3"
 )
 """The families of :data:`BUILTIN_ADAPTERS`, by the names users know them by (for help texts and messages)."""
