@@ -6,7 +6,8 @@ small. ``tiny_llava_inputs`` builds matching processor-style inputs (left padded
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -153,6 +154,19 @@ def pad_embeddings_left(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.T
 
 
 __all__ += ["pad_embeddings_left"]
+
+
+def _written_rows(prompts: list[list[list[int]]], writings: Iterable[list[int]]) -> list[list[int]]:
+    """Token rows of processor-style inputs: per row BOS, then its text segments with the next visual input's
+    writing (its placeholders and the markers around them) between each two consecutive segments."""
+    written = iter(writings)
+    rows = []
+    for segments in prompts:
+        row = [1, *segments[0]]
+        for text in segments[1:]:
+            row += [*next(written), *text]
+        rows.append(row)
+    return rows
 
 
 def _pad_rows(rows: list[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -618,15 +632,8 @@ def tiny_llava_next_inputs(
 
     if len(sizes) != sum(len(segments) - 1 for segments in prompts):
         raise ValueError(f"{len(sizes)} image sizes for {sum(len(s) - 1 for s in prompts)} images")
-    images = iter(sizes)
-    rows = []
-    for segments in prompts:
-        row = [1, *segments[0]]
-        for text in segments[1:]:
-            tokens, _ = llava_next_image_tokens(model, *next(images))
-            row += [*([IMAGE_TOKEN] * tokens), *text]
-        rows.append(row)
-    ids, mask = _pad_rows(rows, left=left)
+    writings = ([IMAGE_TOKEN] * llava_next_image_tokens(model, *size)[0] for size in sizes)
+    ids, mask = _pad_rows(_written_rows(prompts, writings), left=left)
     tile = model.config.vision_config.image_size
     tiles = [image_size_to_num_patches(list(size), model.config.image_grid_pinpoints, tile) for size in sizes]
     g = torch.Generator().manual_seed(seed)
@@ -731,15 +738,12 @@ def tiny_llava_onevision_inputs(
         videos = sum(kind == "video" for kind, _ in visuals)
         out["pixel_values_videos"] = torch.randn(videos, count, 3, tile, tile, generator=g)
     video_tokens = (next(iter(frames)) * math.ceil(grid / 2) ** 2 + 1) if frames else 0
-    images, rows, visual_iter = iter(image_counts), [], iter(visuals)
-    for segments in prompts:
-        row = [1, *segments[0]]
-        for text in segments[1:]:
-            kind, _ = next(visual_iter)
-            row += [IMAGE_TOKEN] * next(images) if kind == "image" else [ONEVISION_VIDEO_TOKEN] * video_tokens
-            row += text
-        rows.append(row)
-    ids, mask = _pad_rows(rows, left=left)
+    images = iter(image_counts)
+    writings = (
+        [IMAGE_TOKEN] * next(images) if kind == "image" else [ONEVISION_VIDEO_TOKEN] * video_tokens
+        for kind, _ in visuals
+    )
+    ids, mask = _pad_rows(_written_rows(prompts, writings), left=left)
     return {"input_ids": ids, "attention_mask": mask, **out}
 
 
@@ -818,13 +822,8 @@ def tiny_internvl_inputs(
         raise ValueError(f"{len(tiles)} tile counts for {sum(len(s) - 1 for s in prompts)} images")
     size = model.config.vision_config.image_size[0]
     per_tile = int((size // model.config.vision_config.patch_size[0]) ** 2 * model.config.downsample_ratio**2)
-    images, rows = iter(tiles), []
-    for segments in prompts:
-        row = [1, *segments[0]]
-        for text in segments[1:]:
-            row += [INTERNVL_IMG_START, *([IMAGE_TOKEN] * (per_tile * next(images))), INTERNVL_IMG_END, *text]
-        rows.append(row)
-    ids, mask = _pad_rows(rows, left=left)
+    writings = ([INTERNVL_IMG_START, *([IMAGE_TOKEN] * (per_tile * n)), INTERNVL_IMG_END] for n in tiles)
+    ids, mask = _pad_rows(_written_rows(prompts, writings), left=left)
     g = torch.Generator().manual_seed(seed)
     return {
         "input_ids": ids,
@@ -928,14 +927,9 @@ def tiny_gemma3_inputs(
     ``\n\n <boi> <image> * 16 <eoi> \n\n`` (:data:`GEMMA_BLANK` for the blank line), and ``token_type_ids`` 1 at
     the image tokens (the bidirectional blocks)."""
     tokens = model.config.mm_tokens_per_image
-    rows = []
-    for segments in prompts:
-        row = [1, *segments[0]]
-        for text in segments[1:]:
-            row += [GEMMA_BLANK, GEMMA_BOI, *([IMAGE_TOKEN] * tokens), GEMMA_EOI, GEMMA_BLANK, *text]
-        rows.append(row)
-    ids, mask = _pad_rows(rows, left=left)
     images = sum(len(segments) - 1 for segments in prompts)
+    writing = [GEMMA_BLANK, GEMMA_BOI, *([IMAGE_TOKEN] * tokens), GEMMA_EOI, GEMMA_BLANK]
+    ids, mask = _pad_rows(_written_rows(prompts, [writing] * images), left=left)
     size = model.config.vision_config.image_size
     g = torch.Generator().manual_seed(seed)
     return {
@@ -1047,18 +1041,11 @@ def tiny_idefics3_inputs(
     if len(grids) != sum(len(segments) - 1 for segments in prompts):
         raise ValueError(f"{len(grids)} grids for {sum(len(s) - 1 for s in prompts)} images")
     tile, size = model.model.image_seq_len, model.config.vision_config.image_size
-    images, rows, tiles = iter(grids), [], []
-    for segments in prompts:
-        row, count = [1, *segments[0]], 0
-        for text in segments[1:]:
-            grid = next(images)
-            row += [*_idefics3_image(tile, *grid), *text]
-            count += grid[0] * grid[1] + 1
-        rows.append(row)
-        tiles.append(count)
-    ids, mask = _pad_rows(rows, left=left)
+    ids, mask = _pad_rows(_written_rows(prompts, (_idefics3_image(tile, *grid) for grid in grids)), left=left)
+    per_row, images = [len(segments) - 1 for segments in prompts], iter(grids)
+    tiles = [sum(high * wide + 1 for high, wide in itertools.islice(images, n)) for n in per_row]  # tiles a row
     g = torch.Generator().manual_seed(seed)
-    pixels = torch.zeros(len(rows), max(tiles), 3, size, size)
+    pixels = torch.zeros(len(prompts), max(tiles), 3, size, size)
     for b, count in enumerate(tiles):  # padding tiles are all zeros, as the processor gives them
         pixels[b, :count] = torch.randn(count, 3, size, size, generator=g)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
@@ -1149,16 +1136,13 @@ def tiny_mistral3_inputs(
     if len(sizes) != sum(len(segments) - 1 for segments in prompts):
         raise ValueError(f"{len(sizes)} image sizes for {sum(len(s) - 1 for s in prompts)} images")
     step = model.model.vision_tower.patch_size * getattr(model.config, "spatial_merge_size", 1)  # a token's side
-    images, rows = iter(sizes), []
-    for segments in prompts:
-        row = [1, *segments[0]]
-        for text in segments[1:]:
-            height, width = next(images)
-            lines = [[IMAGE_TOKEN] * (width // step) + [MISTRAL_IMG_BREAK] for _ in range(height // step)]
-            lines[-1][-1] = MISTRAL_IMG_END
-            row += [token for line in lines for token in line] + text
-        rows.append(row)
-    ids, mask = _pad_rows(rows, left=left)
+
+    def writing(height: int, width: int) -> list[int]:  # row by row, a break after each row, the end marker last
+        lines = [[IMAGE_TOKEN] * (width // step) + [MISTRAL_IMG_BREAK] for _ in range(height // step)]
+        lines[-1][-1] = MISTRAL_IMG_END
+        return [token for line in lines for token in line]
+
+    ids, mask = _pad_rows(_written_rows(prompts, (writing(*size) for size in sizes)), left=left)
     g = torch.Generator().manual_seed(seed)
     pixels = torch.zeros(len(sizes), 3, max(h for h, _ in sizes), max(w for _, w in sizes))
     for i, (height, width) in enumerate(sizes):
